@@ -1,0 +1,208 @@
+"""Typed run configuration: YAML files in ``configs/`` plus ``key=value`` overrides.
+
+Every section is a pydantic model that forbids unknown keys; an unknown or misspelled key is a
+:class:`ConfigError` that suggests the closest valid key (``train.lr`` for ``train.lrr``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    """Fields of :class:`pspnet.models.PSPNetConfig`."""
+    num_classes: int | None = Field(None, ge=1, description="default: the dataset's class count")
+    depth: Literal[18, 34, 50, 101, 152] = 50
+    output_stride: Literal[8, 16] = 8
+    deep_stem: bool = True
+    bins: list[int] = [1, 2, 3, 6]
+    pool: Literal["avg", "max"] = "avg"
+    norm: Literal["bn", "syncbn", "gn"] = "bn"
+    aux: bool = True
+    head_channels: int = Field(512, ge=1)
+    aux_channels: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    align_corners: bool = True
+
+    @field_validator("bins")
+    @classmethod
+    def _bins_positive(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("bins must be a non-empty list of positive integers")
+        return v
+
+
+class DataSection(_Section):
+    dataset: str = "camvid"
+    root: str = "data/camvid"
+    train_split: str = "train"
+    val_split: str = "val"
+    train_list: str | None = None
+    val_list: str | None = None
+    class_names: list[str] | None = None
+    crop_size: tuple[int, int] = (473, 473)
+    scale_min: float = Field(0.5, gt=0)
+    scale_max: float = Field(2.0, gt=0)
+    rotate: float = Field(10.0, ge=0, le=180)
+    blur: bool = True
+    flip: bool = True
+    ignore_index: int = 255
+    workers: int = Field(2, ge=0)
+    skip_bad: bool = False
+
+
+class TrainSection(_Section):
+    epochs: int | None = Field(None, ge=1)
+    iters: int | None = Field(None, ge=1, description="total iterations; overrides epochs")
+    batch_size: int = Field(8, ge=1, description="per process")
+    lr: float = Field(0.01, gt=0)
+    head_lr_mult: float = Field(10.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    power: float = Field(0.9, ge=0)
+    warmup_iters: int = Field(0, ge=0)
+    aux_weight: float = Field(0.4, ge=0)
+    loss: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = Field(0.7, gt=0, lt=1)
+    class_weights: list[float] | None = None
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    freeze_backbone: bool = False
+    freeze_bn: bool = False
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = Field(0, ge=0, description="iterations between validations (0: at the end only)")
+    ckpt_every: int = Field(0, ge=0, description="iterations between checkpoints (0: end only)")
+    log_every: int = Field(10, ge=1)
+    val_max_images: int | None = Field(None, ge=1)
+    pretrained: str | None = None
+    output_dir: str = "runs/pspnet"
+    tensorboard: bool = False
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
+
+
+class EvalSection(_Section):
+    mode: Literal["whole", "sliding"] = "whole"
+    base_size: int | None = Field(None, ge=8, description="resize the long side to this before inference")
+    crop_size: tuple[int, int] | None = None
+    stride_rate: float = Field(2 / 3, gt=0, le=1)
+    scales: list[float] = [1.0]
+    flip: bool = False
+    batch_size: int = Field(1, ge=1)
+
+
+class Config(_Section):
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+
+    def model_kwargs(self, num_classes: int) -> dict[str, Any]:
+        d = self.model.model_dump()
+        d["num_classes"] = d["num_classes"] or num_classes
+        d["bins"] = tuple(d["bins"])
+        return d
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "eval": EvalSection}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields]
+
+
+def _suggest(key: str) -> str:
+    keys = _all_keys()
+    leaf_matches = [k for k in keys if k.split(".")[1] == key.split(".")[-1]]
+    close = leaf_matches or difflib.get_close_matches(key, keys, n=1, cutoff=0.5) or \
+        difflib.get_close_matches(key.split(".")[-1], [k.split(".")[1] for k in keys], n=1, cutoff=0.6)
+    if close:
+        best = close[0]
+        if "." not in best:
+            best = next(k for k in keys if k.endswith("." + best))
+        return f"; did you mean '{best}'?"
+    return ""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'{_suggest(key)}")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.005")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(f"override key '{key}' must be <section>.<key> with section one of "
+                              f"{list(SECTIONS)}{_suggest(key)}")
+        section, leaf = parts
+        if leaf not in SECTIONS[section].model_fields:
+            raise ConfigError(f"override: unknown key '{key}'{_suggest(key)}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"config section '{section}' must be a mapping")
+        raw[section][leaf] = parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections {list(SECTIONS)}, "
+                              f"got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Datasets, label handling, augmentation and palettes."""

@@ -1,0 +1,181 @@
+"""A segmentation dataset is a list of (image, label) file pairs plus the dataset's label semantics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ...errors import DataError
+from ..io import read_image, read_label
+from ..transforms import Transform, identity_transform, to_tensors
+
+IGNORE = 255
+
+
+@dataclass
+class DatasetInfo:
+    """Class names, display palette and the mapping from raw label files to train ids."""
+
+    name: str
+    class_names: Sequence[str]
+    palette: Sequence[tuple[int, int, int]]
+    ignore_index: int = IGNORE
+    # raw id -> train id lookup table (len 256 or 65536); None = labels are already train ids.
+    id_to_train: np.ndarray | None = None
+    # colour-coded label files: RGB colour -> train id (unknown colours are an error).
+    color_to_train: dict[tuple[int, int, int], int] | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def decode_color_label(rgb: np.ndarray, color_to_train: dict[tuple[int, int, int], int], path: Path,
+                       ignore_index: int = IGNORE) -> np.ndarray:
+    """Map an H x W x 3 colour-coded label to train ids; an unknown colour names the file and a pixel."""
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(code, return_inverse=True)
+    lut = np.full(len(colours), -1, dtype=np.int64)
+    for i, c in enumerate(colours):
+        lut[i] = color_to_train.get((int(c >> 16), int((c >> 8) & 255), int(c & 255)), -1)
+    bad = np.flatnonzero(lut < 0)
+    if bad.size:
+        c = int(colours[bad[0]])
+        ys, xs = np.nonzero(code == c)
+        raise DataError(f"{path}: unknown label colour RGB{(c >> 16, (c >> 8) & 255, c & 255)} at pixel "
+                        f"(x={xs[0]}, y={ys[0]}); it is not in this dataset's palette")
+    return lut[inverse.reshape(code.shape)].astype(np.uint8 if ignore_index < 256 else np.int32)
+
+
+def map_label(raw: np.ndarray, info: DatasetInfo, path: Path) -> np.ndarray:
+    """Raw label file contents -> train ids in [0, num_classes) or the ignore index."""
+    if raw.ndim == 3:
+        if info.color_to_train is None:
+            raise DataError(f"{path}: label is a colour (RGB) image but {info.name} expects single-channel "
+                            f"class indices; convert it to an 8-bit index PNG (mode L or P)")
+        return decode_color_label(raw, info.color_to_train, path, info.ignore_index)
+    if info.id_to_train is not None:
+        if raw.max(initial=0) >= len(info.id_to_train):
+            raise DataError(f"{path}: label value {int(raw.max())} is outside the id table of {info.name} "
+                            f"(0..{len(info.id_to_train) - 1})")
+        return info.id_to_train[raw]
+    return raw
+
+
+class SegmentationDataset(Dataset):
+    """Image/label pairs with a dataset's label mapping and an augmentation.
+
+    Items are ``(image uint8 3xHxW, label int64 HxW)``; normalise batches with
+    :func:`pspnet.data.transforms.normalize`. With ``check_labels`` every label value must be a
+    class index or the ignore index, otherwise a :class:`DataError` names the file and value.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path | None]], info: DatasetInfo,
+                 transform: Transform | None = None, check_labels: bool = True) -> None:
+        if not pairs:
+            raise DataError(f"{info.name}: the dataset is empty (no image/label pairs found)")
+        self.pairs = [(Path(i), None if lbl is None else Path(lbl)) for i, lbl in pairs]
+        self.info = info
+        self.transform = transform or identity_transform
+        self.check_labels = check_labels
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded, mapped but not augmented (image, label) of one item."""
+        img_path, lbl_path = self.pairs[index]
+        image = read_image(img_path)
+        if lbl_path is None:
+            return image, np.full(image.shape[:2], self.info.ignore_index, np.uint8)
+        label = map_label(read_label(lbl_path), self.info, lbl_path)
+        if label.shape[:2] != image.shape[:2]:
+            raise DataError(f"{lbl_path}: label is {label.shape[1]}x{label.shape[0]} but its image {img_path} "
+                            f"is {image.shape[1]}x{image.shape[0]} (width x height); they must match")
+        if self.check_labels:
+            bad = (label >= self.info.num_classes) & (label != self.info.ignore_index)
+            if bad.any():
+                ys, xs = np.nonzero(bad)
+                raise DataError(f"{lbl_path}: label value {int(label[ys[0], xs[0]])} at pixel (x={xs[0]}, "
+                                f"y={ys[0]}) is not a class of {self.info.name} (0..{self.info.num_classes - 1}) "
+                                f"nor the ignore value {self.info.ignore_index}")
+        return image, label.astype(np.uint8) if self.info.ignore_index < 256 else label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.load(index)
+        image, label = self.transform(image, label)
+        return to_tensors(image, label)
+
+
+def read_list_file(list_file: str | Path, root: str | Path | None = None) -> list[tuple[Path, Path | None]]:
+    """Parse the original release's list format: one ``image [label]`` per line, relative to ``root``.
+
+    Blank lines and lines starting with ``#`` are skipped. Paths may not contain spaces.
+    """
+    list_file = Path(list_file)
+    root = Path(root) if root is not None else list_file.parent
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: list file not found")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{list_file}: not a UTF-8 text list file ({e})") from None
+    pairs: list[tuple[Path, Path | None]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise DataError(f"{list_file}:{lineno}: expected 'image_path [label_path]', got {len(parts)} fields: "
+                            f"{line[:120]!r}")
+        img = root / parts[0]
+        lbl = root / parts[1] if len(parts) == 2 else None
+        pairs.append((img, lbl))
+    if not pairs:
+        raise DataError(f"{list_file}: the list file has no entries")
+    return pairs
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def folder_pairs(images_dir: str | Path, labels_dir: str | Path,
+                 label_suffix: str = "") -> list[tuple[Path, Path | None]]:
+    """Match ``images_dir/<stem>.*`` with ``labels_dir/<stem><label_suffix>.png`` (or any image ext)."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: folder not found")
+    labels = {}
+    for p in sorted(labels_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS:
+            stem = p.stem[: -len(label_suffix)] if label_suffix and p.stem.endswith(label_suffix) else p.stem
+            labels[stem] = p
+    pairs, missing = [], []
+    for p in sorted(images_dir.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if p.stem in labels:
+            pairs.append((p, labels[p.stem]))
+        else:
+            missing.append(p.name)
+    if missing:
+        raise DataError(f"{labels_dir}: no label for {len(missing)} image(s) of {images_dir}, e.g. "
+                        f"{missing[:3]}; labels are matched by file stem")
+    return pairs
+
+
+def lut_from_mapping(mapping: dict[int, int], size: int = 256, default: int = IGNORE) -> np.ndarray:
+    lut = np.full(size, default, dtype=np.uint8 if default < 256 else np.int32)
+    for raw, train in mapping.items():
+        lut[raw] = train
+    return lut
+
+
+LabelMapper = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,65 @@
+"""Test-time inference: whole image (optionally resized to a base size), multi-scale and flip.
+
+All functions take uint8 or float 0-255 images ``N x 3 x H x W`` (normalisation happens here)
+and return logits (or class probabilities averaged over the test-time variants) at ``H x W``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.transforms import normalize
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size, mode="bilinear", align_corners=align_corners)
+
+
+def base_resize_shape(h: int, w: int, base_size: int | None, scale: float = 1.0) -> tuple[int, int]:
+    """Shape after resizing the long side to ``base_size * scale`` (or scaling the image by ``scale``)."""
+    if base_size:
+        long = base_size * scale
+        f = long / max(h, w)
+    else:
+        f = scale
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | None = None,
+                   scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
+                   crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
+                   autocast_dtype: torch.dtype | None = None, softmax: bool = True) -> torch.Tensor:
+    """Average (softmax) scores over scales x flips at the input's resolution.
+
+    ``mode="sliding"`` runs each scaled image with :func:`pspnet.engine.sliding.sliding_window`.
+    """
+    h, w = images.shape[-2:]
+    device = next(model.parameters()).device
+    x0 = normalize(images.to(device))
+    total = None
+    for s in scales:
+        size = base_resize_shape(h, w, base_size, s)
+        x = _resize(x0, size)
+        variants = [x, x.flip(-1)] if flip else [x]
+        for i, xv in enumerate(variants):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                if mode == "sliding":
+                    from .sliding import sliding_window
+                    out = sliding_window(model, xv, crop_size or size, stride_rate)
+                else:
+                    out = model(xv)
+            out = out.float()
+            if i == 1:
+                out = out.flip(-1)
+            out = _resize(out, (h, w))
+            if softmax:
+                out = out.softmax(1)
+            total = out if total is None else total + out
+    return total / (len(scales) * (2 if flip else 1))

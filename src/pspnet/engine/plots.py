@@ -1,0 +1,41 @@
+"""Training curves and prediction grids as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss (and its main/aux parts) per iteration, and val mIoU, side by side."""
+    train = [r for r in history if r.get("kind") == "train"]
+    val = [r for r in history if r.get("kind") == "val"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if train:
+        its = [r["iter"] for r in train]
+        ax.plot(its, [r["loss"] for r in train], label="total", lw=1.2)
+        for part in ("loss_main", "loss_aux"):
+            if part in train[0]:
+                ax.plot(its, [r[part] for r in train], label=part.split("_")[1], lw=0.8, alpha=0.7)
+    ax.set(xlabel="iteration", ylabel="loss", title="training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax = axes[1]
+    if val:
+        ax.plot([r["iter"] for r in val], [r["mIoU"] for r in val], "o-", label="val mIoU")
+        ax.plot([r["iter"] for r in val], [r["allAcc"] for r in val], "s--", label="val allAcc", alpha=0.7)
+        ax.set_ylim(0, 1)
+        ax.legend()
+    ax.set(xlabel="iteration", title="validation")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

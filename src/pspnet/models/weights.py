@@ -1,0 +1,258 @@
+"""Weight files: our safetensors format, the original release's checkpoints, ImageNet backbones.
+
+Our format is a ``.safetensors`` file whose metadata holds the model config, class names and
+palette (JSON), so a weight file is all ``pspnet predict`` needs. Anything else is loaded with
+``torch.load(..., weights_only=True)``: a checkpoint is untrusted input and never runs code.
+
+Recognised inputs (:func:`read_state_dict` + :func:`to_pspnet_keys`):
+- the original release (``train_epoch_*.pth``): ``{"state_dict": {"module.layer0.0.weight": ...}}``;
+- ImageNet ResNets in torchvision layout (``conv1, bn1, layer1..4, fc``; 7x7 stem) or in the original
+  release's deep-stem layout (``conv1, bn1, conv2, bn2, conv3, bn3, ...``), mapped to ``layer0.*``;
+- our own files and training checkpoints (``{"model": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from .pspnet import PSPNet, PSPNetConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pspnet-weights-v1"
+CLASSIFIER_KEYS = ("cls.4.", "aux.4.")
+DEEP_STEM_MAP = {"conv1.": "layer0.0.", "bn1.": "layer0.1.", "conv2.": "layer0.3.", "bn2.": "layer0.4.",
+                 "conv3.": "layer0.6.", "bn3.": "layer0.7."}
+SHALLOW_STEM_MAP = {"conv1.": "layer0.0.", "bn1.": "layer0.1."}
+
+
+# ----------------------------------------------------------------------------------------- writing
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(model: PSPNet, path: str | Path, class_names=None, palette=None, dtype: torch.dtype | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
+    """Save model weights + config + class names + palette as one safetensors file (atomically)."""
+    from safetensors.torch import save_file
+    model = unwrap(model)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    if class_names is not None:
+        meta["class_names"] = json.dumps(list(class_names))
+    if palette is not None:
+        meta["palette"] = json.dumps([list(map(int, c)) for c in palette])
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ----------------------------------------------------------------------------------------- reading
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
+    return state, meta
+
+
+def _load_pickle(path: Path) -> Any:
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path}: refused to load: the checkpoint contains Python objects other than tensors "
+            f"({str(e).splitlines()[0][:200]}). pspnet only loads weights (weights_only=True) because a "
+            f"pickle can run arbitrary code. If you trust the file, convert it to a plain state_dict "
+            f"first.") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0][:200]}); "
+                           f"is it truncated or not a PyTorch file?") from None
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read any supported weight file safely; returns (flat state dict, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.suffix == ".safetensors":
+        state, raw_meta = _load_safetensors(path)
+        meta: dict[str, Any] = {}
+        for k, v in raw_meta.items():
+            try:
+                meta[k] = json.loads(v) if k != "format" else v
+            except json.JSONDecodeError:
+                raise WeightsError(f"{path}: metadata entry {k!r} is not valid JSON") from None
+        return state, meta
+    obj = _load_pickle(path)
+    meta = {}
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # our training checkpoint
+        meta = {k: obj[k] for k in ("config", "class_names", "palette") if k in obj}
+        obj = obj["model"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"{path}: expected a state_dict (mapping of names to tensors), got {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise WeightsError(f"{path}: the file holds no tensors")
+    return state, meta
+
+
+def to_pspnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` prefixes and map ImageNet ResNet keys (either stem) to PSPNet's ``layer0``."""
+    out = {}
+    for k, v in state.items():
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    if any(k.startswith("layer0.") for k in out):
+        return out
+    if any(k.startswith(("conv1.", "bn1.")) for k in out):  # an ImageNet backbone
+        stem = DEEP_STEM_MAP if any(k.startswith("conv3.") for k in out) else SHALLOW_STEM_MAP
+        mapped = {}
+        for k, v in out.items():
+            if k.startswith("fc."):
+                continue  # ImageNet classifier: not part of PSPNet
+            for old, new in stem.items():
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
+            mapped[k] = v
+        return mapped
+    return out
+
+
+def compare_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrongly shaped) keys of ``state`` against ``model``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, shape
+
+
+def _mismatch_message(source: str, missing, unexpected, shape) -> str:
+    def block(title, items):
+        if not items:
+            return ""
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:20]) + more
+    return (f"{source}: weights do not fit the model" + block("missing keys", missing)
+            + block("unexpected keys", unexpected) + block("wrongly shaped keys", shape))
+
+
+def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str = "weights",
+              strict: bool = True, backbone_only: bool = False) -> dict[str, list[str]]:
+    """Load a (converted) state dict into ``model``.
+
+    ``strict``: every key must match in name and shape, except that classifier layers
+    (``cls.4``, ``aux.4``) of a different class count are re-initialised with a warning (fine-tuning
+    to a new dataset). ``backbone_only``: load ``layer0..4`` and report the rest as new.
+    """
+    model = unwrap(model)
+    state = dict(to_pspnet_keys(state))
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and v.is_floating_point() and own[k].is_floating_point() and v.dtype != own[k].dtype:
+            state[k] = v.to(own[k].dtype)
+        elif k in own and not v.is_floating_point() and v.dtype != own[k].dtype:
+            raise WeightsError(f"{source}: tensor {k!r} has dtype {v.dtype}, expected {own[k].dtype}")
+    if backbone_only:
+        state = {k: v for k, v in state.items() if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))}
+    missing, unexpected, shape = compare_state(model, state)
+    reinit = [k for k in own if k.startswith(CLASSIFIER_KEYS) and
+              (k in missing or any(s.startswith(k + ":") for s in shape))]
+    shape = [s for s in shape if s.split(":")[0] not in reinit]
+    missing = [k for k in missing if k not in reinit]
+    if backbone_only:
+        missing = [k for k in missing if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))]
+    if not model.config.aux:
+        unexpected = [k for k in unexpected if not k.startswith("aux.")]
+    if shape or unexpected or (strict and missing):
+        raise WeightsError(_mismatch_message(source, missing, unexpected, shape))
+    loadable = {k: v for k, v in state.items() if k in own and k not in reinit and v.shape == own[k].shape}
+    model.load_state_dict(loadable, strict=False)
+    if reinit:
+        log.warning("%s: class count differs; re-initialised classifier layers %s and kept every other "
+                    "matching tensor", source, sorted({k.rsplit(".", 1)[0] for k in reinit}))
+    new = [k for k in own if k not in loadable]
+    return {"loaded": sorted(loadable), "reinitialised": reinit, "new": new}
+
+
+def load_weights(path: str | Path, num_classes: int | None = None, **config_overrides: Any
+                 ) -> tuple[PSPNet, dict[str, Any]]:
+    """Build a PSPNet from a weight file that carries its config (ours, or our checkpoints).
+
+    Returns the model in eval mode and metadata (``class_names``, ``palette``, ...). For files
+    without a config (the original release), build the model yourself and use :func:`load_into`.
+    """
+    state, meta = read_state_dict(path)
+    if "config" not in meta:
+        raise WeightsError(f"{path}: the file carries no model config; build the model (e.g. "
+                           f"pspnet_resnet50(num_classes=...)) and call load_into(), or convert it with "
+                           f"'pspnet convert {path} OUT.safetensors --depth 50 --num-classes N'")
+    cfg_dict = dict(meta["config"]) if isinstance(meta["config"], dict) else None
+    if cfg_dict is None:
+        raise WeightsError(f"{path}: metadata 'config' must be a JSON object")
+    cfg_dict.update(config_overrides)
+    if num_classes is not None:
+        cfg_dict["num_classes"] = num_classes
+    try:
+        config = PSPNetConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: invalid model config in metadata: {e}") from None
+    names, palette = meta.get("class_names"), meta.get("palette")
+    if names is not None and (not isinstance(names, list) or len(names) != config.num_classes):
+        if num_classes is None:
+            raise WeightsError(f"{path}: metadata has {len(names) if isinstance(names, list) else names!r} class "
+                               f"names for {config.num_classes} classes")
+        names = None
+    if palette is not None and not (isinstance(palette, list) and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(x, int) and 0 <= x <= 255 for x in c)
+            for c in palette)):
+        raise WeightsError(f"{path}: metadata palette must be a list of [r, g, b] integers 0-255")
+    model = PSPNet(config)
+    load_into(model, state, source=str(path), strict=True)
+    model.eval()
+    return model, {"class_names": names, "palette": [tuple(c) for c in palette] if palette else None,
+                   "config": config.to_dict(), **{k: v for k, v in meta.items()
+                                                  if k not in ("config", "class_names", "palette")}}
