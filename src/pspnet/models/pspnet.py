@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import DataError
 from .norm import NORM_NAMES, make_norm
 from .ppm import PyramidPoolingModule
 from .resnet import RESNET_LAYERS, ResNet
@@ -117,15 +118,16 @@ class PSPNet(nn.Module):
         return self.config.output_stride
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Reject what the network cannot segment, with the fix (a :class:`DataError`, a ValueError)."""
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"PSPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+            raise DataError(f"PSPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
-            raise ValueError(f"input of {h}x{w} pixels is too small: PSPNet with output stride "
+            raise DataError(f"input of {h}x{w} pixels is too small: PSPNet with output stride "
                              f"{self.config.output_stride} needs at least {self.min_input_size}x"
                              f"{self.min_input_size}; upsample or pad the image first")
         if not x.is_floating_point():
-            raise ValueError(f"PSPNet expects a normalised float image, got dtype {x.dtype}")
+            raise DataError(f"PSPNet expects a normalised float image, got dtype {x.dtype}")
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.layer0, self.layer1, self.layer2, self.layer3, self.layer4) for p in m.parameters()]

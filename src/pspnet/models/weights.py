@@ -180,6 +180,23 @@ def _mismatch_message(source: str, missing, unexpected, shape) -> str:
             + block("unexpected keys", unexpected) + block("wrongly shaped keys", shape))
 
 
+def _hint(model: PSPNet, state: Mapping[str, torch.Tensor]) -> str:
+    """A likely cause of a mismatch (wrong stem or depth) in words."""
+    stem = state.get("layer0.0.weight")
+    if stem is not None and stem.dim() == 4 and stem.shape[-1] in (3, 7):
+        file_deep = stem.shape[-1] == 3
+        if file_deep != model.config.deep_stem:
+            return (f"\n  hint: the file has a {'deep 3x3' if file_deep else '7x7'} stem but the model was built "
+                    f"with deep_stem={model.config.deep_stem}; use "
+                    f"{'--deep-stem' if file_deep else '--no-deep-stem'} (model.deep_stem={file_deep})")
+    own_blocks = {k.split(".")[1] for k in model.state_dict() if k.startswith("layer3.")}
+    file_blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
+    if file_blocks and len(file_blocks) != len(own_blocks):
+        return (f"\n  hint: layer3 has {len(file_blocks)} blocks in the file but {len(own_blocks)} in the model "
+                f"(ResNet-{model.config.depth}); pick the depth the file was trained with")
+    return ""
+
+
 def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str = "weights",
               strict: bool = True, backbone_only: bool = False) -> dict[str, list[str]]:
     """Load a (converted) state dict into ``model``.
@@ -199,16 +216,16 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     if backbone_only:
         state = {k: v for k, v in state.items() if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))}
     missing, unexpected, shape = compare_state(model, state)
-    reinit = [k for k in own if k.startswith(CLASSIFIER_KEYS) and
-              (k in missing or any(s.startswith(k + ":") for s in shape))]
+    # Only a classifier whose shape differs (another class count) is re-initialised; a classifier
+    # that is absent from a file meant to be complete stays a missing key.
+    reinit = [k for k in own if k.startswith(CLASSIFIER_KEYS) and any(s.startswith(k + ":") for s in shape)]
     shape = [s for s in shape if s.split(":")[0] not in reinit]
-    missing = [k for k in missing if k not in reinit]
     if backbone_only:
         missing = [k for k in missing if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))]
     if not model.config.aux:
         unexpected = [k for k in unexpected if not k.startswith("aux.")]
     if shape or unexpected or (strict and missing):
-        raise WeightsError(_mismatch_message(source, missing, unexpected, shape))
+        raise WeightsError(_mismatch_message(source, missing, unexpected, shape) + _hint(model, state))
     loadable = {k: v for k, v in state.items() if k in own and k not in reinit and v.shape == own[k].shape}
     model.load_state_dict(loadable, strict=False)
     if reinit:

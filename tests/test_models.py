@@ -1,0 +1,295 @@
+"""The PSPNet model family: the original release's layout, any input size, strides, heads, variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pspnet.errors import DataError
+from pspnet.models import (PSPNet, PSPNetConfig, PSPNetLoss, ResNet, build_pspnet, pspnet_resnet18,
+                           pspnet_resnet50, pspnet_resnet101)
+from pspnet.models.pspnet import pspnet_resnet34, pspnet_resnet152
+
+HERE = Path(__file__).parent
+SHARED = HERE.parent.parent / "shared" / "reference"
+
+
+def read_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """``key<TAB>AxBxC`` lines (header first; empty shape = scalar) -> {key: shape}, in file order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == ["key", "shape"], f"{path}: unexpected header {lines[0]!r}"
+    out = {}
+    for line in lines[1:]:
+        key, shape = line.split("\t")
+        out[key] = tuple(int(x) for x in shape.split("x")) if shape else ()
+    return out
+
+
+def shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def small(**kw) -> PSPNet:
+    """A tiny PSPNet (ResNet-18, thin head) for fast forward passes."""
+    kw.setdefault("head_channels", 32)
+    kw.setdefault("aux_channels", 16)
+    return pspnet_resnet18(num_classes=kw.pop("num_classes", 5), **kw)
+
+
+# ------------------------------------------------------------------ layout of the original release
+@pytest.mark.parametrize("source", [HERE / "data" / "semseg_pspnet50_keys.tsv",
+                                    SHARED / "semseg_pspnet50_keys.tsv"], ids=["tests-copy", "shared"])
+def test_pspnet50_matches_original_layout(source: Path):
+    if not source.is_file():
+        pytest.skip(f"{source} not present")
+    ref = read_keys(source)
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        ours = shapes_of(pspnet_resnet50(num_classes=19))
+    assert sorted(set(ref) - set(ours)) == [] and sorted(set(ours) - set(ref)) == []
+    assert {k: v for k, v in ours.items() if ref[k] != v} == {}
+    assert list(ours) == list(ref)  # the same order too
+    assert len(ref) == 370
+
+
+def test_pspnet101_matches_original_layout():
+    source = SHARED / "semseg_pspnet101_keys.tsv"
+    if not source.is_file():
+        pytest.skip(f"{source} not present")
+    ref = read_keys(source)
+    with torch.device("meta"):
+        ours = shapes_of(pspnet_resnet101(num_classes=19))
+    assert ours == ref
+    assert list(ours) == list(ref)
+
+
+def test_layout_details_that_the_release_implies():
+    with torch.device("meta"):
+        m = pspnet_resnet50(num_classes=19)
+    sd = shapes_of(m)
+    assert sd["layer1.0.downsample.0.weight"] == (256, 128, 1, 1)  # deep stem ends in 128 channels
+    assert sd["ppm.features.3.1.weight"] == (512, 2048, 1, 1)
+    assert sd["cls.0.weight"] == (512, 4096, 3, 3) and sd["cls.4.weight"] == (19, 512, 1, 1)
+    assert sd["aux.0.weight"] == (256, 1024, 3, 3) and sd["aux.4.bias"] == (19,)
+    assert isinstance(m.cls[3], nn.Dropout2d) and m.cls[3].p == pytest.approx(0.1)
+    assert isinstance(m.ppm.features[0][0], nn.AdaptiveAvgPool2d)
+    assert [f[0].output_size for f in m.ppm.features] == [1, 2, 3, 6]
+
+
+# ------------------------------------------------------------------ any input size
+@pytest.mark.parametrize("size", [(97, 131), (360, 480), (8, 8), (9, 33)])
+def test_logits_come_back_at_input_size(size):
+    torch.manual_seed(0)
+    m = small(num_classes=7).eval()
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, *size))
+    assert out.shape == (1, 7, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_resnet50_on_a_small_odd_input():
+    torch.manual_seed(0)
+    m = pspnet_resnet50(num_classes=19).eval()
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 41, 53))
+    assert out.shape == (1, 19, 41, 53)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 5, 200), (1, 3, 7, 7)])
+def test_too_small_input_is_rejected_clearly(shape):
+    m = small().eval()
+    with pytest.raises(DataError, match=r"too small.*output stride 8 needs at least 8x8"):
+        m(torch.randn(*shape))
+
+
+def test_minimum_size_follows_output_stride():
+    m = small(output_stride=16).eval()
+    with pytest.raises(ValueError, match="needs at least 16x16"):  # DataError is a ValueError
+        m(torch.randn(1, 3, 15, 40))
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 16, 16)).shape == (1, 5, 16, 16)
+
+
+@pytest.mark.parametrize("x, msg", [(torch.randn(3, 32, 32), "N x 3 x H x W"),
+                                    (torch.randn(1, 1, 32, 32), "N x 3 x H x W"),
+                                    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "normalised float")])
+def test_wrong_input_kind_is_rejected(x, msg):
+    with pytest.raises(DataError, match=msg):
+        small().eval()(x)
+
+
+# ------------------------------------------------------------------ dilated network strategy
+def _features(m: PSPNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = m.layer2(m.layer1(m.layer0(x)))
+    x3 = m.layer3(x)
+    return x3, m.layer4(x3)
+
+
+@pytest.mark.parametrize("os_, l3_dil, l4_dil", [(8, 2, 4), (16, 1, 2)])
+def test_output_stride(os_, l3_dil, l4_dil):
+    m = small(output_stride=os_).eval()
+    with torch.no_grad():
+        x3, x4 = _features(m, torch.randn(1, 3, 64, 96))
+        assert x4.shape[-2:] == (64 // os_, 96 // os_)
+        assert x3.shape[-2:] == (64 // os_, 96 // os_)
+        assert m(torch.randn(1, 3, 64, 96)).shape[-2:] == (64, 96)
+    assert m.layer3[0].conv1.dilation == (l3_dil, l3_dil) and m.layer4[-1].conv2.dilation == (l4_dil, l4_dil)
+    assert m.layer4[0].conv1.stride == (1, 1)
+    # a dilated 3x3 conv keeps the size: padding equals dilation
+    assert m.layer4[0].conv2.padding == (l4_dil, l4_dil)
+
+
+def test_invalid_output_stride_is_rejected():
+    with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
+        PSPNetConfig(output_stride=32)
+
+
+# ------------------------------------------------------------------ heads
+def test_aux_output_only_in_training():
+    torch.manual_seed(0)
+    m = small(num_classes=4)
+    x = torch.randn(2, 3, 40, 56)
+    m.train()
+    out = m(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    main, aux = out
+    assert main.shape == aux.shape == (2, 4, 40, 56)
+    assert not torch.equal(main, aux)
+    m.eval()
+    calls = []
+    handle = m.aux.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        out = m(x)
+    handle.remove()
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 40, 56)
+    assert calls == []  # the auxiliary branch is not even computed at inference
+
+
+def test_no_aux_head_when_disabled():
+    m = small(aux=False).train()
+    assert m.aux is None and not any(k.startswith("aux.") for k in m.state_dict())
+    assert isinstance(m(torch.randn(2, 3, 32, 32)), torch.Tensor)
+
+
+def test_loss_weights_aux_by_0_4_and_ignores_255():
+    torch.manual_seed(0)
+    main, aux = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0, 0] = 255
+    ce = nn.functional.cross_entropy
+    total, parts = PSPNetLoss()((main, aux), target)
+    expected = ce(main, target, ignore_index=255) + 0.4 * ce(aux, target, ignore_index=255)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(parts) == {"main", "aux"}
+    weights = [1.0, 2.0, 0.5]
+    total_w, _ = PSPNetLoss(class_weights=weights)(main, target)
+    assert total_w.item() == pytest.approx(
+        ce(main, target, weight=torch.tensor(weights), ignore_index=255).item(), rel=1e-6)
+
+
+def test_training_step_reduces_loss_on_a_fixed_batch():
+    """A few SGD steps on one batch must lower the loss: gradients reach every part of the model."""
+    torch.manual_seed(0)
+    m = small(num_classes=3, norm="gn").train()
+    x = torch.randn(2, 3, 32, 32)
+    y = (torch.arange(32)[None, :, None] >= 16).long().expand(2, 32, 32).contiguous()
+    loss_fn = PSPNetLoss()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss, _ = loss_fn(m(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in m.parameters())
+
+
+# ------------------------------------------------------------------ variants
+@pytest.mark.parametrize("norm, layer", [("bn", nn.BatchNorm2d), ("syncbn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
+def test_norm_variants_build_and_run(norm, layer):
+    m = small(norm=norm)
+    kinds = {type(x) for x in m.modules() if isinstance(x, (nn.BatchNorm2d, nn.GroupNorm))}
+    assert kinds == {layer}
+    if norm == "gn":  # GroupNorm trains on a single image (BatchNorm cannot: the 1x1 PPM bin)
+        main, aux = m.train()(torch.randn(1, 3, 32, 32))
+        assert main.shape == (1, 5, 32, 32)
+
+
+def test_groupnorm_groups_divide_channels():
+    m = small(norm="gn")
+    for g in (x for x in m.modules() if isinstance(x, nn.GroupNorm)):
+        assert g.num_channels % g.num_groups == 0 and g.num_groups <= 32
+
+
+@pytest.mark.parametrize("depth, params_m", [(18, 11.2), (34, 21.3), (50, 23.5), (101, 42.5), (152, 58.1)])
+def test_every_depth_builds(depth, params_m):
+    """Construct only (meta device: no memory, no init); the backbone has ResNet-{depth}'s size."""
+    with torch.device("meta"):
+        m = build_pspnet({"depth": depth, "num_classes": 19})
+        backbone = ResNet(depth, deep_stem=False, output_stride=8)
+    n = sum(p.numel() for p in backbone.parameters()) / 1e6
+    assert n == pytest.approx(params_m, abs=0.1)  # torchvision's ResNet without fc: 11.2M ... 58.1M
+    width = 512 if depth < 50 else 2048
+    assert m.ppm.features[0][1].in_channels == width
+    assert m.aux[0].in_channels == width // 2
+    assert len(m.layer3) == {18: 2, 34: 6, 50: 6, 101: 23, 152: 36}[depth]
+
+
+def test_named_builders_use_their_depth():
+    with torch.device("meta"):
+        for fn, depth in [(pspnet_resnet18, 18), (pspnet_resnet34, 34), (pspnet_resnet152, 152)]:
+            assert fn(num_classes=3).config.depth == depth
+
+
+@pytest.mark.parametrize("deep_stem", [True, False])
+def test_stems(deep_stem):
+    m = small(deep_stem=deep_stem).eval()
+    convs = [x for x in m.layer0 if isinstance(x, nn.Conv2d)]
+    if deep_stem:
+        assert [c.kernel_size for c in convs] == [(3, 3)] * 3
+        assert [c.out_channels for c in convs] == [64, 64, 128]
+        assert m.layer1[0].conv1.in_channels == 128
+    else:
+        assert [c.kernel_size for c in convs] == [(7, 7)]
+        assert m.layer1[0].conv1.in_channels == 64
+    assert isinstance(m.layer0[-1], nn.MaxPool2d)
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 33, 45)).shape == (1, 5, 33, 45)
+
+
+def test_resnet_stem_forward_equals_layer0():
+    """``ResNet.stem()`` shares the backbone's modules and computes the same thing as its forward."""
+    torch.manual_seed(0)
+    for deep in (True, False):
+        r = ResNet(18, deep_stem=deep, output_stride=8).eval()
+        x = torch.randn(1, 3, 40, 40)
+        with torch.no_grad():
+            a = r.forward_features(x)
+            b = r.layer4(r.layer3(r.layer2(r.layer1(r.stem()(x)))))
+        torch.testing.assert_close(a, b)
+
+
+def test_ppm_options():
+    m = small(bins=(1, 3), pool="max").eval()
+    assert [f[0].output_size for f in m.ppm.features] == [1, 3]
+    assert isinstance(m.ppm.features[0][0], nn.AdaptiveMaxPool2d)
+    assert m.ppm.out_channels == 512 + 2 * 256
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 50, 30)).shape == (1, 5, 50, 30)
+
+
+def test_config_round_trip_and_errors():
+    cfg = PSPNetConfig(num_classes=3, depth=34, bins=[1, 2], pool="max", norm="gn")
+    again = PSPNetConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.bins == (1, 2)
+    with pytest.raises(ValueError, match="unknown PSPNet config keys.*'nmu_classes'"):
+        PSPNetConfig.from_dict({"nmu_classes": 3})
+    with pytest.raises(ValueError, match="depth must be one of"):
+        PSPNetConfig(depth=42)
+    with pytest.raises(TypeError, match="either a PSPNetConfig or keyword arguments"):
+        PSPNet(cfg, num_classes=4)
