@@ -1,0 +1,444 @@
+"""Fast PSPNet inference on CPUs: folded BatchNorm, channels_last, bf16, int8, torch.compile, ONNX Runtime.
+
+None of these changes what the network computes in exact arithmetic. In eval mode a BatchNorm is a
+per-channel affine map (Ioffe & Szegedy 2015), so it folds into the convolution before it (every BN
+of PSPNet follows a convolution: the ResNet blocks, Sec. 3.2; the pyramid pooling branches, Sec. 3.3;
+the classifier head, Fig. 2(d)); the folded network is the same function up to fp32 rounding and
+saves one pass over every feature map. bf16 and int8 lower the arithmetic precision only: the
+final 1x1 classifier and the bilinear upsampling of the logits (Fig. 2(d)) always run in fp32, so
+near-ties between classes are not decided by bf16 rounding.
+
+``prepare_for_inference`` returns a callable that takes an ImageNet-normalised float batch
+``N x 3 x H x W`` and returns fp32 logits ``N x C x H x W``, like ``PSPNet.eval()``'s forward.
+``precision="auto"`` is the fastest mode that keeps the predictions (argmax agreement with fp32 of
+at least 99.5% of pixels, mIoU within 0.3 points): bf16 on CPUs with native bf16 instructions
+(avx512_bf16 or AMX), fp32 elsewhere; docs/benchmarks.md has the measurements behind this choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, PSPNetError
+from ..models.pspnet import PSPNet
+from ..models.resnet import BasicBlock, Bottleneck, ResNet
+from .train import cpu_has_bf16
+
+log = logging.getLogger("pspnet.fast")
+
+__all__ = ["PRECISIONS", "BACKENDS", "fuse_conv_bn", "fold_batchnorm", "resolve_inference_precision",
+           "prepare_for_inference", "FastPSPNet", "OnnxRuntimePSPNet", "argmax_agreement"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("torch", "onnxruntime")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+# ----------------------------------------------------------------------------------------- folding
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    """A new convolution computing ``bn(conv(x))`` with eval-mode (running) statistics.
+
+    ``w' = w * g / sqrt(v + eps)`` and ``b' = (b - m) * g / sqrt(v + eps) + beta``, computed in
+    float64 so the folded layer is as close to the original as fp32 allows.
+    """
+    if not isinstance(bn, _BN) or bn.running_mean is None or bn.running_var is None:
+        raise PSPNetError(f"cannot fold {type(bn).__name__} into a convolution: only BatchNorm with running "
+                          f"statistics folds (GroupNorm depends on the input)")
+    if bn.num_features != conv.out_channels:
+        raise PSPNetError(f"BatchNorm has {bn.num_features} channels but the convolution before it has "
+                          f"{conv.out_channels}")
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    w = conv.weight.double()
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(b)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(b)
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    fused.weight.copy_((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    fused.bias.copy_(((b - bn.running_mean.double()) * scale + beta).to(conv.weight.dtype))
+    return fused
+
+
+# attribute pairs (conv, bn) that a module's forward applies back to back
+_NAMED_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    ResNet: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+
+
+def _fold_into(module: nn.Module) -> int:
+    folded = 0
+    if isinstance(module, nn.Sequential):
+        keys = list(module._modules)
+        for a, b in zip(keys, keys[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN):
+                module._modules[a] = fuse_conv_bn(conv, bn)
+                module._modules[b] = nn.Identity()
+                folded += 1
+    for cls, pairs in _NAMED_PAIRS.items():
+        if isinstance(module, cls):
+            for conv_name, bn_name in pairs:
+                conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN):
+                    setattr(module, conv_name, fuse_conv_bn(conv, bn))
+                    setattr(module, bn_name, nn.Identity())
+                    folded += 1
+    for child in module.children():
+        folded += _fold_into(child)
+    return folded
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into it (eval-mode semantics).
+
+    Returns a copy in eval mode (or ``model`` itself with ``inplace=True``); Dropout becomes
+    Identity (it is one in eval mode). BatchNorms that follow no convolution are left as they are.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    n = _fold_into(model)
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, (nn.Dropout, nn.Dropout2d)):
+                setattr(m, child_name, nn.Identity())
+    left = sum(isinstance(m, _BN) for m in model.modules())
+    log.debug("folded %d BatchNorm layers into convolutions (%d left)", n, left)
+    return model
+
+
+# ----------------------------------------------------------------------------------------- precision
+def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``auto`` -> ``bf16`` where the CPU has native bf16 (avx512_bf16 / AMX) or on a GPU, else ``fp32``.
+
+    int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
+    labels (docs/benchmarks.md).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def _check_pspnet(model: nn.Module) -> PSPNet:
+    inner = getattr(model, "module", model)  # DDP / DataParallel
+    if isinstance(inner, (FastPSPNet, OnnxRuntimePSPNet)):
+        raise ConfigError("this model is already prepared for inference; pass the plain PSPNet")
+    if not isinstance(inner, PSPNet):
+        raise ConfigError(f"prepare_for_inference expects a pspnet.models.PSPNet, got {type(inner).__name__}")
+    return inner
+
+
+# ----------------------------------------------------------------------------------------- torch backend
+class FastPSPNet(nn.Module):
+    """A folded PSPNet for inference: backbone, PPM and head (up to the classifier) in ``dtype``
+    (fp32 or bf16, weights cast once), the 1x1 classifier and the logit upsampling in fp32."""
+
+    backend = "torch"
+
+    def __init__(self, net: PSPNet, precision: str = "fp32", channels_last: bool = True) -> None:
+        super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"FastPSPNet runs fp32 or bf16, got {precision!r}")
+        self.config = net.config
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.layer0, self.layer1, self.layer2 = net.layer0, net.layer1, net.layer2
+        self.layer3, self.layer4, self.ppm = net.layer3, net.layer4, net.ppm
+        self.head = nn.Sequential(*list(net.cls)[:-1])
+        self.classifier = net.cls[-1]
+        self.align_corners = net.config.align_corners
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        body = [self.layer0, self.layer1, self.layer2, self.layer3, self.layer4, self.ppm, self.head]
+        for m in body:
+            m.to(dtype=self.dtype, memory_format=self.memory_format)
+        self.classifier.to(memory_format=self.memory_format)
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.weight.device
+
+    @property
+    def min_input_size(self) -> int:
+        return self.config.output_stride
+
+    def train(self, mode: bool = True) -> "FastPSPNet":
+        if mode:
+            raise PSPNetError("a model prepared for inference cannot be trained; train the plain PSPNet")
+        return super().train(False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Input of the classifier (head output), in ``self.dtype``."""
+        x = x.to(dtype=self.dtype).contiguous(memory_format=self.memory_format)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.layer0(x)))))
+        return self.head(self.ppm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        with torch.autocast(x.device.type, enabled=False):
+            f = self.features(x)
+            logits = self.classifier(f.float())
+            return F.interpolate(logits, size, mode="bilinear", align_corners=self.align_corners).contiguous()
+
+
+def _compile(module: FastPSPNet) -> nn.Module:
+    """torch.compile with inductor; weights are frozen into constants (``freezing``), which lets
+    inductor pre-pack them for oneDNN and fold the layout conversions."""
+    try:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+    except Exception:  # pragma: no cover - inductor missing
+        pass
+    compiled = torch.compile(module, backend="inductor", dynamic=False)
+    return compiled
+
+
+class _Compiled(nn.Module):
+    """Keeps FastPSPNet's attributes visible on a compiled module."""
+
+    def __init__(self, inner: FastPSPNet) -> None:
+        super().__init__()
+        self.inner = inner
+        self.compiled = _compile(inner)
+        self.config, self.precision, self.backend = inner.config, inner.precision, "torch+compile"
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.compiled(x)
+
+
+# ----------------------------------------------------------------------------------------- ONNX Runtime
+def _pool_matrix(n_in: int, bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """``bins x n_in`` averaging weights of adaptive average pooling: bin ``i`` averages
+    ``[floor(i * n / b), ceil((i + 1) * n / b))``, as ``F.adaptive_avg_pool2d`` does."""
+    m = torch.zeros(bins, n_in, dtype=torch.float64)
+    for i in range(bins):
+        lo, hi = (i * n_in) // bins, -((-(i + 1) * n_in) // bins)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m.to(dtype)
+
+
+class _MatmulPPM(nn.Module):
+    """The pyramid pooling module with adaptive average pooling written as two matrix products
+    (``P_h @ x @ P_w^T``), which ONNX can express for any feature-map size; same function."""
+
+    def __init__(self, ppm: nn.Module) -> None:
+        super().__init__()
+        if getattr(ppm, "pool", "avg") != "avg":
+            raise ConfigError("the onnxruntime backend supports the PPM's average pooling only (pool='avg')")
+        self.bins, self.align_corners = ppm.bins, ppm.align_corners
+        self.branches = nn.ModuleList(nn.Sequential(*list(branch)[1:]) for branch in ppm.features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        out = [x]
+        for b, branch in zip(self.bins, self.branches):
+            ph, pw = _pool_matrix(h, b, x.dtype), _pool_matrix(w, b, x.dtype)
+            pooled = torch.matmul(torch.matmul(ph, x), pw.t())
+            out.append(F.interpolate(branch(pooled), (h, w), mode="bilinear", align_corners=self.align_corners))
+        return torch.cat(out, 1)
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export a fixed-shape fp32 graph (adaptive pooling of the PPM is shape-specific anyway)."""
+    try:
+        from ..export import export_onnx as _helper  # the export helper's exporter, when present
+    except Exception:  # noqa: BLE001 - module not written yet or optional deps missing
+        _helper = None
+    if _helper is not None:
+        try:
+            _helper(module, example, path)
+            return
+        except TypeError:
+            pass
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["logits"],
+                          opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+class _CalibrationReader:
+    def __init__(self, arrays: Sequence[Any]) -> None:
+        self.arrays, self.i = list(arrays), 0
+
+    def get_next(self):
+        if self.i >= len(self.arrays):
+            return None
+        self.i += 1
+        return {"image": self.arrays[self.i - 1]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+class OnnxRuntimePSPNet:
+    """The folded fp32 network exported to ONNX and run by ONNX Runtime (one session per input
+    shape), optionally statically quantised to int8 (QDQ, per-channel weights) with calibration images.
+
+    The last convolution (classifier) and the final upsampling stay fp32 in the int8 graph.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
+                 threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ConfigError("backend='onnxruntime' needs onnxruntime: pip install 'pspnet[onnx]'") from None
+        if precision not in ("fp32", "int8"):
+            raise ConfigError(f"the onnxruntime backend runs fp32 or int8, got {precision!r} "
+                              f"(bf16 runs with backend='torch')")
+        self.config, self.precision = net.config, precision
+        self.module = FastPSPNet(net, "fp32", channels_last=False).cpu()
+        self.module.ppm = _MatmulPPM(self.module.ppm)
+        self.calibration = None if calibration is None else [_as_float_batch(c) for c in calibration]
+        self.threads = threads or torch.get_num_threads()
+        self._tmp = tempfile.TemporaryDirectory(prefix="pspnet-onnx-") if cache_dir is None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(self._tmp.name)
+        self.sessions: dict[tuple[int, ...], Any] = {}
+        self.device = torch.device("cpu")
+
+    def eval(self) -> "OnnxRuntimePSPNet":
+        return self
+
+    def _session(self, shape: tuple[int, ...], example: torch.Tensor):
+        import onnxruntime as ort
+        if shape in self.sessions:
+            return self.sessions[shape]
+        tag = "x".join(str(s) for s in shape)
+        fp32_path = self.cache_dir / f"pspnet_{tag}.onnx"
+        with torch.no_grad():
+            _export_onnx(self.module, example.float().contiguous(), fp32_path)
+        path = fp32_path
+        if self.precision == "int8":
+            path = self.cache_dir / f"pspnet_{tag}_int8.onnx"
+            calib = self.calibration
+            if not calib:
+                log.warning("int8 without calibration images: calibrating on the first input batch; pass "
+                            "calibration=[...] (a few dozen representative images) for better accuracy")
+                calib = [example]
+            _quantize_static(fp32_path, path, calib, shape)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.sessions[shape] = sess
+        return sess
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().cpu().contiguous()
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"PSPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        sess = self._session(tuple(x.shape), x)
+        out = sess.run(["logits"], {"image": x.numpy()})[0]
+        return torch.from_numpy(out)
+
+    forward = __call__
+
+
+def _as_float_batch(x: torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x[None]
+    if not x.is_floating_point():  # uint8 image(s): normalise like the model's input
+        from ..data.transforms import normalize
+        x = normalize(x)
+    return x.float()
+
+
+def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    arrays = []
+    for c in calibration:
+        c = _as_float_batch(c)
+        if tuple(c.shape[-2:]) != tuple(shape[-2:]):
+            c = F.interpolate(c, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+        for i in range(c.shape[0]):  # the graph has a fixed batch size
+            arrays.append(c[i:i + 1].expand(shape[0], -1, -1, -1).contiguous().numpy())
+    graph = onnx.load(str(src))
+    convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
+    keep_fp32 = convs[-1:]  # the classifier
+    quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
+                    op_types_to_quantize=["Conv", "MaxPool", "Add", "Concat", "Relu"],
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+# ----------------------------------------------------------------------------------------- entry point
+def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
+                          *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
+                          threads: int | None = None) -> Any:
+    """The fastest faithful form of ``model`` for inference (see the module docstring).
+
+    Args:
+        model: a :class:`~pspnet.models.PSPNet` (not modified; a folded copy is made).
+        precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32``, ``bf16`` or ``int8``.
+        backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``.
+        compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
+            input shape compiles (minutes on a small CPU).
+        channels_last: NHWC activations for the torch backend (oneDNN's native layout).
+        calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
+        threads: intra-op threads of the onnxruntime backend (default: torch's).
+
+    Returns a callable ``x (N x 3 x H x W normalised float) -> fp32 logits N x C x H x W`` with
+    ``.precision``, ``.backend``, ``.config`` and ``.device``.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    net = _check_pspnet(model)
+    device = next(net.parameters()).device
+    precision = resolve_inference_precision(precision, device)
+    folded = fold_batchnorm(net)
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ConfigError("backend='onnxruntime' runs on the CPU; move the model to the CPU first")
+        if compile:
+            raise ConfigError("compile=True applies to backend='torch' only")
+        return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads)
+    if precision == "int8":
+        from .quant import quantize_torch_int8  # noqa: F401  (PT2E, optional)
+        return quantize_torch_int8(folded, calibration, compile=compile)
+    fast = FastPSPNet(folded, precision, channels_last=channels_last)
+    return _Compiled(fast) if compile else fast
+
+
+def argmax_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of pixels whose arg-max class is the same in two logit (or label) tensors."""
+    la = a.argmax(1) if a.dim() == 4 else a
+    lb = b.argmax(1) if b.dim() == 4 else b
+    return float((la == lb).float().mean())
+
+
+def _env_threads() -> int | None:  # pragma: no cover - helper for scripts
+    v = os.environ.get("OMP_NUM_THREADS")
+    return int(v) if v and v.isdigit() else None
