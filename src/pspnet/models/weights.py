@@ -92,19 +92,36 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return state, meta
 
 
+def _reason(e: BaseException) -> str:
+    """The informative line of an exception (torch's weights-only errors bury it in prose)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return " ".join(detail.split())[:300] or "unsupported pickle content"
+    for line in text.splitlines():  # torch >= 2.6 zip checkpoints: "Trying to load unsupported GLOBAL posix.system ..."
+        if "unsupported GLOBAL" in line:
+            return line.strip()[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0][:300] if lines else "") or type(e).__name__
+
+
 def _load_pickle(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
     import pickle
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{path}: refused to load: the checkpoint contains Python objects other than tensors "
-            f"({str(e).splitlines()[0][:200]}). pspnet only loads weights (weights_only=True) because a "
-            f"pickle can run arbitrary code. If you trust the file, convert it to a plain state_dict "
-            f"first.") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise WeightsError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0][:200]}); "
-                           f"is it truncated or not a PyTorch file?") from None
+        reason = _reason(e)
+        if "global" in reason.lower():  # a class or function reference: code would run on load
+            raise WeightsError(
+                f"{path}: refused to load: the checkpoint references Python code, not only tensors "
+                f"({reason.split('. Please use')[0]}). pspnet loads checkpoints with weights_only=True because "
+                f"unpickling can run arbitrary code; if you trust the file, re-save its state_dict alone "
+                f"(torch.save(model.state_dict(), ...)) and load that") from None
+        raise WeightsError(f"{path}: cannot read checkpoint: not a PyTorch checkpoint or corrupt ({reason})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types (EOFError, RuntimeError, KeyError...)
+        raise WeightsError(f"{path}: cannot read checkpoint ({_reason(e)}); is it truncated or not a "
+                           f"PyTorch file?") from None
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -211,8 +228,11 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     for k, v in state.items():
         if k in own and v.is_floating_point() and own[k].is_floating_point() and v.dtype != own[k].dtype:
             state[k] = v.to(own[k].dtype)
-        elif k in own and not v.is_floating_point() and v.dtype != own[k].dtype:
+        elif k in own and v.dtype != own[k].dtype:
             raise WeightsError(f"{source}: tensor {k!r} has dtype {v.dtype}, expected {own[k].dtype}")
+        if k in own and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"{source}: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} NaN/inf values; "
+                               f"the weight file is corrupt or comes from a diverged training run")
     if backbone_only:
         state = {k: v for k, v in state.items() if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))}
     missing, unexpected, shape = compare_state(model, state)
@@ -235,6 +255,47 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     return {"loaded": sorted(loadable), "reinitialised": reinit, "new": new}
 
 
+# A weight file's config is untrusted: it is checked field by field (type and a sane range) before a
+# model is built from it, so that e.g. head_channels=10**9 cannot make us allocate terabytes.
+_CONFIG_LIMITS: dict[str, tuple[type, Any]] = {
+    "num_classes": (int, (1, 65536)), "depth": (int, None), "output_stride": (int, None),
+    "deep_stem": (bool, None), "bins": (list, (1, 64)), "pool": (str, None), "norm": (str, None),
+    "aux": (bool, None), "head_channels": (int, (1, 16384)), "aux_channels": (int, (1, 16384)),
+    "dropout": (float, (0.0, 1.0)), "align_corners": (bool, None),
+}
+
+
+def check_config_dict(cfg: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`WeightsError` unless ``cfg`` has only known keys with values of the right type and range."""
+    problems = []
+    for key, value in cfg.items():
+        if key not in _CONFIG_LIMITS:
+            problems.append(f"unknown key {key!r}")
+            continue
+        kind, bounds = _CONFIG_LIMITS[key]
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is list:
+            ok = (isinstance(value, (list, tuple)) and 0 < len(value) <= 16
+                  and all(isinstance(b, int) and not isinstance(b, bool) for b in value))
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            problems.append(f"{key}={value!r} has the wrong type (expected {kind.__name__})")
+            continue
+        if bounds is not None:
+            lo, hi = bounds
+            vals = value if kind is list else [value]
+            if any(not lo <= v <= hi for v in vals) or (kind is float and value >= hi):
+                problems.append(f"{key}={value!r} is outside the allowed range {lo}..{hi}")
+    if problems:
+        raise WeightsError(f"{source}: invalid model config in metadata: " + "; ".join(problems))
+
+
 def load_weights(path: str | Path, num_classes: int | None = None, **config_overrides: Any
                  ) -> tuple[PSPNet, dict[str, Any]]:
     """Build a PSPNet from a weight file that carries its config (ours, or our checkpoints).
@@ -253,11 +314,14 @@ def load_weights(path: str | Path, num_classes: int | None = None, **config_over
     cfg_dict.update(config_overrides)
     if num_classes is not None:
         cfg_dict["num_classes"] = num_classes
+    check_config_dict(cfg_dict, str(path))
     try:
         config = PSPNetConfig.from_dict(cfg_dict)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: invalid model config in metadata: {e}") from None
     names, palette = meta.get("class_names"), meta.get("palette")
+    if names is not None and isinstance(names, list) and not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{path}: metadata class_names must be a list of strings")
     if names is not None and (not isinstance(names, list) or len(names) != config.num_classes):
         if num_classes is None:
             raise WeightsError(f"{path}: metadata has {len(names) if isinstance(names, list) else names!r} class "
