@@ -2,6 +2,13 @@
 
 All functions take uint8 or float 0-255 images ``N x 3 x H x W`` (normalisation happens here)
 and return logits (or class probabilities averaged over the test-time variants) at ``H x W``.
+Multi-scale testing with flipping is the paper's Sec. 5 test protocol ("multiple scale testing",
+Table 1-3: "MS"); the original release averages the scores of scales 0.5 ... 1.75 and of the
+horizontally flipped image. Any image size works (no ``8n + 1`` rule): the model's logits are
+bilinearly resized back to each variant's input and then to the image's size.
+
+``model`` may be any callable mapping a normalised float batch to logits: a PSPNet, or what
+``pspnet.engine.fast.prepare_for_inference`` returns (which has a ``.device``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,19 @@ def base_resize_shape(h: int, w: int, base_size: int | None, scale: float = 1.0)
     return max(1, round(h * f)), max(1, round(w * f))
 
 
+def model_device(model) -> torch.device:
+    """The device a model (or a prepared inference callable with ``.device``) runs on."""
+    dev = getattr(model, "device", None)
+    if isinstance(dev, (torch.device, str)):
+        return torch.device(dev)
+    if isinstance(model, nn.Module):
+        for t in model.parameters():
+            return t.device
+        for t in model.buffers():
+            return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | None = None,
                    scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
@@ -38,10 +58,17 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | N
                    autocast_dtype: torch.dtype | None = None, softmax: bool = True) -> torch.Tensor:
     """Average (softmax) scores over scales x flips at the input's resolution.
 
-    ``mode="sliding"`` runs each scaled image with :func:`pspnet.engine.sliding.sliding_window`.
+    Each scale ``s`` resizes the image to ``s`` times its size, or, with ``base_size``, so that its
+    long side is ``base_size * s``. ``mode="sliding"`` runs each scaled image through
+    :func:`pspnet.engine.sliding.sliding_window` with ``crop_size`` (default: the whole scaled
+    image, i.e. one window). ``softmax=False`` averages raw logits instead of probabilities.
     """
+    if mode not in ("whole", "sliding"):
+        raise ValueError(f"mode must be 'whole' or 'sliding', got {mode!r}")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive numbers, got {list(scales)!r}")
     h, w = images.shape[-2:]
-    device = next(model.parameters()).device
+    device = model_device(model)
     x0 = normalize(images.to(device))
     total = None
     for s in scales:
