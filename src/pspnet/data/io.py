@@ -1,4 +1,19 @@
-"""Reading images and label maps deliberately: any PIL mode, EXIF orientation, 16-bit, palettes."""
+"""Reading images and label maps deliberately: any PIL mode, EXIF orientation, 16-bit, palettes, SBD ``.mat``.
+
+Decisions (see docs/data.md, "Image modes"):
+
+* Images always come back as uint8 H x W x 3 RGB. Grey (L, 1) is replicated, palette images
+  (P, PA) are expanded through their palette, alpha (LA, RGBA, PA) is dropped (not composited:
+  the colour under a transparent pixel is kept), CMYK/YCbCr are converted by PIL. 16-bit grey
+  (I;16) and 32-bit int (I) are scaled from 0..65535 to 0..255; PIL itself reduces 16-bit RGB(A)
+  PNGs to 8 bit by their high byte. Float (F) images are taken as 0..1 when their maximum is
+  at most 1, else as 0..255.
+* EXIF orientation is applied to images *and* labels (a lossless transpose), because annotation
+  tools show the photo upright and the label is drawn on that view. When a label only fits the
+  un-rotated image, :func:`exif_orientation` lets the caller say so in its error.
+* Labels are never converted or resampled: index images (L, P, I;16) come back as their indices,
+  colour-coded labels as H x W x 3 RGB for the dataset to decode through its palette.
+"""
 
 from __future__ import annotations
 
@@ -11,54 +26,105 @@ from ..errors import DataError
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # huge but bounded: refuse decompression bombs beyond this
 
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_EXIF_ORIENTATION = 0x0112
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 H x W x 3 RGB.
 
-    EXIF orientation is applied (photos from phones). Grey (L, I;16, I, F) is replicated to RGB,
-    16-bit values are scaled to 8 bit, palette images are expanded, alpha is dropped.
-    """
-    path = Path(path)
+def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
             im.load()
+            out = ImageOps.exif_transpose(im) if transpose else im.copy()
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({e}); is the file truncated or not an image?") from None
-    if im.width == 0 or im.height == 0:
-        raise DataError(f"{path}: image has zero size")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise DataError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: expected a {what} file, found a directory") from None
+    except _DECODE_ERRORS as e:
+        raise DataError(f"{path}: cannot decode {what} ({e}); is the file truncated or not an image?") from None
+    if out.width == 0 or out.height == 0:
+        raise DataError(f"{path}: {what} has zero size")
+    return out
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1 = upright, 5..8 = rotated by 90 degrees); 1 if absent."""
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 - a hint only; the real read reports real errors
+        return 1
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 H x W x 3 RGB, upright according to its EXIF orientation."""
+    path = Path(path)
+    im = _open(path, "image")
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if mode == "F":
+            hi = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+        else:
+            hi = 65535.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im.convert("RGB")
+    if mode != "RGB":
+        try:
+            im = im.convert("RGBA").convert("RGB") if mode in ("P", "PA") else im.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: cannot convert image mode {mode!r} to RGB ({e}); save it as RGB") from None
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def read_label(path: str | Path) -> np.ndarray:
-    """Read a label map as integer H x W, without any resampling or colour conversion.
-
-    Index images (L, P: the palette indices are the labels, as in VOC; I;16) come back as-is.
-    RGB images come back as H x W x 3 for a dataset to decode through its palette.
-    """
+def read_mat_label(path: str | Path) -> np.ndarray:
+    """The class map of an SBD (Hariharan et al. 2011) ``cls/*.mat`` file: ``GTcls.Segmentation``."""
     path = Path(path)
+    from scipy.io import loadmat
     try:
-        with Image.open(path) as im:
-            im.load()
+        mat = loadmat(path, squeeze_me=True, struct_as_record=False)
     except FileNotFoundError:
         raise DataError(f"{path}: label file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode label image ({e}); is the file truncated?") from None
-    if im.mode in ("L", "P"):
-        return np.asarray(im, dtype=np.uint8).copy()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(im).astype(np.int32)
-    if im.mode in ("RGB", "RGBA"):
+    except Exception as e:  # noqa: BLE001 - scipy raises many types for broken files
+        raise DataError(f"{path}: cannot read MATLAB label file ({type(e).__name__}: {e})") from None
+    gt = mat.get("GTcls")
+    seg = getattr(gt, "Segmentation", None)
+    if seg is None:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path}: expected an SBD class label with variable GTcls.Segmentation, found "
+                        f"variables {keys}")
+    seg = np.asarray(seg)
+    if seg.ndim != 2 or seg.size == 0:
+        raise DataError(f"{path}: GTcls.Segmentation has shape {seg.shape}, expected a 2-D class map")
+    if seg.min(initial=0) < 0 or seg.max(initial=0) > 255:
+        raise DataError(f"{path}: GTcls.Segmentation holds values outside 0..255 "
+                        f"({int(seg.min())}..{int(seg.max())})")
+    return seg.astype(np.uint8)
+
+
+def read_label(path: str | Path, palette_to_rgb: bool = False) -> np.ndarray:
+    """Read a label map as integer H x W, without any resampling.
+
+    Index images (L, P: the palette indices are the labels, as in VOC; 1: 0/1; I;16: int32) come
+    back as-is; RGB(A) images come back as H x W x 3 for a dataset to decode through its palette.
+    With ``palette_to_rgb`` (colour-coded datasets) a P image is expanded to the colours its palette
+    shows instead. ``.mat`` files are SBD class labels.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".mat":
+        return read_mat_label(path)
+    im = _open(path, "label")
+    mode = im.mode
+    if mode in ("P", "PA") and palette_to_rgb:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    if im.mode == "LA":
+    if mode in ("L", "P"):
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode == "1":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return np.asarray(im).astype(np.int32)
+    if mode in ("RGB", "RGBA"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    if mode in ("LA", "PA"):
         return np.asarray(im.getchannel(0), dtype=np.uint8).copy()
-    raise DataError(f"{path}: unsupported label image mode {im.mode!r}; expected an 8/16-bit index PNG")
+    raise DataError(f"{path}: unsupported label image mode {mode!r}; expected an 8/16-bit index PNG "
+                    f"(L, P, I;16) or a colour-coded RGB PNG")

@@ -4,8 +4,9 @@ Train: random scale in [0.5, 2.0], random rotation in [-10, 10] degrees (image f
 mean, label with ignore), random Gaussian blur, horizontal flip, random crop to the crop size
 (image padded with the mean, label with ignore). Validation: no augmentation.
 
-Built on albumentations (OpenCV kernels, fast); labels are only ever resampled with nearest
-neighbour, so no new label value can appear (tests/test_transforms.py checks this with hypothesis).
+Built on albumentations (OpenCV kernels, fast; why: docs/data.md); labels are only ever resampled
+with nearest neighbour, so no new label value can appear, and image and label stay aligned
+(tests/test_transforms.py checks both with hypothesis).
 Images stay uint8 HWC through augmentation; :func:`normalize` turns a uint8 NCHW batch into
 ImageNet-normalised floats on the training device, which keeps worker-to-main traffic 4x smaller.
 """
@@ -47,8 +48,11 @@ class TrainTransform:
             raise ValueError(f"scale range must satisfy 0 < min <= max, got {scale!r}")
         ops: list[A.BasicTransform] = []
         if (smin, smax) != (1.0, 1.0):
+            # INTER_NEAREST_EXACT, not INTER_NEAREST: OpenCV's plain nearest resize samples pixel
+            # corners and shifts the label by up to one pixel (about +0.46 px on average) against
+            # the bilinear image; the exact variant samples pixel centres like INTER_LINEAR does.
             ops.append(A.RandomScale(scale_limit=(smin - 1.0, smax - 1.0), interpolation=cv2.INTER_LINEAR,
-                                     mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+                                     mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0))
         if rotate:
             ops.append(A.Rotate(limit=(-rotate, rotate), interpolation=cv2.INTER_LINEAR,
                                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,

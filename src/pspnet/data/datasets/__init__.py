@@ -6,16 +6,29 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import DataError
-from .base import DatasetInfo, SegmentationDataset, folder_pairs, read_list_file
-from .camvid import camvid_info, camvid_pairs
+from .ade20k import ade20k_info, ade20k_pairs
+from .base import DatasetInfo, SegmentationDataset, folder_pairs, read_list_file, require_files
+from .camvid import camvid32_info, camvid32_pairs, camvid_info, camvid_pairs
+from .cityscapes import cityscapes_info, cityscapes_pairs
+from .kitti_road import kitti_road_info, kitti_road_pairs
+from .voc import voc_aug_info, voc_aug_pairs, voc_info, voc_pairs
 
-__all__ = ["DatasetInfo", "SegmentationDataset", "build_dataset", "dataset_info", "DATASETS", "read_list_file",
-           "folder_pairs"]
+__all__ = ["DatasetInfo", "SegmentationDataset", "build_dataset", "dataset_info", "DATASETS", "GENERIC",
+           "read_list_file", "folder_pairs"]
 
 # name -> (info builder, pairs builder(root, split))
 DATASETS: dict[str, tuple[Callable[[], DatasetInfo], Callable[[Path, str], list]]] = {
     "camvid": (camvid_info, camvid_pairs),
+    "camvid32": (camvid32_info, camvid32_pairs),
+    "cityscapes": (cityscapes_info, cityscapes_pairs),
+    "ade20k": (ade20k_info, ade20k_pairs),
+    "voc": (voc_info, voc_pairs),
+    "voc_aug": (voc_aug_info, voc_aug_pairs),
+    "kitti_road": (kitti_road_info, kitti_road_pairs),
 }
+# the generic formats: "list" (<root>/<split>.txt of 'image label' lines) and "folder"
+# (<root>/<split>/images + <root>/<split>/labels matched by file stem); they need num_classes.
+GENERIC = ("list", "folder")
 
 
 def generic_info(num_classes: int, class_names=None, palette=None, name: str = "custom") -> DatasetInfo:
@@ -29,18 +42,23 @@ def generic_info(num_classes: int, class_names=None, palette=None, name: str = "
 def dataset_info(name: str, num_classes: int | None = None, class_names=None, palette=None) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name][0]()
-    if name in ("list", "folder"):
+    if name in GENERIC:
+        num_classes = num_classes or (len(class_names) if class_names else None)
         if not num_classes:
             raise DataError(f"dataset {name!r} needs model.num_classes (or data.class_names) to be set")
         return generic_info(num_classes, class_names, palette)
-    raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + ['list', 'folder']}")
+    raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + list(GENERIC)}")
 
 
 def build_dataset(name: str, root: str | Path, split: str, *, transform=None, list_file: str | None = None,
                   info: DatasetInfo | None = None, num_classes: int | None = None,
-                  check_labels: bool = True) -> SegmentationDataset:
+                  check_labels: bool = True, check_files: bool = True) -> SegmentationDataset:
     """A dataset by name (``camvid``, ...), or ``list`` (list file) or ``folder`` (``<root>/<split>/images``
-    and ``<root>/<split>/labels``)."""
+    and ``<root>/<split>/labels``).
+
+    With ``check_files`` (training) a listed file that does not exist is an error right away;
+    ``pspnet data check`` passes ``False`` to report every missing file itself.
+    """
     root = Path(root)
     info = info or dataset_info(name, num_classes)
     if list_file:
@@ -49,9 +67,11 @@ def build_dataset(name: str, root: str | Path, split: str, *, transform=None, li
     elif name in DATASETS:
         pairs = DATASETS[name][1](root, split)
     elif name == "folder":
-        pairs = folder_pairs(root / split / "images", root / split / "labels")
+        pairs = folder_pairs(root / split / "images", root / split / "labels", strict=check_files)
     elif name == "list":
         pairs = read_list_file(root / f"{split}.txt", root)
     else:
         raise DataError(f"unknown dataset {name!r}")
+    if check_files:
+        require_files(pairs, f"{name} {split} ({root})")
     return SegmentationDataset(pairs, info, transform, check_labels=check_labels)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...errors import DataError
-from ..io import read_image, read_label
+from ..io import exif_orientation, read_image, read_label
 from ..transforms import Transform, identity_transform, to_tensors
 
 IGNORE = 255
@@ -33,6 +33,11 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def color_coded(self) -> bool:
+        """Label files are colour images (palette PNGs are expanded to their colours before decoding)."""
+        return self.color_to_train is not None and self.id_to_train is None
 
 
 def decode_color_label(rgb: np.ndarray, color_to_train: dict[tuple[int, int, int], int], path: Path,
@@ -67,6 +72,24 @@ def map_label(raw: np.ndarray, info: DatasetInfo, path: Path) -> np.ndarray:
     return raw
 
 
+def read_mapped_label(path: Path, info: DatasetInfo) -> np.ndarray:
+    """Read a label file and map it to train ids (values are not range-checked here)."""
+    return map_label(read_label(path, palette_to_rgb=info.color_coded), info, path)
+
+
+def size_mismatch_message(img_path: Path, lbl_path: Path, image_hw: tuple[int, int],
+                          label_hw: tuple[int, int]) -> str:
+    """The error text for an image/label size mismatch, with a hint when EXIF rotation explains it."""
+    msg = (f"{lbl_path}: label is {label_hw[1]}x{label_hw[0]} but its image {img_path} is "
+           f"{image_hw[1]}x{image_hw[0]} (width x height); they must match")
+    orientation = exif_orientation(img_path)
+    if orientation in (5, 6, 7, 8) and tuple(label_hw) == tuple(image_hw)[::-1]:
+        msg += (f". The image has EXIF orientation {orientation} (rotated by 90 degrees) and is read upright; "
+                f"the label fits the un-rotated pixels: draw the label on the upright image, or strip the EXIF tag "
+                f"and rotate the image pixels consistently")
+    return msg
+
+
 class SegmentationDataset(Dataset):
     """Image/label pairs with a dataset's label mapping and an augmentation.
 
@@ -93,10 +116,9 @@ class SegmentationDataset(Dataset):
         image = read_image(img_path)
         if lbl_path is None:
             return image, np.full(image.shape[:2], self.info.ignore_index, np.uint8)
-        label = map_label(read_label(lbl_path), self.info, lbl_path)
+        label = read_mapped_label(lbl_path, self.info)
         if label.shape[:2] != image.shape[:2]:
-            raise DataError(f"{lbl_path}: label is {label.shape[1]}x{label.shape[0]} but its image {img_path} "
-                            f"is {image.shape[1]}x{image.shape[0]} (width x height); they must match")
+            raise DataError(size_mismatch_message(img_path, lbl_path, image.shape[:2], label.shape[:2]))
         if self.check_labels:
             bad = (label >= self.info.num_classes) & (label != self.info.ignore_index)
             if bad.any():
@@ -145,9 +167,13 @@ def read_list_file(list_file: str | Path, root: str | Path | None = None) -> lis
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def folder_pairs(images_dir: str | Path, labels_dir: str | Path,
-                 label_suffix: str = "") -> list[tuple[Path, Path | None]]:
-    """Match ``images_dir/<stem>.*`` with ``labels_dir/<stem><label_suffix>.png`` (or any image ext)."""
+def folder_pairs(images_dir: str | Path, labels_dir: str | Path, label_suffix: str = "",
+                 strict: bool = True) -> list[tuple[Path, Path | None]]:
+    """Match ``images_dir/<stem>.*`` with ``labels_dir/<stem><label_suffix>.png`` (or any image ext).
+
+    With ``strict=False`` an image without a label is paired with the path its label should have
+    (``<stem><label_suffix>.png``) so that ``pspnet data check`` can report every missing file.
+    """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for d in (images_dir, labels_dir):
         if not d.is_dir():
@@ -165,10 +191,41 @@ def folder_pairs(images_dir: str | Path, labels_dir: str | Path,
             pairs.append((p, labels[p.stem]))
         else:
             missing.append(p.name)
-    if missing:
+            if not strict:
+                pairs.append((p, labels_dir / f"{p.stem}{label_suffix}.png"))
+    if missing and strict:
         raise DataError(f"{labels_dir}: no label for {len(missing)} image(s) of {images_dir}, e.g. "
                         f"{missing[:3]}; labels are matched by file stem")
     return pairs
+
+
+def require_files(pairs: Sequence[tuple[Path, Path | None]], what: str) -> None:
+    """Fail fast, before training starts, when listed files do not exist (every one is counted)."""
+    missing = [str(p) for pair in pairs for p in pair if p is not None and not p.is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise DataError(f"{what}: {len(missing)} of the listed files do not exist:\n  {shown}{more}\n"
+                        f"run 'pspnet data check' for a full report")
+
+
+def split_stems(root: Path, split: str) -> list[str] | None:
+    """Stems named by ``<root>/<split>.txt`` (first field of each line: a name or a relative path), or None.
+
+    Lets layouts without official splits (original CamVid, KITTI road) use split files such as the
+    SegNet CamVid lists.
+    """
+    f = root / f"{split}.txt"
+    if not f.is_file():
+        return None
+    stems = []
+    for line in f.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            stems.append(Path(line.split()[0]).stem)
+    if not stems:
+        raise DataError(f"{f}: the split file has no entries")
+    return stems
 
 
 def lut_from_mapping(mapping: dict[int, int], size: int = 256, default: int = IGNORE) -> np.ndarray:

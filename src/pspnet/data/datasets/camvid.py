@@ -3,14 +3,22 @@
 SegNet layout (``../shared/data/camvid``): ``train.txt``/``val.txt``/``test.txt`` list files of
 ``image label`` lines; labels are 8-bit indices 0..10 and 11 = void, mapped to ignore (255).
 The original 32-class colour-coded labels (``LabeledApproved_full``) are mapped to the same 11
-classes through the standard grouping used by SegNet.
+classes through the grouping below (dataset ``camvid32``). SegNet did not publish its conversion;
+this grouping follows the class names (e.g. lane markings -> road, SUV/truck/bus -> car) and is
+documented, not guaranteed to reproduce the SegNet label files pixel for pixel.
+
+``camvid32`` layout (``root``): ``701_StillsRaw_full/<name>.png`` images with
+``LabeledApproved_full/<name>_L.png`` colour labels. Split ``all`` is every image; any other
+split reads ``<root>/<split>.txt`` and keeps the images whose name is the first field's file stem
+(so the SegNet ``train.txt``/``val.txt``/``test.txt`` lists select the same frames).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetInfo, lut_from_mapping, read_list_file
+from ...errors import DataError
+from .base import DatasetInfo, lut_from_mapping, read_list_file, split_stems
 
 CLASS_NAMES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car", "pedestrian",
                "bicyclist")
@@ -46,3 +54,33 @@ def camvid_pairs(root: str | Path, split: str) -> list:
     """Pairs of the SegNet layout: ``<root>/<split>.txt`` list file (relative paths)."""
     root = Path(root)
     return read_list_file(root / f"{split}.txt", root)
+
+
+IMAGES_32 = "701_StillsRaw_full"
+LABELS_32 = "LabeledApproved_full"
+
+
+def camvid32_info() -> DatasetInfo:
+    return DatasetInfo("camvid32", CLASS_NAMES, PALETTE, color_to_train=COLOR_32_TO_11)
+
+
+def camvid32_pairs(root: str | Path, split: str) -> list:
+    """Pairs of the original layout: ``701_StillsRaw_full/<n>.png`` + ``LabeledApproved_full/<n>_L.png``."""
+    root = Path(root)
+    img_dir = root / IMAGES_32
+    if not img_dir.is_dir():
+        raise DataError(f"{img_dir}: folder not found; camvid32 expects <root>/{IMAGES_32}/*.png and "
+                        f"<root>/{LABELS_32}/*_L.png")
+    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() == ".png"}
+    if split == "all":
+        stems = sorted(images)
+    else:
+        stems = split_stems(root, split)
+        if stems is None:
+            raise DataError(f"camvid32: no split file {root / (split + '.txt')}; use split 'all' or add a list "
+                            f"of image names (the SegNet train.txt/val.txt/test.txt work)")
+        unknown = [s for s in stems if s not in images]
+        if unknown:
+            raise DataError(f"{root / (split + '.txt')}: {len(unknown)} name(s) have no image in {img_dir}, e.g. "
+                            f"{unknown[:3]}")
+    return [(images[s], root / LABELS_32 / f"{s}_L.png") for s in stems]

@@ -1,0 +1,224 @@
+"""``pspnet data check``: walk a dataset and report every problem, plus per-class pixel counts.
+
+Each image/label pair is checked on its own and every problem is collected (nothing stops at the
+first): missing files, files that cannot be decoded (or colour labels with an unknown colour),
+image/label size mismatches and label values that are neither a class nor the ignore index.
+The class pixel counts are what class weighting (``train.class_weights``) is computed from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..errors import DataError
+from .datasets import DatasetInfo, SegmentationDataset, build_dataset, dataset_info
+from .datasets.base import map_label, size_mismatch_message
+from .io import read_image, read_label
+
+KINDS = ("missing", "unreadable", "size", "values")
+
+
+@dataclass
+class Problem:
+    """One problem of one file; ``kind`` is one of :data:`KINDS`."""
+
+    kind: str
+    path: str
+    message: str
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found; ``ok`` is False when there is any problem."""
+
+    name: str
+    split: str
+    root: str
+    info: DatasetInfo
+    num_pairs: int
+    problems: list[Problem] = field(default_factory=list)
+    class_pixels: np.ndarray | None = None  # int64 [num_classes]
+    ignore_pixels: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    unlabelled: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.info.num_classes, np.int64)
+        return {
+            "dataset": self.name, "split": self.split, "root": self.root, "pairs": self.num_pairs, "ok": self.ok,
+            "num_classes": self.info.num_classes, "ignore_index": self.info.ignore_index,
+            "problems": [vars(p) for p in self.problems],
+            "class_pixels": [{"id": i, "name": n, "pixels": int(c)}
+                             for i, (n, c) in enumerate(zip(self.info.class_names, pixels))],
+            "ignore_pixels": int(self.ignore_pixels),
+            "image_sizes": [{"width": w, "height": h, "images": k} for (w, h), k in self.sizes.most_common()],
+            "unlabelled_images": self.unlabelled,
+        }
+
+    def format(self) -> str:
+        info = self.info
+        lines = [f"dataset {self.name}, split {self.split}, root {self.root}: {self.num_pairs} image/label pairs, "
+                 f"{info.num_classes} classes, ignore index {info.ignore_index}"]
+        if self.sizes:
+            shown = ", ".join(f"{w}x{h}: {k}" for (w, h), k in self.sizes.most_common(5))
+            more = f" (+{len(self.sizes) - 5} other sizes)" if len(self.sizes) > 5 else ""
+            lines.append(f"image sizes (width x height: images): {shown}{more}")
+        if self.unlabelled:
+            lines.append(f"{self.unlabelled} image(s) have no label (test-style list): only the images were checked")
+        if self.problems:
+            by_kind = Counter(p.kind for p in self.problems)
+            files = len({p.path for p in self.problems})
+            lines.append(f"{len(self.problems)} problem(s) in {files} file(s) ("
+                         + ", ".join(f"{k}: {by_kind[k]}" for k in KINDS if by_kind[k]) + "):")
+            lines += [f"  [{p.kind}] {p.message}" for p in self.problems]
+        else:
+            lines.append("problems: none")
+        lines.append(self.format_table())
+        absent = [n for n, c in zip(info.class_names, self.class_pixels) if c == 0] \
+            if self.class_pixels is not None else []
+        if absent and self.class_pixels is not None and self.class_pixels.sum():
+            lines.append(f"note: {len(absent)} class(es) have no pixels in this split: {', '.join(absent[:10])}"
+                         + (" ..." if len(absent) > 10 else ""))
+        lines.append("result: OK" if self.ok else f"result: {len(self.problems)} error(s)")
+        return "\n".join(lines)
+
+    def format_table(self) -> str:
+        pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.info.num_classes, np.int64)
+        total = int(pixels.sum()) + int(self.ignore_pixels)
+        width = max([len("class"), len("(ignore)")] + [len(n) for n in self.info.class_names])
+
+        def pct(c: int) -> str:
+            return f"{100.0 * c / total:6.2f}" if total else "     -"
+
+        rows = [f"{'id':>4}  {'class':<{width}}  {'pixels':>14}  {'%':>6}"]
+        for i, (name, c) in enumerate(zip(self.info.class_names, pixels)):
+            rows.append(f"{i:>4}  {name:<{width}}  {int(c):>14,}  {pct(int(c))}")
+        rows.append(f"{self.info.ignore_index:>4}  {'(ignore)':<{width}}  {int(self.ignore_pixels):>14,}  "
+                    f"{pct(int(self.ignore_pixels))}")
+        rows.append(f"{'':>4}  {'total':<{width}}  {total:>14,}  {pct(total) if total else '     -'}")
+        return "\n".join(rows)
+
+
+def _out_of_range(label: np.ndarray, raw: np.ndarray, info: DatasetInfo, lbl_path: Path) -> Problem | None:
+    bad = (label >= info.num_classes) & (label != info.ignore_index)
+    if not bad.any():
+        return None
+    values, counts = np.unique(label[bad], return_counts=True)
+    parts = []
+    for v, c in zip(values[:8], counts[:8]):
+        ys, xs = np.nonzero(label == v)
+        raw_note = ""
+        if raw.ndim == 2 and int(raw[ys[0], xs[0]]) != int(v):
+            raw_note = f" (file value {int(raw[ys[0], xs[0]])})"
+        parts.append(f"{int(v)}{raw_note}: {int(c)} px, first at (x={xs[0]}, y={ys[0]})")
+    more = f"; and {len(values) - 8} more values" if len(values) > 8 else ""
+    return Problem("values", str(lbl_path),
+                   f"{lbl_path}: label values outside the classes 0..{info.num_classes - 1} of {info.name} and "
+                   f"the ignore value {info.ignore_index}: " + "; ".join(parts) + more)
+
+
+def check_pair(img_path: Path, lbl_path: Path | None, info: DatasetInfo) -> dict[str, Any]:
+    """Check one pair; returns its problems, image size and label histogram (class ids, ignore)."""
+    problems: list[Problem] = []
+    image_hw = label = None
+    if not img_path.is_file():
+        problems.append(Problem("missing", str(img_path), f"{img_path}: image file not found"))
+    else:
+        try:
+            image_hw = read_image(img_path).shape[:2]
+        except DataError as e:
+            problems.append(Problem("unreadable", str(img_path), str(e)))
+        except Exception as e:  # noqa: BLE001 - report, never stop the walk
+            problems.append(Problem("unreadable", str(img_path), f"{img_path}: {type(e).__name__}: {e}"))
+    hist = np.zeros(info.num_classes, np.int64)
+    ignore = 0
+    if lbl_path is not None:
+        if not lbl_path.is_file():
+            problems.append(Problem("missing", str(lbl_path), f"{lbl_path}: label file not found"))
+        else:
+            try:
+                raw = read_label(lbl_path, palette_to_rgb=info.color_coded)
+                label = map_label(raw, info, lbl_path)
+            except DataError as e:
+                problems.append(Problem("unreadable", str(lbl_path), str(e)))
+            except Exception as e:  # noqa: BLE001
+                problems.append(Problem("unreadable", str(lbl_path), f"{lbl_path}: {type(e).__name__}: {e}"))
+            else:
+                if image_hw is not None and label.shape[:2] != image_hw:
+                    problems.append(Problem("size", str(lbl_path),
+                                            size_mismatch_message(img_path, lbl_path, image_hw, label.shape[:2])))
+                p = _out_of_range(label, raw, info, lbl_path)
+                if p:
+                    problems.append(p)
+                flat = label.ravel()
+                counts = np.bincount(flat[flat < info.num_classes].astype(np.int64), minlength=info.num_classes)
+                hist = counts[: info.num_classes].astype(np.int64)
+                ignore = int(np.count_nonzero(flat == info.ignore_index))
+    return {"problems": problems, "size": None if image_hw is None else (image_hw[1], image_hw[0]),
+            "hist": hist, "ignore": ignore, "labelled": lbl_path is not None}
+
+
+class _PairChecks(Dataset):
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.pairs, self.info = dataset.pairs, dataset.info
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return check_pair(*self.pairs[index], self.info)
+
+
+def _keep(item: Any) -> Any:
+    return item
+
+
+def check_dataset(dataset: SegmentationDataset, *, name: str | None = None, split: str = "", root: str = "",
+                  workers: int = 0, progress: bool = True) -> CheckReport:
+    """Check every pair of ``dataset`` (in ``workers`` processes) and collect all problems."""
+    info = dataset.info
+    report = CheckReport(name or info.name, split, str(root), info, len(dataset),
+                         class_pixels=np.zeros(info.num_classes, np.int64))
+    loader = DataLoader(_PairChecks(dataset), batch_size=None, num_workers=workers, collate_fn=_keep)
+    desc = f"checking {report.name} {split}".rstrip()
+    for item in tqdm(loader, total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
+        report.problems += item["problems"]
+        if item["size"] is not None:
+            report.sizes[item["size"]] += 1
+        report.class_pixels += item["hist"]
+        report.ignore_pixels += item["ignore"]
+        report.unlabelled += not item["labelled"]
+    return report
+
+
+def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | None]], *,
+                 num_classes: int | None = None, class_names: Sequence[str] | None = None, workers: int = 0,
+                 progress: bool = True) -> list[CheckReport]:
+    """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it."""
+    info = dataset_info(name, num_classes, class_names)
+    if class_names:
+        if len(class_names) != info.num_classes:
+            raise DataError(f"{len(class_names)} class names given but {name} has {info.num_classes} classes")
+        info.class_names = tuple(class_names)
+    reports = []
+    for split, list_file in splits:
+        ds = build_dataset(name, root, split, list_file=list_file, info=info, check_labels=False, check_files=False)
+        reports.append(check_dataset(ds, name=name, split=split if not list_file else f"{split} ({list_file})",
+                                     root=str(root), workers=workers, progress=progress))
+    return reports
+
+
+def write_json(reports: Sequence[CheckReport], path: str | Path) -> None:
+    Path(path).write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n", encoding="utf-8")
