@@ -298,3 +298,40 @@ def test_a_tensorless_or_non_dict_file_is_rejected(tmp_path):
     torch.save({"epoch": 3}, path)
     with pytest.raises(WeightsError, match="holds no tensors"):
         read_state_dict(path)
+
+
+# ------------------------------------------------------------------ pspnet convert
+def test_convert_original_release_from_the_command_line(tmp_path, capsys):
+    from pspnet.cli import main
+    src = randomise(pspnet_resnet18(num_classes=19), seed=4)
+    ckpt = tmp_path / "train_epoch_100.pth"
+    fake_release_checkpoint(src, ckpt)
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", str(ckpt), str(out), "--class-names", ",".join(f"c{i}" for i in range(19))]) == 0
+    printed = capsys.readouterr().out
+    assert "original-release" in printed and "ResNet-18, deep 3x3 stem" in printed
+    assert "new (initialised, train them): 0 tensors" in printed and f"wrote {out}" in printed
+    model, meta = load_weights(out)
+    assert model.config.depth == 18 and model.config.num_classes == 19
+    assert meta["class_names"][3] == "c3" and len(meta["palette"]) == 19
+    assert meta["source_kind"] == "original-release"
+    assert_same_state(model.state_dict(), src.state_dict())
+
+
+def test_convert_imagenet_backbone_needs_classes_and_reports_new_layers(tmp_path, capsys):
+    from pspnet.cli import main
+    path = tmp_path / "resnet18.pth"
+    backbone = randomise(ResNet(18, deep_stem=False, num_classes=1000), seed=5)
+    torch.save(backbone.state_dict(), path)
+    out = tmp_path / "init.safetensors"
+    assert main(["convert", str(path), str(out)]) == 2
+    assert "--num-classes" in capsys.readouterr().err
+    assert main(["convert", str(path), str(out), "--num-classes", "4", "--output-stride", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "imagenet-torchvision" in printed and "7x7 stem, output stride 16, 4 classes" in printed
+    assert "new (initialised, train them): 40 tensors: ppm 24, cls 8, aux 8" in printed
+    model, _ = load_weights(out)
+    assert not model.config.deep_stem and model.config.output_stride == 16
+    assert torch.equal(model.layer0[0].weight, backbone.conv1.weight)
+    assert main(["convert", str(path), str(out), "--num-classes", "4", "--deep-stem"]) == 2
+    assert "--no-deep-stem" in capsys.readouterr().err

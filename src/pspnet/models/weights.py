@@ -331,9 +331,85 @@ def load_weights(path: str | Path, num_classes: int | None = None, **config_over
             isinstance(c, list) and len(c) == 3 and all(isinstance(x, int) and 0 <= x <= 255 for x in c)
             for c in palette)):
         raise WeightsError(f"{path}: metadata palette must be a list of [r, g, b] integers 0-255")
+    own_cls = state.get("cls.4.weight", state.get("module.cls.4.weight"))
+    if num_classes is None and own_cls is not None and own_cls.shape[0] != config.num_classes:
+        raise WeightsError(f"{path}: metadata config says {config.num_classes} classes but tensor 'cls.4.weight' "
+                           f"has shape {tuple(own_cls.shape)}; the file is inconsistent")
     model = PSPNet(config)
     load_into(model, state, source=str(path), strict=True)
     model.eval()
     return model, {"class_names": names, "palette": [tuple(c) for c in palette] if palette else None,
                    "config": config.to_dict(), **{k: v for k, v in meta.items()
                                                   if k not in ("config", "class_names", "palette")}}
+
+
+# ----------------------------------------------------------------------------------------- converting
+def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What a state dict tells about the model it came from: depth, stem, classes, head widths.
+
+    Works on the original release, ImageNet backbones (either stem) and our own files; a field that
+    cannot be read from the tensors (output stride, PPM bins) is left out.
+    """
+    from .resnet import RESNET_LAYERS, Bottleneck
+    state = to_pspnet_keys(state)
+    out: dict[str, Any] = {}
+    stem = state.get("layer0.0.weight")
+    if stem is not None and stem.dim() == 4:
+        out["deep_stem"] = "layer0.6.weight" in state or stem.shape[-1] == 3
+    bottleneck = "layer1.0.conv3.weight" in state
+    counts = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    for depth, (block, blocks) in RESNET_LAYERS.items():
+        if tuple(blocks) == counts and (block is Bottleneck) == bottleneck:
+            out["depth"] = depth
+    if "cls.4.weight" in state:
+        out["num_classes"] = int(state["cls.4.weight"].shape[0])
+        out["head_channels"] = int(state["cls.4.weight"].shape[1])
+        out["aux"] = "aux.4.weight" in state
+        if out["aux"]:
+            out["aux_channels"] = int(state["aux.4.weight"].shape[1])
+    return out
+
+
+def convert(src: str | Path, dst: str | Path, *, class_names=None, palette=None, dtype: torch.dtype | None = None,
+            **overrides: Any) -> dict[str, Any]:
+    """Any supported weight file -> our safetensors format (``pspnet convert``).
+
+    The model config is taken from the file's metadata (our files and checkpoints) or read from its
+    tensors (:func:`infer_config`); ``overrides`` (``depth``, ``num_classes``, ``deep_stem``,
+    ``output_stride``, ...) win over both. A full model (it has ``cls.*``) must fit exactly, apart
+    from classifiers of a different class count, which are re-initialised; an ImageNet backbone fills
+    ``layer0..4`` and the PPM and heads start from their initialisation. Returns a report with the
+    config and the loaded / new / re-initialised keys.
+    """
+    state, meta = read_state_dict(src)
+    state = to_pspnet_keys(state)
+    inferred = infer_config(state)
+    base = dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
+    cfg = {**inferred, **base, **{k: v for k, v in overrides.items() if v is not None}}
+    full_model = any(k.startswith("cls.") for k in state)
+    if "num_classes" not in cfg:
+        raise WeightsError(f"{src}: the file has no classifier (an ImageNet backbone?); give the number of "
+                           f"classes of the model to build (--num-classes K)")
+    if "depth" not in cfg:
+        raise WeightsError(f"{src}: cannot tell the ResNet depth from the tensors; give --depth")
+    try:
+        config = PSPNetConfig.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{src}: cannot build the model: {e}") from None
+    model = PSPNet(config)
+    report = load_into(model, state, source=str(src), strict=full_model, backbone_only=not full_model)
+    if class_names is None and isinstance(meta.get("class_names"), list) \
+            and len(meta["class_names"]) == config.num_classes:
+        class_names = meta["class_names"]
+    if class_names is not None and len(class_names) != config.num_classes:
+        raise WeightsError(f"{len(class_names)} class names given for a model with {config.num_classes} classes")
+    if palette is None and isinstance(meta.get("palette"), list) and len(meta["palette"]) == config.num_classes:
+        palette = meta["palette"]
+    if palette is None:
+        from ..data.palettes import default_palette
+        palette = default_palette(config.num_classes)
+    kind = ("pspnet" if meta.get("config") else "original-release" if full_model
+            else "imagenet-deep-stem" if config.deep_stem else "imagenet-torchvision")
+    save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype,
+                 extra={"converted_from": Path(src).name, "source_kind": kind})
+    return {"config": config.to_dict(), "source_kind": kind, "inferred": inferred, **report}
