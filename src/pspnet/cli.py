@@ -6,19 +6,54 @@ import argparse
 import logging
 import sys
 
-from .errors import PSPNetError
+from .errors import ConfigError, PSPNetError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.train import train
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []))
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                    max_iters=args.max_iters)
+    if result.bad_files:
+        print(f"skipped {len(result.bad_files)} bad file(s):\n  " + "\n  ".join(result.bad_files))
+    if result.interrupted:  # SIGINT/SIGTERM: last.pt was saved; 130 tells scripts the run is not finished
+        print(f"interrupted at iteration {result.iterations}; resume with --resume {result.weights}")
+        return 130
     print(f"weights: {result.weights}")
     if result.best_miou is not None:
         print(f"best val mIoU: {result.best_miou:.4f}")
     return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_splits, write_json
+    if args.config:
+        from .config import load_config
+        cfg = load_config(args.config, args.overrides)
+        d = cfg.data
+        name, root = args.dataset or d.dataset, args.root or d.root
+        num_classes, class_names = args.num_classes or cfg.model.num_classes, d.class_names
+        if args.split or args.list:
+            splits = [(args.split or d.train_split, args.list)]
+        else:
+            splits = [(d.train_split, d.train_list)]
+            if d.val_split or d.val_list:
+                splits.append((d.val_split, d.val_list))
+    else:
+        if not args.dataset or not args.root:
+            raise ConfigError("pspnet data check needs --config, or --dataset and --root")
+        if args.overrides:
+            raise ConfigError(f"overrides {args.overrides} need --config")
+        name, root, num_classes, class_names = args.dataset, args.root, args.num_classes, None
+        splits = [(args.split or "train", args.list)]
+    reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
+                           workers=args.workers, progress=not args.no_progress)
+    print("\n\n".join(r.format() for r in reports))
+    if args.json:
+        write_json(reports, args.json)
+        print(f"report: {args.json}")
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def _read_names(text: str | None) -> list[str] | None:
@@ -66,6 +101,171 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None) -> dict:
+    """Test-time settings for eval/predict: command-line flags over the config's eval section."""
+    from .config import EvalSection
+    from .errors import ConfigError
+    ev = ev or EvalSection()
+    mode = ev.mode if args.sliding is None else ("sliding" if args.sliding else "whole")
+    crop = args.crop_size or ev.crop_size or (crop_default if mode == "sliding" else None)
+    if mode == "sliding" and crop is None:
+        raise ConfigError("--sliding needs --crop-size H W (or eval.crop_size / data.crop_size in the config)")
+    base = ev.base_size if args.base_size is None else (args.base_size or None)
+    return {"base_size": base, "scales": tuple(args.scales or ev.scales),
+            "flip": ev.flip if args.flip is None else args.flip, "mode": mode,
+            "crop_size": tuple(crop) if crop else None,
+            "stride_rate": args.stride_rate or ev.stride_rate, "precision": args.precision}
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from .errors import ConfigError
+    from .data.datasets import build_dataset, dataset_info
+    from .engine.evaluate import evaluate, format_table
+    from .models.pretrained import load_for_inference
+    from .models.weights import atomic_write
+    cfg = None
+    if args.config:
+        from .config import load_config
+        cfg = load_config(args.config, args.overrides)
+    elif args.overrides:
+        raise ConfigError(f"overrides {args.overrides} need --config")
+    d = cfg.data if cfg else None
+    name = args.dataset or (d.dataset if d else None)
+    root = args.data_root or (d.root if d else None)
+    if not name or not root:
+        raise ConfigError("pspnet eval needs --config, or --dataset and --data-root")
+    model, meta = load_for_inference(args.weights, cfg, args.device)
+    num_classes = model.config.num_classes
+    split = args.split or (d.val_split if d else "val")
+    list_file = args.list or (d.val_list if d and not args.split else None)
+    names = (d.class_names if d and d.class_names else None) or meta.get("class_names")
+    info = dataset_info(name, num_classes, names)
+    if d and d.class_names:
+        info.class_names = tuple(d.class_names)
+    if info.num_classes != num_classes:
+        raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
+                          f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")
+    dataset = build_dataset(name, root, split, list_file=list_file, info=info, check_files=not args.skip_bad)
+    s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None)
+    res = evaluate(model, dataset, num_classes=num_classes, ignore_index=d.ignore_index if d else info.ignore_index,
+                   class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
+                   absent=args.absent, max_images=args.max_images, **s)
+    res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
+                            "data_root": str(root), "split": split, "list": list_file})
+    print(format_table(res))
+    for b in res["bad_files"]:
+        print(f"skipped: {b['path']}: {b['error']}", file=sys.stderr)
+    if args.out:
+        text = json.dumps(res, indent=2, allow_nan=False)
+        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        print(f"metrics: {args.out}")
+    return 1 if res["bad_files"] else 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .data.palettes import default_palette
+    from .engine.predict import predict_paths
+    from .models.pretrained import load_for_inference
+    model, meta = load_for_inference(args.weights, None, args.device)
+    n = model.config.num_classes
+    names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
+    palette = meta.get("palette") or default_palette(n)
+    out = predict_paths(model, args.inputs, args.out, class_names=names, palette=palette,
+                        progress=not args.no_progress, **_inference_settings(args))
+    done = (len(out) - 1) // 3
+    print(f"wrote {done} prediction(s) (_label/_color/_overlay.png) and legend.png to {args.out}")
+    for item, reason in out.failed:
+        print(f"failed: {item}: {reason}", file=sys.stderr)
+    if out.failed:
+        print(f"{len(out.failed)} input(s) failed", file=sys.stderr)
+    return 1 if out.failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .export import check_onnx, check_torchscript, export_onnx, export_torchscript, format_check
+    from .models.pretrained import load_for_inference
+    model, meta = load_for_inference(args.weights, None, "cpu")
+    kw = {"class_names": meta.get("class_names"), "palette": meta.get("palette")}
+    if args.format == "onnx":
+        export_onnx(model, args.out, opset=args.opset, dynamo=args.dynamo, **kw)
+    else:
+        export_torchscript(model, args.out, **kw)
+    print(f"wrote {args.out} ({args.format}; input: ImageNet-normalised float N x 3 x H x W, any H and W)")
+    if not args.check:
+        return 0
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.check_sizes.split(",")]
+        assert sizes and all(len(s) == 2 and min(s) > 0 for s in sizes)
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--check-sizes must look like 97x129,240x320 (height x width), got {args.check_sizes!r}")
+    check = check_onnx if args.format == "onnx" else check_torchscript
+    results = check(model, args.out, sizes)
+    print(f"check: {args.format} vs PyTorch (pass: max |diff| < 1e-3 and argmax agreement > 99.9%)")
+    print(format_check(results))
+    ok = all(r["ok"] for r in results)
+    print("check passed" if ok else "check FAILED")
+    return 0 if ok else 1
+
+
+def _add_inference_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--scales", type=float, nargs="+", help="multi-scale test, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    q.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also average the horizontally flipped image")
+    q.add_argument("--sliding", action=argparse.BooleanOptionalAction, default=None,
+                   help="sliding-window inference with --crop-size (default: whole image)")
+    q.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
+    q.add_argument("--stride-rate", type=float, help="window stride / crop size (default 2/3)")
+    q.add_argument("--base-size", type=int, help="resize the long side to this first (0: no resize)")
+    q.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
+                   help="fp32 (default), or via pspnet.engine.fast when available")
+    q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    import torch
+    from . import bench
+    from .errors import ConfigError
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        sizes = [bench.parse_size(s) for s in args.sizes.split(",")]
+        depths = [int(d) for d in args.depths.split(",")]
+    except ValueError as e:
+        raise ConfigError(f"--sizes/--depths: {e}") from None
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in bench.MODES]
+    if bad:
+        raise ConfigError(f"unknown --modes {bad}; choose from {', '.join(bench.MODES)}")
+    what = set(args.what.split(","))
+    results = {"machine": bench.machine_info()}
+    print(bench.format_machine(results["machine"]))
+    if "headline" in what:
+        results["headline"] = bench.bench_headline(reps=args.reps)
+    if "inference" in what:
+        results["inference"] = bench.bench_inference(depths, sizes, modes, reps=args.reps)
+    if "train" in what:
+        results["train"] = bench.bench_training(steps=args.reps, root=args.data_root)
+    if "cm" in what:
+        results["confusion_matrix"] = bench.bench_confusion()
+    if args.out:
+        from .models.weights import atomic_write
+        text = json.dumps(results, indent=2)
+        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        print(f"results: {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import FULL, QUICK, run_demo, with_overrides
+    settings = with_overrides(QUICK if args.quick else FULL, iters=args.iters, seed=args.seed)
+    run_demo(args.out, settings=settings, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pspnet", description="PSPNet for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -78,7 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--max-iters", type=int, help="stop after this iteration (the LR schedule keeps the full length)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable/invalid images and labels, count them and list them at the end "
+                        "(same as data.skip_bad=true; default: stop at the first bad file)")
     t.set_defaults(func=_cmd_train)
+
+    dt = sub.add_parser("data", help="dataset tools: 'pspnet data check'")
+    dsub = dt.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dc = dsub.add_parser("check", help="report missing/unreadable files, size mismatches, bad label values and "
+                                       "per-class pixel counts; exits 1 when there is any problem")
+    dc.add_argument("--config", "-c", help="YAML config: checks its data.train_split and data.val_split")
+    dc.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
+    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder")
+    dc.add_argument("--root", help="dataset folder")
+    dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
+    dc.add_argument("--list", help="list file of 'image label' lines (relative to --root) instead of the split's")
+    dc.add_argument("--num-classes", type=int, help="number of classes (datasets 'list' and 'folder')")
+    dc.add_argument("--workers", type=int, default=0, help="processes reading files (default 0: this one)")
+    dc.add_argument("--json", help="also write the report(s) to this JSON file")
+    dc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dc.set_defaults(func=_cmd_data_check)
 
     cv = sub.add_parser("convert", help="original-release checkpoint, ImageNet ResNet or pspnet checkpoint -> "
                                         "pspnet .safetensors (weights + config + class names + palette)")
@@ -96,6 +315,65 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--dataset", help="take class names and palette from a named dataset, e.g. cityscapes")
     cv.add_argument("--bf16", action="store_true", help="store floating-point tensors as bfloat16 (half size)")
     cv.set_defaults(func=_cmd_convert)
+
+    ev = sub.add_parser("eval", help="mIoU / mAcc / allAcc of a model on a labelled split")
+    ev.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
+    ev.add_argument("--config", "-c", help="YAML config: dataset, root, val split, eval settings")
+    ev.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
+    ev.add_argument("--dataset", help="dataset name without --config (camvid, cityscapes, ..., list, folder)")
+    ev.add_argument("--data-root", help="dataset folder (default: the config's data.root)")
+    ev.add_argument("--split", help="split to evaluate (default: the config's val split, or 'val')")
+    ev.add_argument("--list", help="list file of 'image label' lines (relative to the data root)")
+    _add_inference_options(ev)
+    ev.add_argument("--absent", choices=["nan", "zero"], default="nan",
+                    help="classes absent from the ground truth: left out of the means (nan, default) or "
+                         "counted as 0 (zero, the original release)")
+    ev.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    ev.add_argument("--skip-bad", action="store_true", help="skip unreadable items (listed; exit status 1)")
+    ev.add_argument("--out", "-o", help="write the metrics JSON here")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="label maps, colour maps and overlays for images")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    pr.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
+    pr.add_argument("--out", "-o", required=True, help="output folder")
+    _add_inference_options(pr)
+    pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="ONNX (dynamic height/width) or TorchScript")
+    ex.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", "-o", required=True, help="file to write (.onnx / .pt)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter (slower)")
+    ex.add_argument("--check", action="store_true", help="compare the export with PyTorch on several sizes")
+    ex.add_argument("--check-sizes", default="97x129,240x320,361x481", help="HxW sizes for --check")
+    ex.set_defaults(func=_cmd_export)
+
+    dm = sub.add_parser("demo", help="the whole pipeline on built-in synthetic street scenes: generate, train, "
+                                     "evaluate, predict (a few minutes on a CPU)")
+    dm.add_argument("--out", default="pspnet_demo", help="output folder (default: ./pspnet_demo)")
+    dm.add_argument("--quick", action="store_true", help="a tiny run (seconds) that checks the pipeline works")
+    dm.add_argument("--iters", type=int, help="training iterations (default: 300; --quick: 6)")
+    dm.add_argument("--seed", type=int, help="seed of the scenes and of training (default 0)")
+    dm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dm.set_defaults(func=_cmd_demo)
+
+    bn = sub.add_parser("bench", help="CPU/GPU speed: inference latency per precision/backend, training step "
+                                      "time, confusion-matrix update; prints the machine")
+    bn.add_argument("--what", default="headline",
+                    help="comma list of: headline (PSPNet-50 473x473 fp32 eager vs default mode), inference, "
+                         "train, cm (default: headline)")
+    bn.add_argument("--depths", default="18,50,101", help="for --what inference (default 18,50,101)")
+    bn.add_argument("--sizes", default="473x473,713x713,512x1024", help="HxW list for --what inference")
+    bn.add_argument("--modes", default="eager,fp32,bf16",
+                    help="for --what inference: eager (plain fp32 model), fp32, bf16, auto, fp32+compile, "
+                         "bf16+compile, int8, ort-fp32, ort-int8 (default eager,fp32,bf16)")
+    bn.add_argument("--reps", type=int, default=5, help="timed repetitions (training: steps) per case")
+    bn.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    bn.add_argument("--data-root", help="CamVid root: time training on real crops instead of random pixels")
+    bn.add_argument("--out", help="also write the results as JSON here")
+    bn.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -109,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except PSPNetError as e:
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or Ctrl-C in another command
+        print(f"pspnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
