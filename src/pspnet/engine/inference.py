@@ -2,8 +2,8 @@
 
 All functions take uint8 or float 0-255 images ``N x 3 x H x W`` (normalisation happens here)
 and return logits (or class probabilities averaged over the test-time variants) at ``H x W``.
-Multi-scale testing with flipping is the paper's Sec. 5 test protocol ("multiple scale testing",
-Table 1-3: "MS"); the original release averages the scores of scales 0.5 ... 1.75 and of the
+Multi-scale testing ("MS" in the paper's ablations, Sec. 5.1) averages the class scores of
+several scaled copies of the image; the original release uses scales 0.5 ... 1.75 and adds the
 horizontally flipped image. Any image size works (no ``8n + 1`` rule): the model's logits are
 bilinearly resized back to each variant's input and then to the image's size.
 
@@ -13,6 +13,7 @@ bilinearly resized back to each variant's input and then to the image's size.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.transforms import normalize
+
+log = logging.getLogger("pspnet.inference")
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
@@ -49,6 +52,23 @@ def model_device(model) -> torch.device:
         for t in model.buffers():
             return t.device
     return torch.device("cpu")
+
+
+def prepare_model(model, precision: str = "fp32"):
+    """``(runner, precision used)``: the model in eval mode for ``fp32``; for another precision the
+    callable of ``pspnet.engine.fast.prepare_for_inference`` (fp32 with a warning if that module
+    is not installed)."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    if precision == "fp32":
+        return model, "fp32"
+    try:
+        from .fast import prepare_for_inference
+    except ImportError:
+        log.warning("precision %r needs pspnet.engine.fast, which is not available; running fp32", precision)
+        return model, "fp32"
+    runner = prepare_for_inference(model, precision=precision)
+    return runner, getattr(runner, "precision", precision)
 
 
 @torch.no_grad()

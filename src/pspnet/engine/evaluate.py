@@ -1,0 +1,123 @@
+"""Evaluate a model on a labelled dataset: the paper's mean IoU and pixel accuracy (Zhao et al.
+2017, Sec. 4-5), with the test-time modes of :mod:`pspnet.engine.inference`.
+
+Predictions are made at each image's full resolution (the label's), so the numbers are those of
+the original labels, never of resized ones. The result is a JSON-ready dict; classes absent from
+the evaluated ground truth follow the convention chosen with ``absent`` (``pspnet.metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import DataError
+from ..metrics import Absent, ConfusionMatrix
+from .inference import model_device, predict_logits, prepare_model
+
+log = logging.getLogger("pspnet.evaluate")
+
+__all__ = ["evaluate", "format_table"]
+
+
+def _item_path(dataset, index: int) -> str | None:
+    pairs = getattr(dataset, "pairs", None)
+    try:
+        return str(pairs[index][0]) if pairs is not None else None
+    except (IndexError, TypeError):
+        return None
+
+
+@torch.no_grad()
+def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None,
+             base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
+             crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
+             progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
+             max_images: int | None = None) -> dict[str, Any]:
+    """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
+
+    Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
+    (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
+    ``"settings"``, ``"num_images"``, ``"seconds"``, ``"bad_files": [{index, path, error}]}``.
+    With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
+    is raised. ``precision`` other than ``fp32`` goes through
+    ``pspnet.engine.fast.prepare_for_inference`` when that module is available.
+    """
+    if mode == "sliding" and crop_size is None:
+        raise DataError("sliding-window evaluation needs a crop size (e.g. crop_size=(713, 713))")
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(f"{len(names)} class names given for {num_classes} classes")
+    runner, used_precision = prepare_model(model, precision)
+    device = model_device(runner)
+    cm = ConfusionMatrix(num_classes, ignore_index, device)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    bad: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="eval", unit="img", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for i in range(n):
+            try:
+                image, label = dataset[i]
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                bad.append({"index": i, "path": _item_path(dataset, i), "error": str(e)})
+                log.warning("skipped item %d: %s", i, e)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            label = torch.as_tensor(label)
+            if tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
+                raise DataError(f"item {i} ({_item_path(dataset, i)}): label {tuple(label.shape)} and image "
+                                f"{tuple(image.shape)} sizes differ")
+            probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip, mode=mode,
+                                   crop_size=crop_size, stride_rate=stride_rate, softmax=True)
+            cm.update(probs.argmax(1), label.reshape(1, *label.shape[-2:]).to(device))
+            if bar is not None:
+                bar.update(1)
+                if (i + 1) % 10 == 0 or i + 1 == n:
+                    bar.set_postfix(mIoU=f"{cm.compute(absent).miou:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    metrics = cm.compute(absent)
+    result = metrics.as_dict(names, json_safe=True)
+    result["confusion_matrix"] = cm.matrix.cpu().tolist()
+    result["settings"] = {"base_size": base_size, "scales": [float(s) for s in scales], "flip": bool(flip),
+                          "mode": mode, "crop_size": list(crop_size) if crop_size is not None else None,
+                          "stride_rate": float(stride_rate) if mode == "sliding" else None,
+                          "precision": used_precision, "ignore_index": ignore_index, "absent": absent,
+                          "device": str(device)}
+    result["num_images"] = n - len(bad)
+    result["seconds"] = round(seconds, 3)
+    result["bad_files"] = bad
+    return result
+
+
+def _fmt(v: float | None) -> str:
+    return "     -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The per-class table (name, IoU, Acc) and the three summary numbers, as printed by ``pspnet eval``."""
+    rows = results["per_class"]
+    width = max([len("class")] + [len(r["name"]) for r in rows])
+    lines = [f"{'class':<{width}}     IoU     Acc", "-" * (width + 16)]
+    lines += [f"{r['name']:<{width}}  {_fmt(r['iou'])}  {_fmt(r['acc'])}" for r in rows]
+    lines.append("-" * (width + 16))
+    s = results.get("settings", {})
+    conv = {"nan": "classes absent from the ground truth left out of the means",
+            "zero": "absent classes count as 0 (original release)"}.get(s.get("absent", "nan"), "")
+    lines.append(f"mIoU {_fmt(results['mIoU'])}   mAcc {_fmt(results['mAcc'])}   allAcc {_fmt(results['allAcc'])}")
+    if "num_images" in results:
+        lines.append(f"({results['num_images']} images; {conv})")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Predict label maps for image files: class-index PNG, colour PNG, overlay and a legend.
+
+Each input image is predicted at its own size (mixed sizes and any PIL mode: L, RGBA, P,
+16-bit, ...; see :func:`pspnet.data.io.read_image`) with the test-time modes of
+:mod:`pspnet.engine.inference`, and written as
+
+- ``<stem>_label.png``: class indices (8-bit, mode ``L``; 16-bit when there are more than 256 classes);
+- ``<stem>_color.png``: the classes in the palette's colours;
+- ``<stem>_overlay.png``: the colours blended with the image (50 %);
+
+plus one ``legend.png`` (a swatch and name per class). An input that cannot be read is reported
+and skipped; the rest are still written.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..data.datasets.base import IMAGE_EXTS
+from ..data.io import read_image
+from ..errors import DataError, PSPNetError
+from .inference import predict_logits, prepare_model
+
+log = logging.getLogger("pspnet.predict")
+
+__all__ = ["predict_paths", "expand_inputs", "draw_legend", "PredictOutputs", "OVERLAY_ALPHA"]
+
+OVERLAY_ALPHA = 0.5
+_GLOB_CHARS = set("*?[")
+
+
+class PredictOutputs(list):
+    """The written files (``list[Path]``), with ``failed``: ``(input, reason)`` for every skipped input."""
+
+    def __init__(self, paths: Iterable[Path] = (), failed: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(paths)
+        self.failed: list[tuple[str, str]] = list(failed)
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (their image files, not recursive) and glob patterns -> (files, problems).
+
+    Order is kept and duplicates are dropped. A folder with no images, a pattern matching nothing
+    or a missing path is a problem ``(input, reason)``, not an exception.
+    """
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for item in inputs:
+        s = str(item)
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                problems.append((s, f"folder has no image files ({', '.join(IMAGE_EXTS)})"))
+            for q in found:
+                add(q)
+        elif p.is_file():
+            add(p)
+        elif _GLOB_CHARS & set(s):
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+            if not found:
+                problems.append((s, "pattern matches no files"))
+            for q in found:
+                add(q)
+        else:
+            problems.append((s, "file not found"))
+    return files, problems
+
+
+def _unique_stems(files: Sequence[Path]) -> list[str]:
+    """File stems, with ``-2``, ``-3``... appended when two inputs share one (a/x.png, b/x.jpg)."""
+    used: dict[str, int] = {}
+    out = []
+    for f in files:
+        stem = f.stem
+        if stem in used:
+            used[stem] += 1
+            k = used[stem]
+            while f"{stem}-{k}" in used:
+                k += 1
+            stem = f"{stem}-{k}"
+        used.setdefault(stem, 1)
+        out.append(stem)
+    return out
+
+
+def _palette_array(palette, num_classes: int) -> np.ndarray:
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(pal) < num_classes:
+        from ..data.palettes import default_palette
+        pal = np.concatenate([pal, np.asarray(default_palette(num_classes)[len(pal):], dtype=np.uint8)])
+    return pal
+
+
+def draw_legend(class_names: Sequence[str], palette, path: str | Path) -> Path:
+    """A PNG with one row per class: a colour swatch and the class index and name."""
+    pal = _palette_array(palette, len(class_names))
+    font = ImageFont.load_default()
+    rows = [f"{i:>3}  {name}" for i, name in enumerate(class_names)]
+    row_h, sw = 22, 28
+    text_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(r, font=font)) for r in rows) if rows else 0
+    img = Image.new("RGB", (sw + 16 + text_w + 10, row_h * len(rows) + 8), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    for i, r in enumerate(rows):
+        y = 4 + i * row_h
+        d.rectangle([6, y + 2, 6 + sw, y + row_h - 4], fill=tuple(int(c) for c in pal[i]), outline=(0, 0, 0))
+        d.text((sw + 14, y + 5), r, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    img.save(path)
+    return path
+
+
+def _write_outputs(image: np.ndarray, label: np.ndarray, pal: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
+    paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_color.png", out_dir / f"{stem}_overlay.png"]
+    if len(pal) <= 256:
+        Image.fromarray(label.astype(np.uint8)).save(paths[0])  # 2-D uint8 -> mode L
+    else:
+        Image.fromarray(label.astype(np.uint16)).save(paths[0])  # mode I;16 -> 16-bit greyscale PNG
+    color = pal[label]
+    Image.fromarray(color).save(paths[1])
+    blend = image.astype(np.float32) * (1 - OVERLAY_ALPHA) + color.astype(np.float32) * OVERLAY_ALPHA
+    Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8)).save(paths[2])
+    return paths
+
+
+@torch.no_grad()
+def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
+                  palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
+                  progress: bool = True, stride_rate: float = 2 / 3) -> PredictOutputs:
+    """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
+
+    Returns the written paths (three per image, then ``legend.png``) as a list whose ``.failed``
+    holds ``(input, reason)`` for each input that was skipped (missing, unreadable, too small).
+    """
+    if mode == "sliding" and crop_size is None:
+        raise PSPNetError("sliding-window prediction needs a crop size, e.g. --crop-size 512 512")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = len(class_names)
+    pal = _palette_array(palette, num_classes)
+    files, failed = expand_inputs(inputs)
+    for item, reason in failed:
+        log.error("%s: %s", item, reason)
+    runner, _ = prepare_model(model, precision)
+    written = PredictOutputs(failed=failed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
+    try:
+        for f, stem in zip(files, _unique_stems(files)):
+            try:
+                image = read_image(f)
+                x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+                probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
+                                       crop_size=crop_size, stride_rate=stride_rate, softmax=True)
+                if probs.shape[1] != num_classes:
+                    raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
+                                      f"names were given")
+                label = probs[0].argmax(0).cpu().numpy()
+                written.extend(_write_outputs(image, label, pal, out_dir, stem))
+            except (DataError, ValueError, OSError) as e:  # unreadable / too small: report, go on
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if reason.startswith(f"{f}: "):  # DataError messages start with the path already
+                    reason = reason[len(f"{f}: "):]
+                written.failed.append((str(f), reason))
+                msg = f"skipped {f}: {reason}"
+                if bar is not None:
+                    bar.write(msg, file=sys.stderr)
+                else:
+                    log.error(msg)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    written.append(draw_legend(class_names, pal, out_dir / "legend.png"))
+    return written

@@ -1,0 +1,239 @@
+"""Export a PSPNet to ONNX (dynamic batch, height and width) or TorchScript, and check the export.
+
+The adaptive-pooling problem. The pyramid pooling module (Zhao et al. 2017, Sec. 3.3) pools the
+feature map into ``b x b`` bins with ``AdaptiveAvgPool2d(b)``, bin ``i`` along an axis of length
+``n`` covering ``[floor(i n / b), ceil((i + 1) n / b))``. ONNX has no adaptive pooling op:
+PyTorch's TorchScript-based exporter refuses it when the input size is dynamic ("input size not
+accessible"), and the dynamo exporter bakes the example's bin indices into the graph, so the file
+fails (or is wrong) at other sizes. Here each pool is replaced, for export only, by an exact
+formulation computed from the runtime shape: the bin edges above give an averaging matrix
+``P_n`` (``b x n``, ``1 / bin length`` inside bin ``i``) and ``pool(x) = P_h @ x @ P_w^T`` (two
+MatMuls; averaging over a rectangle is separable). Max pooling (``pool="max"``) uses the same
+bin masks with a masked max. One exported file then works for every input size and matches
+PyTorch to float rounding; :func:`check_onnx` measures that on several sizes.
+
+The exported graph takes the ImageNet-normalised float image ``N x 3 x H x W`` (like the
+PyTorch model; mean/std are stored in the file's metadata) and returns logits ``N x C x H x W``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .errors import PSPNetError
+from .models.pspnet import PSPNet
+
+log = logging.getLogger("pspnet.export")
+
+__all__ = ["BinPool2d", "make_exportable", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript",
+           "check_images", "format_check", "DEFAULT_CHECK_SIZES"]
+
+DEFAULT_CHECK_SIZES: tuple[tuple[int, int], ...] = ((97, 129), (240, 320), (361, 481))
+MAX_ABS_TOL = 1e-3
+MIN_AGREEMENT = 0.999
+
+
+class BinPool2d(nn.Module):
+    """``adaptive_{avg,max}_pool2d(x, bins)`` written with ops that ONNX exports for dynamic sizes."""
+
+    def __init__(self, bins: int, mode: str = "avg") -> None:
+        super().__init__()
+        if mode not in ("avg", "max"):
+            raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
+        self.bins, self.mode = int(bins), mode
+
+    def _mask(self, n, ref: torch.Tensor) -> torch.Tensor:
+        """``bins x n`` bool: element ``k`` of the axis lies in bin ``i``."""
+        i = torch.arange(self.bins, device=ref.device)
+        start = torch.div(i * n, self.bins, rounding_mode="floor")
+        end = torch.div((i + 1) * n + self.bins - 1, self.bins, rounding_mode="floor")
+        k = torch.arange(n, device=ref.device)
+        return (k.unsqueeze(0) >= start.unsqueeze(1)) & (k.unsqueeze(0) < end.unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mh, mw = self._mask(x.shape[-2], x), self._mask(x.shape[-1], x)
+        if self.mode == "avg":
+            ph = mh.to(x.dtype) / mh.sum(1, keepdim=True).to(x.dtype)
+            pw = mw.to(x.dtype) / mw.sum(1, keepdim=True).to(x.dtype)
+            return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))
+        neg = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
+        # rows: N x C x b x W  (max over H within each row bin), then columns: N x C x b x b
+        rows = torch.where(mh.view(1, 1, self.bins, -1, 1), x.unsqueeze(2), neg).amax(3)
+        return torch.where(mw.view(1, 1, 1, self.bins, -1), rows.unsqueeze(3), neg).amax(4)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, mode={self.mode}"
+
+
+def make_exportable(model: nn.Module) -> PSPNet:
+    """A copy of ``model`` in eval mode whose pyramid pools are :class:`BinPool2d` (same weights)."""
+    from .models.weights import unwrap
+    net = unwrap(model)
+    if not isinstance(net, PSPNet):
+        raise PSPNetError(f"export expects a pspnet.models.PSPNet, got {type(net).__name__}")
+    net = copy.deepcopy(net).eval()
+    for branch in net.ppm.features:
+        pool = branch[0]
+        if isinstance(pool, nn.AdaptiveAvgPool2d):
+            branch[0] = BinPool2d(_bins(pool.output_size), "avg")
+        elif isinstance(pool, nn.AdaptiveMaxPool2d):
+            branch[0] = BinPool2d(_bins(pool.output_size), "max")
+    return net
+
+
+def _bins(output_size) -> int:
+    if isinstance(output_size, (tuple, list)):
+        if len(set(output_size)) != 1 or output_size[0] is None:
+            raise PSPNetError(f"only square pyramid bins are supported, got {output_size!r}")
+        output_size = output_size[0]
+    return int(output_size)
+
+
+def _metadata(model: PSPNet, class_names=None, palette=None) -> dict[str, str]:
+    meta = {"format": "pspnet-onnx-v1", "config": json.dumps(model.config.to_dict()),
+            "input": "image: float32 N x 3 x H x W, RGB, (x / 255 - mean) / std (ImageNet)",
+            "output": "logits: float32 N x C x H x W", "mean": json.dumps(list(IMAGENET_MEAN)),
+            "std": json.dumps(list(IMAGENET_STD))}
+    if class_names is not None:
+        meta["class_names"] = json.dumps(list(class_names))
+    if palette is not None:
+        meta["palette"] = json.dumps([list(map(int, c)) for c in palette])
+    return meta
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None, palette=None,
+                opset: int = 17, example_size: tuple[int, int] = (97, 129), dynamo: bool = False) -> Path:
+    """Write an ONNX file with dynamic batch, height and width (see the module docstring).
+
+    ``dynamo=False`` uses the TorchScript-based exporter (fast); ``dynamo=True`` the
+    ``torch.export``-based one (slower, needs onnxscript). Both produce a size-independent graph.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise PSPNetError("ONNX export needs the onnx package: pip install 'pspnet[onnx]'") from None
+    net = make_exportable(model)
+    device = next(net.parameters()).device
+    example = torch.zeros(1, 3, *example_size, device=device)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation / tracer notices
+        if dynamo:
+            dim = torch.export.Dim
+            torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              opset_version=max(opset, 18), dynamo=True,
+                              dynamic_shapes={"x": {0: dim("batch"), 2: dim("height", min=net.min_input_size),
+                                                    3: dim("width", min=net.min_input_size)}})
+        else:
+            torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              opset_version=opset, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "logits": {0: "batch", 2: "height", 3: "width"}})
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in _metadata(net, class_names, palette).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
+                       palette=None, example_size: tuple[int, int] = (97, 129)) -> Path:
+    """Trace the model to TorchScript (any input size: shapes are traced, not baked in).
+
+    The metadata is stored as the archive's extra file ``pspnet.json``. ``torch.jit`` is deprecated
+    in recent PyTorch but still loads everywhere ``torch.jit.load`` exists (incl. C++ libtorch).
+    """
+    from .models.weights import unwrap
+    net = copy.deepcopy(unwrap(model)).eval()
+    if not isinstance(net, PSPNet):
+        raise PSPNetError(f"export expects a pspnet.models.PSPNet, got {type(net).__name__}")
+    device = next(net.parameters()).device
+    example = torch.zeros(1, 3, *example_size, device=device)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, example, check_trace=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(path), _extra_files={"pspnet.json": json.dumps(_metadata(net, class_names, palette))})
+    return path
+
+
+def check_images(sizes: Sequence[tuple[int, int]], batch: int = 1, seed: int = 0) -> list[torch.Tensor]:
+    """Smooth random uint8 test images (low-frequency noise, like natural images), one batch per size."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for h, w in sizes:
+        coarse = torch.rand(batch, 3, max(2, h // 16), max(2, w // 16), generator=g) * 255
+        fine = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
+        out.append((fine + torch.rand(batch, 3, h, w, generator=g) * 20).clamp(0, 255).round().to(torch.uint8))
+    return out
+
+
+def _compare(name: str, reference: torch.Tensor, other: torch.Tensor) -> dict[str, Any]:
+    diff = float((reference - other).abs().max())
+    agree = float((reference.argmax(1) == other.argmax(1)).double().mean())
+    ok = diff < MAX_ABS_TOL and agree > MIN_AGREEMENT
+    return {"size": list(reference.shape[-2:]), "backend": name, "max_abs_diff": diff, "argmax_agreement": agree,
+            "ok": ok}
+
+
+@torch.no_grad()
+def check_onnx(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]] = DEFAULT_CHECK_SIZES,
+               batch: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """Run the ONNX file with ONNX Runtime (CPU) and the original PyTorch model on every size; per size
+    the max abs logit difference and the argmax agreement (pass: < 1e-3 and > 99.9%)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PSPNetError("--check of an ONNX export needs onnxruntime: pip install 'pspnet[onnx]'") from None
+    from .models.weights import unwrap
+    net = unwrap(model).eval()
+    device = next(net.parameters()).device
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    results = []
+    for images in check_images(sizes, batch, seed):
+        x = normalize(images)
+        ref = net(x.to(device)).float().cpu()
+        got = torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+        results.append(_compare("onnxruntime", ref, got))
+    return results
+
+
+@torch.no_grad()
+def check_torchscript(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]] = DEFAULT_CHECK_SIZES,
+                      batch: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """Load the TorchScript file and compare it with the PyTorch model on every size (as :func:`check_onnx`)."""
+    from .models.weights import unwrap
+    net = unwrap(model).eval()
+    device = next(net.parameters()).device
+    loaded = torch.jit.load(str(path), map_location=device)
+    results = []
+    for images in check_images(sizes, batch, seed):
+        x = normalize(images).to(device)
+        results.append(_compare("torchscript", net(x).float().cpu(), loaded(x).float().cpu()))
+    return results
+
+
+def format_check(results: Sequence[dict[str, Any]]) -> str:
+    lines = [f"{'size (HxW)':>12}  {'max |diff|':>11}  {'argmax agree':>12}  ok"]
+    for r in results:
+        h, w = r["size"]
+        lines.append(f"{f'{h}x{w}':>12}  {r['max_abs_diff']:11.2e}  {r['argmax_agreement'] * 100:11.4f}%  "
+                     f"{'yes' if r['ok'] else 'NO'}")
+    return "\n".join(lines)

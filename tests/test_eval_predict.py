@@ -1,0 +1,237 @@
+"""evaluate / predict_paths / the eval and predict commands on tiny data made in tmp_path."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pspnet.cli import main
+from pspnet.data.datasets import build_dataset, dataset_info
+from pspnet.data.transforms import normalize
+from pspnet.engine.evaluate import evaluate, format_table
+from pspnet.engine.inference import predict_logits, prepare_model
+from pspnet.engine.predict import predict_paths
+from pspnet.errors import DataError, WeightsError
+from pspnet.models import pspnet_resnet18
+from pspnet.models.weights import save_weights
+
+NAMES = ["sky", "road", "car"]
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 100)]
+
+
+class Oracle(nn.Module):
+    """Reads the class back from the red channel (red = 80 * class): a perfect, pointwise model."""
+
+    def __init__(self, shift: int = 0):
+        super().__init__()
+        self.shift = shift
+        self.register_buffer("mean", torch.tensor(0.485 * 255))
+        self.register_buffer("std", torch.tensor(0.229 * 255))
+
+    def forward(self, x):
+        red = x[:, 0] * self.std + self.mean
+        cls = torch.round(red / 80).long().clamp(0, 2)
+        if self.shift:
+            cls = torch.roll(cls, self.shift, dims=-1)
+        return nn.functional.one_hot(cls, 3).permute(0, 3, 1, 2).float() * 10
+
+
+def _make_list_dataset(root, sizes=((40, 56), (33, 47), (48, 48))):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, (h, w) in enumerate(sizes):
+        label = np.kron(rng.integers(0, 3, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), np.uint8))[:h, :w].astype(np.uint8)
+        label[:3, :5] = 255  # ignore region
+        img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        img[..., 0] = np.where(label == 255, 0, label * 80)
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "lbl").mkdir(exist_ok=True)
+        Image.fromarray(img).save(root / "img" / f"{i}.png")
+        Image.fromarray(label).save(root / "lbl" / f"{i}.png")
+        lines.append(f"img/{i}.png lbl/{i}.png")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _dataset(root, **kw):
+    info = dataset_info("list", 3, NAMES)
+    return build_dataset("list", root, "val", info=info, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = pspnet_resnet18(num_classes=3, head_channels=16, aux=False).eval()
+    with torch.no_grad():
+        model.cls[-1].weight.normal_(0, 1.0)  # non-trivial predictions
+    return model
+
+
+@pytest.fixture(scope="module")
+def weights_file(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(tiny_model, path, NAMES, PALETTE)
+    return path
+
+
+def test_oracle_scores_one_and_shifted_oracle_scores_less(tmp_path):
+    ds = _dataset(_make_list_dataset(tmp_path))
+    for kw in ({}, {"flip": True}, {"mode": "sliding", "crop_size": (16, 24)}):
+        res = evaluate(Oracle(), ds, num_classes=3, class_names=NAMES, progress=False, **kw)
+        assert res["mIoU"] == 1.0 and res["mAcc"] == 1.0 and res["allAcc"] == 1.0, kw
+    cm = np.array(res["confusion_matrix"])
+    labels = [np.asarray(Image.open(tmp_path / "lbl" / f"{i}.png")) for i in range(3)]
+    counts = np.bincount(np.concatenate([lb[lb != 255] for lb in labels]), minlength=3)
+    assert cm.trace() == cm.sum() and cm.diagonal().tolist() == counts.tolist()  # ignore pixels skipped
+    bad = evaluate(Oracle(shift=5), ds, num_classes=3, class_names=NAMES, progress=False)
+    assert 0 < bad["mIoU"] < 1 and 0 < bad["allAcc"] < 1
+
+
+def test_evaluate_matches_independent_computation(tmp_path, tiny_model):
+    ds = _dataset(_make_list_dataset(tmp_path))
+    res = evaluate(tiny_model, ds, num_classes=3, class_names=NAMES, progress=False)
+    ref = np.zeros((3, 3), np.int64)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            image, label = ds[i]
+            pred = tiny_model(normalize(image[None]))[0].argmax(0).numpy()
+            keep = label.numpy() != 255
+            np.add.at(ref, (label.numpy()[keep], pred[keep]), 1)
+    assert res["confusion_matrix"] == ref.tolist()
+    tp, gt, pr = ref.diagonal(), ref.sum(1), ref.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (gt + pr - tp)
+        acc = tp / gt
+    assert res["mIoU"] == pytest.approx(np.nanmean(iou)) and res["mAcc"] == pytest.approx(np.nanmean(acc))
+    assert res["allAcc"] == pytest.approx(tp.sum() / ref.sum())
+    assert [c["name"] for c in res["per_class"]] == NAMES
+    assert res["settings"]["mode"] == "whole" and res["num_images"] == 3 and res["bad_files"] == []
+    table = format_table(res)
+    assert all(n in table for n in NAMES) and "mIoU" in table and "allAcc" in table
+
+
+def test_bad_item_is_skipped_or_raised(tmp_path):
+    root = _make_list_dataset(tmp_path)
+    (root / "img" / "1.png").write_bytes(b"not a png")
+    ds = _dataset(root)
+    with pytest.raises(DataError, match="1.png"):
+        evaluate(Oracle(), ds, num_classes=3, progress=False)
+    res = evaluate(Oracle(), ds, num_classes=3, progress=False, skip_bad=True)
+    assert res["num_images"] == 2 and len(res["bad_files"]) == 1 and res["bad_files"][0]["path"].endswith("1.png")
+    assert res["mIoU"] == 1.0
+
+
+def test_eval_command_writes_json(tmp_path, weights_file, capsys):
+    root = _make_list_dataset(tmp_path / "data")
+    out = tmp_path / "m.json"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  dataset: list\n  root: {root}\n  class_names: {NAMES}\neval:\n  flip: true\n")
+    rc = main(["eval", "--weights", str(weights_file), "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert {"mIoU", "mAcc", "allAcc", "per_class", "confusion_matrix", "settings"} <= set(res)
+    assert all(0 <= res[k] <= 1 for k in ("mIoU", "mAcc", "allAcc"))
+    assert res["settings"]["flip"] is True and res["settings"]["split"] == "val"
+    assert f"mIoU {res['mIoU']:.4f}" in printed and "road" in printed
+    # without --config: the weights' metadata + --dataset/--data-root; flags override
+    out2 = tmp_path / "m2.json"
+    rc = main(["eval", "--weights", str(weights_file), "--dataset", "list", "--data-root", str(root),
+               "--sliding", "--crop-size", "24", "24", "--scales", "1.0", "0.75", "--out", str(out2), "--no-progress"])
+    res2 = json.loads(out2.read_text())
+    assert rc == 0 and res2["settings"]["mode"] == "sliding" and res2["settings"]["scales"] == [1.0, 0.75]
+    assert [c["name"] for c in res2["per_class"]] == NAMES
+    assert main(["eval", "--weights", str(weights_file), "--no-progress"]) == 2  # no data given
+
+
+def _write_mixed_inputs(folder):
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (33, 47), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (50, 30, 4), dtype=np.uint8)).save(folder / "alpha.png")
+    Image.fromarray(rng.integers(0, 256, (45, 45, 3), dtype=np.uint8)).convert("P").save(folder / "pal.png")
+    Image.fromarray(rng.integers(0, 65535, (36, 52), dtype=np.uint16)).save(folder / "deep.png")
+    Image.fromarray(rng.integers(0, 256, (41, 61, 3), dtype=np.uint8)).save(folder / "photo.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "tiny.png")  # below the model's minimum
+    modes = {p.name: Image.open(p).mode for p in folder.iterdir() if p.name not in ("broken.png",)}
+    assert {"RGB", "L", "RGBA", "P", "I;16"} <= set(modes.values())
+    return {"rgb": (40, 50), "grey": (33, 47), "alpha": (50, 30), "pal": (45, 45), "deep": (36, 52), "photo": (41, 61)}
+
+
+def test_predict_folder_of_mixed_sizes_and_modes(tmp_path, tiny_model):
+    sizes = _write_mixed_inputs(tmp_path / "in")
+    out = predict_paths(tiny_model, [tmp_path / "in"], tmp_path / "out", class_names=NAMES, palette=PALETTE,
+                        progress=False)
+    assert sorted(f for f, _ in out.failed) == sorted(str(tmp_path / "in" / n) for n in ("broken.png", "tiny.png"))
+    assert (tmp_path / "out" / "legend.png").is_file() and out[-1].name == "legend.png"
+    for stem, (h, w) in sizes.items():
+        label = Image.open(tmp_path / "out" / f"{stem}_label.png")
+        color = Image.open(tmp_path / "out" / f"{stem}_color.png")
+        overlay = Image.open(tmp_path / "out" / f"{stem}_overlay.png")
+        assert label.mode == "L" and color.mode == "RGB" and overlay.mode == "RGB"
+        assert label.size == color.size == overlay.size == (w, h)
+        lab = np.asarray(label)
+        assert lab.max() < 3
+        assert np.array_equal(np.asarray(color), np.asarray(PALETTE, np.uint8)[lab])
+    # the label file is the model's argmax (independent path through predict_logits)
+    from pspnet.data.io import read_image
+    img = read_image(tmp_path / "in" / "rgb.png")
+    ref = predict_logits(tiny_model, torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].argmax(0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb_label.png")), ref.numpy())
+    overlay = np.asarray(Image.open(tmp_path / "out" / "rgb_overlay.png")).astype(int)
+    color = np.asarray(PALETTE)[ref.numpy()]
+    assert np.abs(overlay - (img.astype(int) + color) / 2).max() <= 1
+
+
+def test_predict_command_globs_duplicate_stems_and_exit_status(tmp_path, weights_file, capsys):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(tmp_path / d / "x.png")
+    (tmp_path / "a" / "bad.jpg").write_bytes(b"nope")
+    rc = main(["predict", str(tmp_path / "*" / "*.png"), str(tmp_path / "missing.png"), "--weights",
+               str(weights_file), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 1  # missing.png failed; the rest were written
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "x_label.png", "x_color.png", "x_overlay.png", "x-2_label.png", "x-2_color.png", "x-2_overlay.png", "legend.png"}
+    assert "missing.png" in capsys.readouterr().err
+    rc = main(["predict", str(tmp_path / "a"), "--weights", str(weights_file), "--out", str(tmp_path / "o2"),
+               "--no-progress"])
+    assert rc == 1 and (tmp_path / "o2" / "x_label.png").is_file()  # bad.jpg reported after the rest
+
+
+def test_default_weights(tmp_path, tiny_model, monkeypatch, capsys):
+    import pspnet.models.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "_weights_dir", lambda: tmp_path / "weights")
+    with pytest.raises(WeightsError, match="camvid_pspnet18.safetensors.*--weights"):
+        pretrained.default_weights_path()
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(tmp_path / "im.png")
+    assert main(["predict", str(tmp_path / "im.png"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "packaged CamVid model is not installed" in capsys.readouterr().err
+    save_weights(tiny_model, tmp_path / "weights" / "camvid_pspnet18.safetensors", NAMES, PALETTE)
+    assert main(["predict", str(tmp_path / "im.png"), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert (tmp_path / "o" / "im_label.png").is_file()
+
+
+def test_precision_goes_through_fast_module_when_present(monkeypatch, tiny_model):
+    calls = []
+    fake = types.ModuleType("pspnet.engine.fast")
+
+    def prepare_for_inference(model, precision="auto", backend="torch", compile=False):
+        calls.append(precision)
+        return model
+    fake.prepare_for_inference = prepare_for_inference
+    monkeypatch.setitem(sys.modules, "pspnet.engine.fast", fake)
+    runner, used = prepare_model(tiny_model, "bf16")
+    assert calls == ["bf16"] and runner is tiny_model and used == "bf16"
+    runner, used = prepare_model(tiny_model, "fp32")
+    assert calls == ["bf16"] and used == "fp32"  # fp32 is the plain model
+    monkeypatch.setitem(sys.modules, "pspnet.engine.fast", None)  # module absent -> fp32 with a warning
+    runner, used = prepare_model(tiny_model, "bf16")
+    assert runner is tiny_model and used == "fp32"

@@ -1,0 +1,99 @@
+"""ONNX export with dynamic height/width (exact adaptive pooling) and TorchScript export, checked
+against PyTorch on several input sizes from one exported file."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+from pspnet.cli import main
+from pspnet.export import (BinPool2d, check_onnx, check_torchscript, export_onnx, export_torchscript, format_check,
+                           make_exportable)
+from pspnet.models import pspnet_resnet18
+from pspnet.models.weights import save_weights
+
+SIZES = [(33, 47), (64, 64), (81, 19)]  # odd, square, tall-and-narrow
+
+
+def _tiny(pool="avg", classes=4):
+    torch.manual_seed(0)
+    model = pspnet_resnet18(num_classes=classes, head_channels=16, aux=False, pool=pool).eval()
+    with torch.no_grad():
+        for m in model.modules():  # non-trivial BN statistics and logits of order 1-10
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+        model.cls[-1].weight.normal_(0, 1.0)
+    return model
+
+
+@given(h=st.integers(1, 40), w=st.integers(1, 40), b=st.sampled_from([1, 2, 3, 6]))
+@settings(max_examples=150, deadline=None)
+def test_bin_pool_equals_adaptive_pool(h, w, b):
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    torch.testing.assert_close(BinPool2d(b, "avg")(x), F.adaptive_avg_pool2d(x, b), rtol=0, atol=1e-12)
+    assert torch.equal(BinPool2d(b, "max")(x), F.adaptive_max_pool2d(x, b))
+
+
+def test_make_exportable_keeps_the_function():
+    model = _tiny()
+    exp = make_exportable(model)
+    assert all(isinstance(br[0], BinPool2d) for br in exp.ppm.features)
+    assert all(isinstance(br[0], torch.nn.AdaptiveAvgPool2d) for br in model.ppm.features)  # original untouched
+    x = torch.randn(1, 3, 57, 43)
+    with torch.no_grad():
+        torch.testing.assert_close(exp(x), model(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_onnx_one_file_any_size(tmp_path, pool):
+    model = _tiny(pool)
+    path = export_onnx(model, tmp_path / "m.onnx", class_names=["a", "b", "c", "d"], example_size=(64, 80))
+    inputs = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in inputs] == ["batch", 3, "height", "width"]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["class_names"]) == ["a", "b", "c", "d"] and json.loads(meta["config"])["pool"] == pool
+    results = check_onnx(model, path, SIZES, batch=2)
+    print(format_check(results))
+    assert [r["size"] for r in results] == [list(s) for s in SIZES]
+    for r in results:
+        assert r["max_abs_diff"] < 1e-3 and r["argmax_agreement"] > 0.999 and r["ok"], r
+
+
+def test_torchscript_any_size(tmp_path):
+    model = _tiny()
+    path = export_torchscript(model, tmp_path / "m.pt", class_names=["a", "b", "c", "d"])
+    results = check_torchscript(model, path, SIZES)
+    assert all(r["ok"] and r["max_abs_diff"] < 1e-4 for r in results), results
+    extra = {"pspnet.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(json.loads(extra["pspnet.json"])["class_names"]) == ["a", "b", "c", "d"]
+
+
+def test_check_detects_a_wrong_export(tmp_path):
+    model = _tiny()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    other = _tiny()
+    with torch.no_grad():
+        other.cls[-1].bias[0] += 5.0  # a different model must fail the check
+    results = check_onnx(other, path, SIZES[:1])
+    assert not results[0]["ok"] and results[0]["max_abs_diff"] > 1
+
+
+def test_export_command(tmp_path, capsys):
+    model = _tiny()
+    w = tmp_path / "w.safetensors"
+    save_weights(model, w, ["a", "b", "c", "d"])
+    rc = main(["export", "--weights", str(w), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--check",
+               "--check-sizes", "33x47,64x64,81x19"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "check passed" in out and "81x19" in out
+    rc = main(["export", "--weights", str(w), "--format", "torchscript", "--out", str(tmp_path / "m.pt"), "--check",
+               "--check-sizes", "40x40"])
+    assert rc == 0 and "check passed" in capsys.readouterr().out
+    assert main(["export", "--weights", str(w), "--out", str(tmp_path / "x.onnx"), "--check",
+                 "--check-sizes", "40by40"]) == 2
