@@ -52,6 +52,20 @@ def atomic_write(path: str | Path, write_fn) -> None:
         raise
 
 
+def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that :func:`atomic_write` left when its process was killed
+    (SIGKILL, power loss) mid-write; call it when a writer of ``folder/<name>`` starts."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
 def save_weights(model: PSPNet, path: str | Path, class_names=None, palette=None, dtype: torch.dtype | None = None,
                  extra: Mapping[str, Any] | None = None) -> None:
     """Save model weights + config + class names + palette as one safetensors file (atomically)."""

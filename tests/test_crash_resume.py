@@ -1,0 +1,204 @@
+"""Crashes: a real ``pspnet train`` process killed with SIGKILL at several points (once in the middle
+of a checkpoint write), interrupted with SIGINT, and resumed each time from ``last.pt``, ends with
+exactly the weights of an uninterrupted run; no corrupt or temporary file is left behind. A failed
+checkpoint write (disk full) keeps the previous checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pspnet.config import load_config
+from pspnet.engine.train import Trainer, load_checkpoint, train
+from pspnet.errors import TrainingError
+
+ITERS = 12  # 6 images, batch 2: 3 iterations per epoch, so the legs cross epoch boundaries
+OVERRIDES = ["data.dataset=folder", "data.crop_size=[32,32]", "data.workers=0", "data.val_split=''",
+             "model.num_classes=3", "model.depth=18", "model.head_channels=16", "model.aux_channels=8",
+             "model.dropout=0.1", f"train.iters={ITERS}", "train.batch_size=2", "train.precision=fp32",
+             "train.threads=1", "train.log_every=1", "train.ckpt_every=2", "train.lr=0.01",
+             "train.warmup_iters=1"]
+
+
+def make_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        label = (img[..., 0].astype(np.int64) * classes // 256).astype(np.uint8)
+        Image.fromarray(img).save(root / "train" / "images" / f"{i:02d}.png")
+        Image.fromarray(label).save(root / "train" / "labels" / f"{i:02d}.png")
+    return root
+
+
+class Leg:
+    """One ``python -m pspnet.cli train`` process writing to ``out``; watches its ``log.jsonl``."""
+
+    def __init__(self, cfg_file: Path, data: Path, out: Path, resume: bool, name: str) -> None:
+        self.out, self.name = out, name
+        self.log = out / "log.jsonl"
+        self.started = time.time()
+        self.stderr_path = out.parent / f"{name}.stderr"
+        cmd = [sys.executable, "-m", "pspnet.cli", "train", "-c", str(cfg_file), f"data.root={data}",
+               f"train.output_dir={out}", *OVERRIDES, "--no-progress"]
+        if resume:
+            cmd += ["--resume", str(out / "last.pt")]
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def logged_iters(self) -> list[int]:
+        """Iterations this process has logged (a resumed run rewrites the log to its checkpoint's history,
+        so records are told apart by their time stamp)."""
+        try:
+            text = self.log.read_text()
+        except FileNotFoundError:
+            return []
+        records = [json.loads(ln) for ln in text.split("\n")[:-1] if ln.strip()]  # last piece: may be partial
+        return [r["iter"] for r in records if r.get("kind") == "train" and r.get("time", 0) >= self.started]
+
+    def wait_until(self, predicate, what: str, timeout: float = 120.0) -> None:
+        t0 = time.monotonic()
+        while not predicate():
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name}: the process ended (rc {self.proc.returncode}) before {what}:\n"
+                            + self.stderr_path.read_text()[-3000:])
+            if time.monotonic() - t0 > timeout:
+                self.proc.kill()
+                pytest.fail(f"{self.name}: timed out waiting for {what}")
+            time.sleep(0.005)
+
+    def finish(self, timeout: float = 120.0) -> int:
+        rc = self.proc.wait(timeout)
+        self.stderr.close()
+        return rc
+
+    def text(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def tmp_files(out: Path) -> list[Path]:
+    return sorted(out.glob(".*.tmp"))
+
+
+def assert_checkpoint_ok(out: Path, at_most: int) -> int:
+    ckpt = load_checkpoint(out / "last.pt")  # raises if the file is corrupt
+    assert ckpt["iteration"] % 2 == 0 or ckpt["iteration"] == at_most, ckpt["iteration"]
+    assert 0 < ckpt["iteration"] <= at_most
+    return int(ckpt["iteration"])
+
+
+def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("{}\n")
+    out = tmp_path / "crashy"
+    out.mkdir()
+
+    # leg 1: killed at an arbitrary moment after iteration 3 was logged (checkpoint 2 exists)
+    leg = Leg(cfg_file, data, out, resume=False, name="leg1")
+    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 3, "iteration 3")
+    leg.proc.send_signal(signal.SIGKILL)
+    assert leg.finish() == -signal.SIGKILL
+    assert_checkpoint_ok(out, ITERS)
+
+    # leg 2: killed while it writes a checkpoint (its temporary file exists)
+    leg = Leg(cfg_file, data, out, resume=True, name="leg2")
+    leg.wait_until(lambda: bool(tmp_files(out)), "a checkpoint write in progress")
+    leg.proc.send_signal(signal.SIGKILL)
+    assert leg.finish() == -signal.SIGKILL
+    assert_checkpoint_ok(out, ITERS)  # the previous checkpoint survived the interrupted write
+
+    # leg 3: killed after iteration 8
+    leg = Leg(cfg_file, data, out, resume=True, name="leg3")
+    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 8, "iteration 8")
+    leg.proc.send_signal(signal.SIGKILL)
+    assert leg.finish() == -signal.SIGKILL
+    assert_checkpoint_ok(out, ITERS)
+
+    # leg 4: SIGINT (Ctrl-C) after iteration 10: the step finishes, a checkpoint is saved, exit code 130
+    leg = Leg(cfg_file, data, out, resume=True, name="leg4")
+    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 10, "iteration 10")
+    leg.proc.send_signal(signal.SIGINT)
+    rc = leg.finish()
+    assert rc == 130, leg.text()[-3000:]
+    assert "Traceback" not in leg.text(), leg.text()[-3000:]
+    last_logged = max(leg.logged_iters())
+    stopped_at = int(load_checkpoint(out / "last.pt")["iteration"])
+    assert stopped_at == last_logged, "SIGINT must save the iteration it stopped at, not an older checkpoint"
+    assert not (out / "final.safetensors").exists() or stopped_at == ITERS
+
+    # leg 5: a stale temporary file from a crashed writer is cleaned; the run completes
+    stale = out / ".last.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    leg = Leg(cfg_file, data, out, resume=True, name="leg5")
+    assert leg.finish(timeout=180) == 0, leg.text()[-3000:]
+    assert not tmp_files(out), f"temporary files left behind: {tmp_files(out)}"
+    assert load_checkpoint(out / "last.pt")["iteration"] == ITERS
+
+    # the uninterrupted reference, in this process with the same config
+    ref_out = tmp_path / "reference"
+    cfg = load_config(cfg_file, [f"data.root={data}", f"train.output_dir={ref_out}", *OVERRIDES])
+    train(cfg, progress=False)
+    a, b = load_file(str(ref_out / "final.safetensors")), load_file(str(out / "final.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:5]}"
+
+
+def _tiny_trainer(tmp_path: Path) -> Trainer:
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    cfg = load_config(None, [f"data.root={data}", f"train.output_dir={tmp_path / 'run'}", *OVERRIDES,
+                             "data.crop_size=[16,16]"])
+    return Trainer(cfg, progress=False)
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = _tiny_trainer(tmp_path)
+    trainer.iteration = 4
+    path = trainer.save_checkpoint()
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def save_then_fail(obj, f, *a, **k):  # write part of the file, then the disk is full
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:
+            fh.truncate(fh.seek(0, 2) // 3)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    trainer.iteration = 6
+    with pytest.raises(TrainingError, match="No space left") as e:
+        trainer.save_checkpoint()
+    assert str(path) in str(e.value)
+    assert path.read_bytes() == before, "the previous checkpoint was modified"
+    assert load_checkpoint(path)["iteration"] == 4
+    assert not tmp_files(path.parent), "a partial temporary file was left behind"
+
+    # the same for the exported weights (safetensors)
+    monkeypatch.setattr(torch, "save", real_save)
+    weights = trainer.export_weights("final.safetensors")
+    good = weights.read_bytes()
+    import safetensors.torch as st
+
+    def fail(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", fail)
+    with pytest.raises((TrainingError, OSError)):
+        trainer.export_weights("final.safetensors")
+    assert weights.read_bytes() == good and not tmp_files(weights.parent)
