@@ -91,7 +91,7 @@ def test_data_check_reports_missing_files_and_unknown_colours_and_goes_on(tmp_pa
     save(tmp_path / "training/gt_image_2/uu_road_000002.png", gt)  # its image is missing
     json_path = tmp_path / "report.json"
     rc = main(["data", "check", "--dataset", "kitti_road", "--root", str(tmp_path), "--no-progress",
-               "--json", str(json_path)])
+               "--json", str(json_path), "--workers", "1"])  # results come back from a reader process
     out = capsys.readouterr().out
     assert rc == 1
     assert f"[missing] {tmp_path / 'training/image_2/uu_000002.png'}: image file not found" in out
