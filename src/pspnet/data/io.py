@@ -17,6 +17,7 @@ Decisions (see docs/data.md, "Image modes"):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # huge but bounded: refuse decompression bombs beyond this
+MAX_PIXELS = 20_000 * 20_000  # huge but bounded: larger images are refused as possible decompression bombs
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _EXIF_ORIENTATION = 0x0112
@@ -32,15 +34,26 @@ _EXIF_ORIENTATION = 0x0112
 
 def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            im.load()
-            out = ImageOps.exif_transpose(im) if transpose else im.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, before decoding
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise DataError(f"{path}: {what} is {im.width}x{im.height} = {im.width * im.height:,} pixels, "
+                                    f"over the limit of {MAX_PIXELS:,} (a possible decompression bomb); "
+                                    f"downscale or tile it first")
+                im.load()
+                out = ImageOps.exif_transpose(im) if transpose else im.copy()
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: expected a {what} file, found a directory") from None
     except _DECODE_ERRORS as e:
-        raise DataError(f"{path}: cannot decode {what} ({e}); is the file truncated or not an image?") from None
+        empty = " (the file is empty)" if path.is_file() and path.stat().st_size == 0 else ""
+        raise DataError(f"{path}: cannot decode {what}{empty} ({e}); is the file truncated or not an image?") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise many types on hostile bytes (struct.error, ...)
+        raise DataError(f"{path}: cannot decode {what} ({type(e).__name__}: {e}); is the file corrupt?") from None
     if out.width == 0 or out.height == 0:
         raise DataError(f"{path}: {what} has zero size")
     return out
@@ -62,6 +75,8 @@ def read_image(path: str | Path) -> np.ndarray:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: float image has {int((~np.isfinite(arr)).sum())} NaN/inf pixel values")
         if mode == "F":
             hi = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
         else:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.transforms import normalize
+from ..errors import DataError
 
 log = logging.getLogger("pspnet.inference")
 
@@ -88,6 +89,9 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | N
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive numbers, got {list(scales)!r}")
     h, w = images.shape[-2:]
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise DataError(f"input images hold {int((~torch.isfinite(images)).sum())} NaN/inf values; "
+                        f"predict_logits expects finite 0-255 pixel values")
     device = model_device(model)
     x0 = normalize(images.to(device))
     total = None

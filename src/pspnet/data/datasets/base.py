@@ -64,6 +64,8 @@ def map_label(raw: np.ndarray, info: DatasetInfo, path: Path) -> np.ndarray:
             raise DataError(f"{path}: label is a colour (RGB) image but {info.name} expects single-channel "
                             f"class indices; convert it to an 8-bit index PNG (mode L or P)")
         return decode_color_label(raw, info.color_to_train, path, info.ignore_index)
+    if raw.size and raw.min() < 0:  # 32-bit label images can hold negative values; never index with them
+        raise DataError(f"{path}: label value {int(raw.min())} is negative; label files hold class indices >= 0")
     if info.id_to_train is not None:
         if raw.max(initial=0) >= len(info.id_to_train):
             raise DataError(f"{path}: label value {int(raw.max())} is outside the id table of {info.name} "
@@ -147,6 +149,8 @@ def read_list_file(list_file: str | Path, root: str | Path | None = None) -> lis
         text = list_file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{list_file}: not a UTF-8 text list file ({e})") from None
+    except OSError as e:
+        raise DataError(f"{list_file}: cannot read the list file ({e})") from None
     pairs: list[tuple[Path, Path | None]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
