@@ -147,13 +147,92 @@ def _check_pspnet(model: nn.Module) -> PSPNet:
 
 
 # ----------------------------------------------------------------------------------------- torch backend
+def onednn_available(device: torch.device | str = "cpu") -> bool:
+    """True where PyTorch's oneDNN fused-convolution ops can run (x86/ARM CPUs with mkldnn)."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+class OneDNNConv(nn.Module):
+    """A (BN-folded) convolution with its bias, an optional residual addition and an optional ReLU
+    as one oneDNN primitive whose weight is re-laid out once for oneDNN (what inductor's
+    ``freezing`` does), instead of per call; saves the separate passes of add and ReLU."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, relu: bool = False) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise PSPNetError("OneDNNConv supports zero padding given as integers")
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.attr = "relu" if relu else "none"
+        w = conv.weight.detach().to(dtype)
+        # an opaque oneDNN tensor: kept as a plain attribute (module.to() / state_dict do not apply)
+        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups)
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, self.packed_weight, self.bias, self.padding, self.stride,
+                                                           self.dilation, self.groups, self.attr, [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", None, self.attr, [], "")
+
+
+class _FusedBlock(nn.Module):
+    """A folded BasicBlock / Bottleneck: every conv+ReLU fused, the last conv fused with the
+    shortcut addition and the final ReLU."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        names = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
+        self.convs = nn.ModuleList(OneDNNConv(getattr(block, n), dtype, relu=True) for n in names)
+        self.down = None
+        if block.downsample is not None:
+            self.down = OneDNNConv(block.downsample[0], dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        out = x
+        for conv in self.convs[:-1]:
+            out = conv(out)
+        return self.convs[-1](out, identity)
+
+
+def _fuse_sequential(seq: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
+    """Conv (Identity*) ReLU -> one fused OneDNNConv; Identity layers dropped; the rest kept."""
+    items = [m for m in seq if not isinstance(m, nn.Identity)]
+    out, i = [], 0
+    while i < len(items):
+        m = items[i]
+        if isinstance(m, nn.Conv2d):
+            relu = i + 1 < len(items) and isinstance(items[i + 1], nn.ReLU)
+            out.append(OneDNNConv(m, dtype, relu=relu))
+            i += 2 if relu else 1
+        elif isinstance(m, (BasicBlock, Bottleneck)):
+            out.append(_FusedBlock(m, dtype))
+            i += 1
+        else:
+            out.append(m)
+            i += 1
+    return nn.Sequential(*out)
+
+
+def _fusable(net: nn.Module) -> bool:
+    """Every norm layer was folded (a GroupNorm model keeps the plain modules)."""
+    return not any(isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)) for m in net.modules())
+
+
 class FastPSPNet(nn.Module):
     """A folded PSPNet for inference: backbone, PPM and head (up to the classifier) in ``dtype``
     (fp32 or bf16, weights cast once), the 1x1 classifier and the logit upsampling in fp32."""
 
     backend = "torch"
 
-    def __init__(self, net: PSPNet, precision: str = "fp32", channels_last: bool = True) -> None:
+    def __init__(self, net: PSPNet, precision: str = "fp32", channels_last: bool = True,
+                 onednn: bool | None = None) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"FastPSPNet runs fp32 or bf16, got {precision!r}")
@@ -174,10 +253,28 @@ class FastPSPNet(nn.Module):
         for m in body:
             m.to(dtype=self.dtype, memory_format=self.memory_format)
         self.classifier.to(memory_format=self.memory_format)
+        device = self.classifier.weight.device
+        if onednn is None:
+            onednn = onednn_available(device) and _fusable(nn.ModuleList(body))
+        elif onednn and not (onednn_available(device) and _fusable(nn.ModuleList(body))):
+            raise ConfigError("onednn=True needs a CPU build of PyTorch with mkldnn and a BatchNorm model "
+                              "(every norm folded)")
+        self.onednn = bool(onednn)
+        if self.onednn:
+            for name in ("layer0", "layer1", "layer2", "layer3", "layer4", "head"):
+                setattr(self, name, _fuse_sequential(getattr(self, name), self.dtype))
+            for i, branch in enumerate(self.ppm.features):
+                self.ppm.features[i] = _fuse_sequential(branch, self.dtype)
 
     @property
     def device(self) -> torch.device:
         return self.classifier.weight.device
+
+    def to(self, *args, **kwargs):  # noqa: D102
+        if self.onednn:
+            raise PSPNetError("a FastPSPNet with pre-packed oneDNN weights stays where it was built; prepare "
+                              "the PSPNet again on the other device")
+        return super().to(*args, **kwargs)
 
     @property
     def min_input_size(self) -> int:
@@ -202,25 +299,21 @@ class FastPSPNet(nn.Module):
             return F.interpolate(logits, size, mode="bilinear", align_corners=self.align_corners).contiguous()
 
 
-def _compile(module: FastPSPNet) -> nn.Module:
-    """torch.compile with inductor; weights are frozen into constants (``freezing``), which lets
-    inductor pre-pack them for oneDNN and fold the layout conversions."""
-    try:
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True
-    except Exception:  # pragma: no cover - inductor missing
-        pass
-    compiled = torch.compile(module, backend="inductor", dynamic=False)
-    return compiled
+def _frozen_compile_context():
+    """inductor with ``freezing``: weights become constants, so inductor pre-packs them for oneDNN
+    and folds layout conversions (set only while compiling / running, not globally)."""
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)
 
 
 class _Compiled(nn.Module):
-    """Keeps FastPSPNet's attributes visible on a compiled module."""
+    """``torch.compile`` (inductor, frozen weights) of a :class:`FastPSPNet`; compiles on the first
+    call for each input shape."""
 
     def __init__(self, inner: FastPSPNet) -> None:
         super().__init__()
         self.inner = inner
-        self.compiled = _compile(inner)
+        self.compiled = torch.compile(inner, backend="inductor", dynamic=False)
         self.config, self.precision, self.backend = inner.config, inner.precision, "torch+compile"
 
     @property
@@ -228,8 +321,112 @@ class _Compiled(nn.Module):
         return self.inner.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), _frozen_compile_context():
             return self.compiled(x)
+
+
+# ----------------------------------------------------------------------------------------- int8 (torch)
+class _ReLU(nn.Module):
+    """``torch.relu`` as a module: one graph partition per call. A shared ``nn.ReLU`` (the ResNet
+    blocks apply ``self.relu`` twice) makes the PT2E quantizer see one partition with two outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _replace_relu(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, _ReLU())
+        else:
+            _replace_relu(child)
+
+
+class _PlainForward(nn.Module):
+    """PSPNet's eval forward with no input checks or autocast regions, for ``torch.export``."""
+
+    def __init__(self, net: PSPNet) -> None:
+        super().__init__()
+        self.net = net
+        _replace_relu(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x0 = x
+        x = n.layer4(n.layer3(n.layer2(n.layer1(n.layer0(x)))))
+        x = n.cls(n.ppm(x))
+        return F.interpolate(x, x0.shape[-2:], mode="bilinear", align_corners=n.config.align_corners)
+
+
+class TorchInt8PSPNet(nn.Module):
+    """int8 PSPNet through PyTorch 2 export quantisation (PT2E) with the X86InductorQuantizer
+    (torchao): static per-channel int8 weights, per-tensor uint8 activations calibrated on the given
+    images, lowered by inductor to oneDNN int8 convolutions (VNNI / AMX). One graph per input shape,
+    built on first use; the classifier stays fp32."""
+
+    backend = "torch+compile"
+    precision = "int8"
+
+    def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        try:
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
+        except ImportError:
+            raise ConfigError("precision='int8' with backend='torch' needs torchao (pip install torchao), or "
+                              "use backend='onnxruntime'") from None
+        self.config = net.config
+        self.plain = _PlainForward(net.cpu().float().eval())
+        self.calibration = None if calibration is None else [_as_float_batch(c) for c in calibration]
+        self.graphs: dict[tuple[int, ...], Any] = {}
+        self.device = torch.device("cpu")
+
+    def _graph(self, x: torch.Tensor):
+        shape = tuple(x.shape)
+        if shape in self.graphs:
+            return self.graphs[shape]
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        quantizer.set_module_name_qconfig(f"net.cls.{len(self.plain.net.cls) - 1}", None)  # classifier: fp32
+        exported = torch.export.export(self.plain, (x,)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        calib = self.calibration
+        if not calib:
+            log.warning("int8 without calibration images: calibrating on the first input batch; pass "
+                        "calibration=[...] (a few dozen representative images) for better accuracy")
+            calib = [x]
+        for c in _resized(calib, shape):
+            prepared(c)
+        converted = convert_pt2e(prepared)
+        graph = torch.compile(converted, backend="inductor", dynamic=False)
+        self.graphs[shape] = graph
+        return graph
+
+    def train(self, mode: bool = True) -> "TorchInt8PSPNet":
+        if mode:
+            raise PSPNetError("a model prepared for inference cannot be trained; train the plain PSPNet")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().cpu().contiguous()
+        with torch.no_grad():
+            graph = self._graph(x)
+            with _frozen_compile_context():
+                return graph(x).float()
+
+
+def _resized(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Calibration batches resized to the graph's H x W and split/tiled to its batch size."""
+    out = []
+    for c in calibration:
+        c = _as_float_batch(c)
+        if tuple(c.shape[-2:]) != tuple(shape[-2:]):
+            c = F.interpolate(c, size=tuple(shape[-2:]), mode="bilinear", align_corners=True)
+        for i in range(c.shape[0]):
+            out.append(c[i:i + 1].expand(shape[0], -1, -1, -1).contiguous())
+    return out
 
 
 # ----------------------------------------------------------------------------------------- ONNX Runtime
@@ -264,20 +461,22 @@ class _MatmulPPM(nn.Module):
         return torch.cat(out, 1)
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export a fixed-shape fp32 graph (adaptive pooling of the PPM is shape-specific anyway)."""
+def _exportable(net: PSPNet) -> nn.Module:
+    """The export helper's :func:`pspnet.export.make_exportable` (pyramid pools as matrix products);
+    :class:`_MatmulPPM` if that module is not available."""
     try:
-        from ..export import export_onnx as _helper  # the export helper's exporter, when present
-    except Exception:  # noqa: BLE001 - module not written yet or optional deps missing
-        _helper = None
-    if _helper is not None:
-        try:
-            _helper(module, example, path)
-            return
-        except TypeError:
-            pass
+        from ..export import make_exportable
+    except ImportError:  # pragma: no cover - export module missing
+        net = copy.deepcopy(net).eval()
+        net.ppm = _MatmulPPM(net.ppm)
+        return net
+    return make_exportable(net)
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export a fixed-shape fp32 graph: the pooling matrices of this shape fold into constants."""
     import warnings
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["logits"],
                           opset_version=17, dynamo=False, do_constant_folding=True)
@@ -298,8 +497,8 @@ class _CalibrationReader:
 
 
 class OnnxRuntimePSPNet:
-    """The folded fp32 network exported to ONNX and run by ONNX Runtime (one session per input
-    shape), optionally statically quantised to int8 (QDQ, per-channel weights) with calibration images.
+    """The folded fp32 network exported to ONNX and run by ONNX Runtime (one fixed-shape graph and
+    session per input shape, made on first use), optionally statically quantised to int8 (QDQ, per-channel weights) with calibration images.
 
     The last convolution (classifier) and the final upsampling stay fp32 in the int8 graph.
     """
@@ -316,8 +515,7 @@ class OnnxRuntimePSPNet:
             raise ConfigError(f"the onnxruntime backend runs fp32 or int8, got {precision!r} "
                               f"(bf16 runs with backend='torch')")
         self.config, self.precision = net.config, precision
-        self.module = FastPSPNet(net, "fp32", channels_last=False).cpu()
-        self.module.ppm = _MatmulPPM(self.module.ppm)
+        self.module = _exportable(net).cpu().float()
         self.calibration = None if calibration is None else [_as_float_batch(c) for c in calibration]
         self.threads = threads or torch.get_num_threads()
         self._tmp = tempfile.TemporaryDirectory(prefix="pspnet-onnx-") if cache_dir is None else None
@@ -377,13 +575,7 @@ def _as_float_batch(x: torch.Tensor) -> torch.Tensor:
 def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    arrays = []
-    for c in calibration:
-        c = _as_float_batch(c)
-        if tuple(c.shape[-2:]) != tuple(shape[-2:]):
-            c = F.interpolate(c, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
-        for i in range(c.shape[0]):  # the graph has a fixed batch size
-            arrays.append(c[i:i + 1].expand(shape[0], -1, -1, -1).contiguous().numpy())
+    arrays = [c.numpy() for c in _resized(calibration, shape)]
     graph = onnx.load(str(src))
     convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
     keep_fp32 = convs[-1:]  # the classifier
@@ -397,7 +589,7 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], 
 # ----------------------------------------------------------------------------------------- entry point
 def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
                           *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
-                          threads: int | None = None) -> Any:
+                          threads: int | None = None, onednn: bool | None = None) -> Any:
     """The fastest faithful form of ``model`` for inference (see the module docstring).
 
     Args:
@@ -407,6 +599,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
             input shape compiles (minutes on a small CPU).
         channels_last: NHWC activations for the torch backend (oneDNN's native layout).
+        onednn: fuse conv+bias(+add)+ReLU into oneDNN primitives with pre-packed weights (torch
+            backend, eager); default: where available.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
         threads: intra-op threads of the onnxruntime backend (default: torch's).
 
@@ -426,9 +620,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
             raise ConfigError("compile=True applies to backend='torch' only")
         return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads)
     if precision == "int8":
-        from .quant import quantize_torch_int8  # noqa: F401  (PT2E, optional)
-        return quantize_torch_int8(folded, calibration, compile=compile)
-    fast = FastPSPNet(folded, precision, channels_last=channels_last)
+        if device.type != "cpu":
+            raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
+        return TorchInt8PSPNet(folded, calibration)
+    # compile: inductor packs and fuses itself (from the plain folded modules)
+    fast = FastPSPNet(folded, precision, channels_last=channels_last, onednn=False if compile else onednn)
     return _Compiled(fast) if compile else fast
 
 

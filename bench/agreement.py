@@ -1,0 +1,114 @@
+"""Does the fast inference mode predict the same labels as fp32? Argmax agreement and mIoU on CamVid val.
+
+    python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --root ../shared/data/camvid \
+        [--precision auto] [--backend torch] [--base-size 240]
+
+For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
+backend)`` predict through ``pspnet.engine.inference.predict_logits`` (same resizing); the script
+prints the fraction of pixels with the same arg-max class, each mode's mIoU against the labels, and
+the mIoU difference. Pass: agreement >= 99.5% and mIoU drop <= 0.3 points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from pspnet import bench
+from pspnet.data.datasets import build_dataset, dataset_info
+from pspnet.engine.fast import prepare_for_inference
+from pspnet.engine.inference import predict_logits
+from pspnet.metrics import ConfusionMatrix
+from pspnet.models.weights import load_weights
+
+MIN_AGREEMENT, MAX_MIOU_DROP = 0.995, 0.3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", required=True)
+    p.add_argument("--root", required=True, help="CamVid root (train/val/test folders)")
+    p.add_argument("--dataset", default="camvid")
+    p.add_argument("--split", default="val")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--base-size", type=int, default=240,
+                   help="long side the images are resized to (the CamVid CPU recipe's eval.base_size; 0: none)")
+    p.add_argument("--calibration-images", type=int, default=16, help="training images to calibrate int8")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", help="JSON results")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(bench.format_machine())
+    model, meta = load_weights(a.weights)
+    model.eval()
+    info = dataset_info(a.dataset, model.config.num_classes)
+    ds = build_dataset(a.dataset, a.root, a.split, info=info)
+    calibration = None
+    if a.precision == "int8":
+        train = build_dataset(a.dataset, a.root, "train", info=info)
+        step = max(1, len(train) // a.calibration_images)
+        calibration = []
+        for i in range(0, step * a.calibration_images, step):
+            img = train[i][0][None]
+            calibration.append(predict_input(img, a.base_size))
+    fast = prepare_for_inference(model, a.precision, backend=a.backend, compile=a.compile, calibration=calibration)
+    used = getattr(fast, "precision", a.precision)
+    n = len(ds) if a.max_images is None else min(len(ds), a.max_images)
+    k = model.config.num_classes
+    cm_ref, cm_fast = ConfusionMatrix(k, info.ignore_index), ConfusionMatrix(k, info.ignore_index)
+    same = total = 0
+    t_ref = t_fast = 0.0
+    base = a.base_size or None
+    for i in range(n):
+        image, label = ds[i]
+        t = time.perf_counter()
+        ref = predict_logits(model, image[None], base_size=base, softmax=False).argmax(1)
+        t_ref += time.perf_counter() - t
+        t = time.perf_counter()
+        out = predict_logits(fast, image[None], base_size=base, softmax=False).argmax(1)
+        t_fast += time.perf_counter() - t
+        same += int((ref == out).sum())
+        total += ref.numel()
+        cm_ref.update(ref, label[None])
+        cm_fast.update(out, label[None])
+    m_ref, m_fast = cm_ref.compute(), cm_fast.compute()
+    agree = same / total
+    drop = (m_ref.miou - m_fast.miou) * 100
+    res = {"weights": a.weights, "split": a.split, "images": n, "precision": a.precision, "resolved_precision": used,
+           "backend": a.backend, "compile": a.compile, "base_size": base, "argmax_agreement": agree,
+           "miou_fp32": m_ref.miou, "miou_fast": m_fast.miou, "miou_drop_points": drop,
+           "seconds_fp32": t_ref, "seconds_fast": t_fast, "command": " ".join(["python"] + sys.argv)}
+    print(f"{a.dataset} {a.split}: {n} images, base size {base}, weights {a.weights}")
+    print(f"  mode: precision {a.precision} -> {used}, backend {a.backend}, compile {a.compile}")
+    print(f"  argmax agreement with fp32: {agree * 100:.3f}% of {total} pixels")
+    print(f"  mIoU fp32 {m_ref.miou * 100:.2f}   mIoU fast {m_fast.miou * 100:.2f}   drop {drop:+.3f} points")
+    print(f"  time fp32 {t_ref:.1f} s   fast {t_fast:.1f} s  (whole loop, {n} images)")
+    ok = agree >= MIN_AGREEMENT and drop <= MAX_MIOU_DROP
+    print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, mIoU drop <= {MAX_MIOU_DROP} points)")
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=2)
+    return 0 if ok else 1
+
+
+def predict_input(image: torch.Tensor, base_size: int | None) -> torch.Tensor:
+    """The normalised, resized network input ``predict_logits`` would feed for this image."""
+    from pspnet.data.transforms import normalize
+    from pspnet.engine.inference import base_resize_shape
+    x = normalize(image)
+    if base_size:
+        size = base_resize_shape(*x.shape[-2:], base_size)
+        x = torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=True)
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())

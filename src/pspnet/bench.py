@@ -1,0 +1,279 @@
+"""Benchmarks behind ``pspnet bench`` and ``bench/*.py``: inference latency, training step time and the
+confusion-matrix update, each printed with the machine it ran on.
+
+Latency is wall-clock time per call (``time.perf_counter``) after warm-up calls, reported as the
+median over repetitions with images/s = batch / median. Two modes compared for a ratio run in the
+same process, alternating, so that both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .engine.fast import prepare_for_inference
+from .models import PSPNet, PSPNetConfig
+
+__all__ = ["machine_info", "format_machine", "time_calls", "build_model", "MODES", "make_runner",
+           "bench_headline", "bench_inference", "bench_training", "bench_confusion", "parse_size"]
+
+_FLAG_NAMES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+               "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+# mode name -> prepare_for_inference keyword arguments; "eager" is the plain model (fp32, unfolded, NCHW)
+MODES: dict[str, dict[str, Any] | None] = {
+    "eager": None,
+    "auto": {"precision": "auto"},
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "fp32-unfused": {"precision": "fp32", "onednn": False},
+    "bf16-unfused": {"precision": "bf16", "onednn": False},
+    "fp32+compile": {"precision": "fp32", "compile": True},
+    "bf16+compile": {"precision": "bf16", "compile": True},
+    "int8": {"precision": "int8"},
+    "ort-fp32": {"precision": "fp32", "backend": "onnxruntime"},
+    "ort-int8": {"precision": "int8", "backend": "onnxruntime"},
+}
+
+
+# ----------------------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, the SIMD/matrix flags that matter for speed, and library versions."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "flags": [f for f in _FLAG_NAMES if f in flags], "torch": torch.__version__,
+            "onednn": torch.backends.mkldnn.is_available(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onnxruntime": ort_version, "python": platform.python_version()}
+
+
+def format_machine(info: dict[str, Any] | None = None) -> str:
+    info = info or machine_info()
+    return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
+            f"flags: {' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
+            f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, python {info['python']}")
+
+
+# ----------------------------------------------------------------------------------------- timing
+def time_calls(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"473"`` or ``"473x473"`` or ``"512x1024"`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise ValueError(f"size must look like 473 or 512x1024 (height x width), got {text!r}")
+
+
+def build_model(depth: int = 50, num_classes: int = 19, **kwargs: Any) -> PSPNet:
+    """A PSPNet in the original release's layout (deep stem, output stride 8, bins 1-2-3-6, 512-channel
+    head) with its initial weights: timing does not depend on the weight values."""
+    torch.manual_seed(0)
+    return PSPNet(PSPNetConfig(num_classes=num_classes, depth=depth, **kwargs)).eval()
+
+
+def make_runner(model: PSPNet, mode: str, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The callable that runs ``mode`` (a key of :data:`MODES`) on ``model``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    spec = MODES[mode]
+    if spec is None:
+        return model
+    calibration = [example] if spec["precision"] == "int8" else None
+    return prepare_for_inference(model, **spec, calibration=calibration)
+
+
+# ----------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def bench_headline(depth: int = 50, size: tuple[int, int] = (473, 473), num_classes: int = 19, reps: int = 5,
+                   mode: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Plain fp32 eager vs ``mode`` (the default CPU mode), alternating in one process."""
+    model = build_model(depth, num_classes)
+    x = torch.randn(1, 3, *size)
+    fast = make_runner(model, mode, x)
+    resolved = getattr(fast, "precision", mode)
+    for _ in range(2):  # warm-up both (oneDNN primitive creation, first-touch allocations)
+        model(x)
+        fast(x)
+    base_t, fast_t = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model(x)
+        base_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fast(x)
+        fast_t.append(time.perf_counter() - t)
+    agree = float((model(x).argmax(1) == fast(x).argmax(1)).float().mean())
+    b, f = statistics.median(base_t), statistics.median(fast_t)
+    res = {"model": f"PSPNet-{depth}", "size": list(size), "num_classes": num_classes, "reps": reps,
+           "mode": mode, "resolved_precision": resolved, "backend": getattr(fast, "backend", "torch"),
+           "fp32_eager_median_s": b, "fast_median_s": f, "speedup": b / f,
+           "fp32_eager_times_s": base_t, "fast_times_s": fast_t, "argmax_agreement_random_weights": agree}
+    log(f"PSPNet-{depth} {size[0]}x{size[1]}, {num_classes} classes, eval, batch 1, {reps} alternating runs")
+    log(f"  plain fp32 eager          median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
+    log(f"  default CPU mode {mode}->{resolved:<5s} median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
+    log(f"  speedup {b / f:.2f}x   (argmax agreement on this random-weight model: {agree * 100:.2f}%)")
+    return res
+
+
+@torch.no_grad()
+def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple[int, int]] = ((473, 473),),
+                    modes: Sequence[str] = ("eager", "fp32", "bf16"), num_classes: int = 19, reps: int = 3,
+                    warmup: int = 1, batch: int = 1, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Median latency and images/s per (depth, size, mode)."""
+    rows = []
+    log(f"{'model':<11s} {'size':>9s} {'mode':<13s} {'median ms':>10s} {'images/s':>9s} {'setup s':>8s}")
+    for depth in depths:
+        model = build_model(depth, num_classes)
+        for size in sizes:
+            x = torch.randn(batch, 3, *size)
+            for mode in modes:
+                t0 = time.perf_counter()
+                try:
+                    run = make_runner(model, mode, x)
+                    run(x)  # first call: export / quantisation / compilation happen here
+                except Exception as e:  # noqa: BLE001 - a mode that cannot run here is reported, not fatal
+                    log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<13s} failed: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]}")
+                    rows.append({"depth": depth, "size": list(size), "mode": mode, "error": str(e)})
+                    continue
+                setup = time.perf_counter() - t0
+                times = time_calls(lambda: run(x), reps=reps, warmup=max(0, warmup - 1))
+                med = statistics.median(times)
+                rows.append({"depth": depth, "size": list(size), "mode": mode, "batch": batch, "median_s": med,
+                             "images_per_s": batch / med, "times_s": times, "setup_s": setup})
+                log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<13s} {med * 1000:10.1f} "
+                    f"{batch / med:9.2f} {setup:8.1f}")
+                del run
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- training
+def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: int = 8, num_classes: int = 11,
+                   steps: int = 4, warmup: int = 1, precisions: Sequence[str] = ("fp32", "bf16"),
+                   channels_last: bool = True, root: str | Path | None = None, head_channels: int = 256,
+                   aux_channels: int = 128, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seconds per SGD step (forward with the aux head, loss, backward, update) per precision.
+
+    Defaults follow the CamVid CPU recipe (configs/camvid/pspnet_r18_cpu.yaml). With ``root`` the
+    batch is real CamVid training crops (the recipe's augmentation), otherwise random pixels; the
+    step time does not depend on pixel values. Precisions alternate step by step.
+    """
+    from .data.transforms import normalize
+    from .engine.train import resolve_precision
+    from .models import PSPNetLoss
+    images, labels = _training_batch(crop, batch, num_classes, root)
+    torch.manual_seed(0)
+    model = PSPNet(PSPNetConfig(num_classes=num_classes, depth=depth, head_channels=head_channels,
+                                aux_channels=aux_channels)).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    criterion = PSPNetLoss(0.4, 255)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step(precision: str) -> float:
+        dtype = resolve_precision(precision, torch.device("cpu"))
+        t = time.perf_counter()
+        x = normalize(images).contiguous(memory_format=fmt)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+        loss, _ = criterion(out, labels)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t
+
+    for p in precisions:
+        for _ in range(warmup):
+            step(p)
+    times: dict[str, list[float]] = {p: [] for p in precisions}
+    for _ in range(steps):
+        for p in precisions:
+            times[p].append(step(p))
+    med = {p: statistics.median(v) for p, v in times.items()}
+    log(f"training PSPNet-{depth} ({num_classes} classes, head {head_channels}), batch {batch} x {crop[0]}x{crop[1]} "
+        f"{'CamVid crops' if root else 'random pixels'}, {steps} alternating steps after {warmup} warm-up each")
+    for p in precisions:
+        log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s)")
+    res = {"depth": depth, "crop": list(crop), "batch": batch, "steps": steps, "times_s": times,
+           "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()}}
+    if "fp32" in med and "bf16" in med:
+        res["bf16_speedup"] = med["fp32"] / med["bf16"]
+        log(f"  bf16 speedup over fp32: {res['bf16_speedup']:.2f}x")
+    return res
+
+
+def _training_batch(crop: tuple[int, int], batch: int, num_classes: int, root: str | Path | None):
+    if root is None:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, 3, *crop), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, num_classes, (batch, *crop), generator=g)
+        return images, labels
+    from .data.datasets import build_dataset
+    from .data.transforms import TrainTransform, to_tensors
+    ds = build_dataset("camvid", root, "train")
+    tf = TrainTransform(crop, (0.375, 1.0))
+    imgs, lbls = [], []
+    for i in range(batch):
+        tf.seed(i)
+        im, lb = to_tensors(*tf(*ds.load(i)))
+        imgs.append(im)
+        lbls.append(lb)
+    return torch.stack(imgs), torch.stack(lbls)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def bench_confusion(shape: tuple[int, int] = (1024, 2048), num_classes: int = 19, reps: int = 20,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``ConfusionMatrix.update`` on one label map of ``shape`` (int64 prediction and target with ~5%
+    ignore pixels, as from ``logits.argmax(1)`` and a dataset label)."""
+    from .metrics import ConfusionMatrix
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, num_classes, shape, generator=g)
+    target[torch.rand(shape, generator=g) < 0.05] = 255
+    pred = torch.randint(0, num_classes, shape, generator=g)
+    res: dict[str, Any] = {"shape": list(shape), "num_classes": num_classes, "reps": reps}
+    for name, (p, t) in {"int64": (pred, target), "uint8 target": (pred, target.to(torch.uint8))}.items():
+        cm = ConfusionMatrix(num_classes)
+        times = time_calls(lambda: cm.update(p, t), reps=reps, warmup=2)
+        med = statistics.median(times)
+        res[name] = {"median_ms": med * 1000, "times_ms": [x * 1000 for x in times]}
+        log(f"ConfusionMatrix.update {shape[0]}x{shape[1]} ({name}, {num_classes} classes): "
+            f"median {med * 1000:.2f} ms over {reps} runs")
+    return res

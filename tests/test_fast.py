@@ -1,0 +1,209 @@
+"""Fast inference (pspnet.engine.fast): folding is exact, lower precisions keep the labels, backends agree.
+
+Tiny models only (PSPNet-18 with a narrow head, 48-80 px images); no timing assertions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from pspnet.engine import fast
+from pspnet.engine.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, prepare_for_inference,
+                                resolve_inference_precision)
+from pspnet.errors import ConfigError, PSPNetError
+from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _scenes(n: int, h: int, w: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images of random axis-aligned rectangles; each class has its own colour and
+    texture, and the label of a pixel is the class of the topmost rectangle covering it."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.rand(num_classes, 3, generator=g) * 4 - 2
+    labels = torch.zeros(n, h, w, dtype=torch.long)
+    for i in range(n):
+        labels[i] = int(torch.randint(0, num_classes, (1,), generator=g))
+        for _ in range(5):
+            c = int(torch.randint(0, num_classes, (1,), generator=g))
+            y0, x0 = int(torch.randint(0, h - 8, (1,), generator=g)), int(torch.randint(0, w - 8, (1,), generator=g))
+            y1 = y0 + int(torch.randint(8, h // 2 + 9, (1,), generator=g))
+            x1 = x0 + int(torch.randint(8, w // 2 + 9, (1,), generator=g))
+            labels[i, y0:y1, x0:x1] = c
+    images = colours[labels].permute(0, 3, 1, 2).contiguous()
+    stripes = torch.sin(torch.arange(w, dtype=torch.float32) * (labels.float().unsqueeze(1) + 1) * 0.7)
+    images = images + 0.3 * stripes + 0.1 * torch.randn(images.shape, generator=g)
+    return images, labels
+
+
+def _tiny(num_classes: int = 4, **kw) -> PSPNet:
+    torch.manual_seed(0)
+    return PSPNet(PSPNetConfig(num_classes=num_classes, depth=18, head_channels=32, aux_channels=16, **kw))
+
+
+@pytest.fixture(scope="module")
+def trained_ish() -> tuple[PSPNet, torch.Tensor, torch.Tensor]:
+    """A PSPNet-18 (output stride 16, narrow head) trained for 40 Adam steps on 12 rectangle scenes:
+    its BatchNorm statistics and weights are learned and its logits have real margins between
+    classes, so agreement between precisions is measured on predictions that depend on the image
+    (a random-weight model's near-uniform logits would make any agreement test meaningless)."""
+    num_classes = 4
+    torch.manual_seed(0)
+    model = PSPNet(PSPNetConfig(num_classes=num_classes, depth=18, head_channels=32, aux_channels=16,
+                                output_stride=16))
+    images, labels = _scenes(16, 64, 80, num_classes, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    criterion = PSPNetLoss(0.4, 255)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(40):
+        idx = torch.randint(0, 12, (4,), generator=g)
+        loss, _ = criterion(model(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), images, labels
+
+
+# ----------------------------------------------------------------------------------------- folding
+def test_fuse_conv_bn_is_exact_in_float64():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, 3, padding=2, dilation=2, bias=True).double()
+    bn = nn.BatchNorm2d(7).double()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64)
+    fused = fuse_conv_bn(conv, bn)
+    torch.testing.assert_close(fused(x), bn(conv(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_fuse_refuses_group_norm():
+    with pytest.raises(PSPNetError, match="only BatchNorm"):
+        fuse_conv_bn(nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_folded_fp32_equals_unfolded(trained_ish, channels_last):
+    model, images, _ = trained_ish
+    fast_model = prepare_for_inference(model, "fp32", channels_last=channels_last)
+    assert isinstance(fast_model, FastPSPNet) and fast_model.precision == "fp32"
+    # every BatchNorm is gone, and the original model still has all of its own
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast_model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 20
+    with torch.no_grad():
+        ref, out = model(images), fast_model(images)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert rel < 1e-4, rel
+    assert argmax_agreement(out, ref) > 0.9999
+
+
+def test_fold_batchnorm_copies_and_keeps_group_norm():
+    model = _tiny(norm="gn").eval()
+    folded = fold_batchnorm(model)
+    assert folded is not model
+    assert sum(isinstance(m, nn.GroupNorm) for m in folded.modules()) == sum(
+        isinstance(m, nn.GroupNorm) for m in model.modules()) > 0
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(prepare_for_inference(model, "fp32")(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- bf16
+def test_trained_ish_model_is_meaningful(trained_ish):
+    """The fixture's fp32 predictions follow the labels and are confident (so the agreement tests
+    below are not vacuous): accuracy well above chance, several classes, real logit margins."""
+    model, images, labels = trained_ish
+    with torch.no_grad():
+        logits = model(images[:12])
+    pred = logits.argmax(1)
+    assert float((pred == labels[:12]).float().mean()) > 0.5  # 4 classes
+    assert len(pred.unique()) >= 3
+    top2 = logits.topk(2, dim=1).values
+    assert float((top2[:, 0] - top2[:, 1]).median()) > 1.0
+
+
+def test_bf16_keeps_the_labels(trained_ish):
+    model, images, _ = trained_ish
+    fast_model = prepare_for_inference(model, "bf16")
+    assert fast_model.precision == "bf16" and fast_model.layer1[0].conv1.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        ref, out = model(images), fast_model(images)
+    assert out.dtype == torch.float32
+    assert not torch.equal(out, ref)  # it really ran in bf16
+    assert argmax_agreement(out, ref) >= 0.99
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
+    assert resolve_inference_precision("auto") == "bf16"
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)
+    assert resolve_inference_precision("auto") == "fp32"
+    assert prepare_for_inference(_tiny().eval(), "auto").precision == "fp32"
+    assert resolve_inference_precision("int8") == "int8"
+
+
+def test_bad_arguments_raise_clear_errors():
+    model = _tiny().eval()
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        prepare_for_inference(model, "fp16")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        prepare_for_inference(model, "fp32", backend="tensorrt")
+    with pytest.raises(ConfigError, match="expects a pspnet.models.PSPNet"):
+        prepare_for_inference(nn.Conv2d(3, 3, 1), "fp32")
+    prepared = prepare_for_inference(model, "fp32")
+    with pytest.raises(ConfigError, match="already prepared"):
+        prepare_for_inference(prepared, "fp32")
+    with pytest.raises(PSPNetError, match="cannot be trained"):
+        prepared.train()
+
+
+# ----------------------------------------------------------------------------------------- ONNX Runtime
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_backend_matches_torch(trained_ish):
+    model, images, _ = trained_ish
+    ort_model = prepare_for_inference(model, "fp32", backend="onnxruntime")
+    assert ort_model.backend == "onnxruntime" and ort_model.precision == "fp32"
+    with torch.no_grad():
+        ref = model(images[:3])
+    out = ort_model(images[:3])
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    assert argmax_agreement(out, ref) > 0.9999
+    # another input size works too (dynamic shapes or one session per shape)
+    small = images[:1, :, :48, :56]
+    with torch.no_grad():
+        torch.testing.assert_close(ort_model(small), model(small), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_int8_runs_and_mostly_agrees(trained_ish):
+    model, images, _ = trained_ish
+    q = prepare_for_inference(model, "int8", backend="onnxruntime", calibration=[images[:12]])
+    assert q.precision == "int8"
+    with torch.no_grad():
+        ref = model(images[12:])
+    out = q(images[12:])
+    assert out.shape == ref.shape
+    assert not torch.allclose(out, ref, atol=1e-4)  # quantised for real
+    assert argmax_agreement(out, ref) > 0.9
+
+
+def test_int8_torch_backend_runs_or_says_what_is_missing(trained_ish):
+    model, images, _ = trained_ish
+    if importlib.util.find_spec("torchao") is None:
+        with pytest.raises(ConfigError, match="torchao"):
+            prepare_for_inference(model, "int8", calibration=[images[:4]])
+        return
+    q = prepare_for_inference(model, "int8", calibration=[images[:12]])
+    with torch.no_grad():
+        ref, out = model(images[12:]), q(images[12:])
+    assert argmax_agreement(out, ref) > 0.9
