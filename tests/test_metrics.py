@@ -158,3 +158,36 @@ def test_as_dict_json_safe():
     d = cm.compute().as_dict(["a", "b", "c"], json_safe=True)
     assert d["per_class"][2] == {"name": "c", "iou": None, "acc": None}
     assert d["mIoU"] == 1.0 and d["allAcc"] == 1.0
+
+
+def _camvid_root():
+    import os
+    from pathlib import Path
+    root = Path(os.environ.get("PSPNET_CAMVID_ROOT", Path(__file__).resolve().parents[2] / "shared/data/camvid"))
+    return root if (root / "val.txt").is_file() else None
+
+
+@pytest.mark.skipif(_camvid_root() is None, reason="CamVid not found (set PSPNET_CAMVID_ROOT)")
+def test_real_camvid_label_maps_agree_with_torchmetrics():
+    """Real label maps: CamVid val frames scored against the frame 10 positions later as 'prediction'
+    (realistic disagreement at object boundaries and moving objects), ignore = void."""
+    from pspnet.data.datasets import build_dataset
+    ds = build_dataset("camvid", _camvid_root(), "val")
+    labels = [ds.load(i)[1] for i in range(0, 40, 2)]
+    n = ds.info.num_classes
+    cm = ConfusionMatrix(n, IGNORE)
+    preds, targets = [], []
+    for a, b in zip(labels[:10], labels[10:]):
+        pred = torch.from_numpy(np.where(b == IGNORE, 0, b).astype(np.int64))
+        cm.update(pred, torch.from_numpy(a))
+        preds.append(pred)
+        targets.append(torch.from_numpy(a).long())
+    ref = _tm(torch.cat(preds), torch.cat(targets), n)
+    m = cm.compute()
+    support = _support(torch.cat(targets), n)
+    defined = ~np.isnan(np.array(m.iou))
+    np.testing.assert_allclose(np.array(m.iou)[defined], ref["iou"].numpy()[defined], atol=1e-6)
+    assert m.miou == pytest.approx(ref["miou"], abs=1e-6)
+    np.testing.assert_allclose(np.array(m.acc)[support > 0], ref["acc"].numpy()[support > 0], atol=1e-6)
+    assert m.all_acc == pytest.approx(ref["all_acc"], abs=1e-6)
+    assert 0.2 < m.miou < 0.95  # a realistic, imperfect agreement (not a trivial identity)

@@ -187,7 +187,7 @@ def _compare(name: str, reference: torch.Tensor, other: torch.Tensor) -> dict[st
     agree = float((reference.argmax(1) == other.argmax(1)).double().mean())
     ok = diff < MAX_ABS_TOL and agree > MIN_AGREEMENT
     return {"size": list(reference.shape[-2:]), "backend": name, "max_abs_diff": diff, "argmax_agreement": agree,
-            "ok": ok}
+            "max_abs_logit": float(reference.abs().max()), "ok": ok}
 
 
 @torch.no_grad()
@@ -231,9 +231,9 @@ def check_torchscript(model: nn.Module, path: str | Path, sizes: Sequence[tuple[
 
 
 def format_check(results: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'size (HxW)':>12}  {'max |diff|':>11}  {'argmax agree':>12}  ok"]
+    lines = [f"{'size (HxW)':>12}  {'max |diff|':>11}  {'argmax agree':>12}  {'max |logit|':>11}  ok"]
     for r in results:
         h, w = r["size"]
         lines.append(f"{f'{h}x{w}':>12}  {r['max_abs_diff']:11.2e}  {r['argmax_agreement'] * 100:11.4f}%  "
-                     f"{'yes' if r['ok'] else 'NO'}")
+                     f"{r.get('max_abs_logit', float('nan')):11.2f}  {'yes' if r['ok'] else 'NO'}")
     return "\n".join(lines)
