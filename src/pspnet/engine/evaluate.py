@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
 from .inference import model_device, predict_logits, prepare_model
 
@@ -48,7 +48,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     ``pspnet.engine.fast.prepare_for_inference`` when that module is available.
     """
     if mode == "sliding" and crop_size is None:
-        raise DataError("sliding-window evaluation needs a crop size (e.g. crop_size=(713, 713))")
+        raise ConfigError("sliding-window evaluation needs a crop size, e.g. crop_size=(713, 713)")
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
