@@ -89,7 +89,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert printed.strip().endswith(f"Output folder: {out}")
+    assert printed.strip().endswith(f"Output folder: {out.resolve()}")
     assert "mIoU" in printed and "sidewalk" in printed  # the evaluation table
     for name in ("model.safetensors", "metrics.json", "summary.json", "curves.png", "predictions/legend.png",
                  "predictions/val_0000_color.png", "predictions/val_0000_overlay.png",
