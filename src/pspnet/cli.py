@@ -154,6 +154,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file})
     print(format_table(res))
+    if args.grid:
+        _eval_grid(model, dataset, info, s, args.grid, args.grid_images)
+        print(f"prediction grid: {args.grid}")
     for b in res["bad_files"]:
         print(f"skipped: {b['path']}: {b['error']}", file=sys.stderr)
     if args.out:
@@ -161,6 +164,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
         print(f"metrics: {args.out}")
     return 1 if res["bad_files"] else 0
+
+
+def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
+    """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``."""
+    from .engine.inference import predict_logits, prepare_model
+    from .engine.plots import plot_prediction_grid
+    runner, _ = prepare_model(model, settings.get("precision", "fp32"))
+    keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate")
+    rows = []
+    for i in sorted({round(k * (len(dataset) - 1) / max(count - 1, 1)) for k in range(count)}):
+        image, label = dataset[i]
+        pred = predict_logits(runner, image[None], **{k: settings[k] for k in keys if k in settings}).argmax(1)[0]
+        rows.append((image.permute(1, 2, 0).numpy(), label.numpy(), pred.cpu().numpy()))
+    plot_prediction_grid(rows, info.palette, info.class_names, path, info.ignore_index)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -331,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int, help="evaluate only the first N images")
     ev.add_argument("--skip-bad", action="store_true", help="skip unreadable items (listed; exit status 1)")
     ev.add_argument("--out", "-o", help="write the metrics JSON here")
+    ev.add_argument("--grid", help="also write a PNG grid: image | ground truth | prediction")
+    ev.add_argument("--grid-images", type=int, default=6, help="rows of the --grid figure (default 6)")
     ev.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="label maps, colour maps and overlays for images")

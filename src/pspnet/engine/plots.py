@@ -39,3 +39,31 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_prediction_grid(rows: Sequence[tuple[Any, Any, Any]], palette: Sequence[Sequence[int]],
+                         class_names: Sequence[str], path: str | Path, ignore_index: int = 255,
+                         title: str | None = None) -> Path:
+    """One row per image: the image, its ground truth and the prediction (palette colours, ignore black)."""
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from ..data.palettes import colorize
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.1 * len(rows) + 0.8), squeeze=False)
+    for r, (image, gt, pred) in enumerate(rows):
+        panels = (np.asarray(image), colorize(np.asarray(gt), palette, ignore_index),
+                  colorize(np.asarray(pred), palette, ignore_index))
+        for c, (panel, name) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(name)
+    handles = [Patch(color=np.asarray(palette[i]) / 255, label=n) for i, n in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if len(rows) > 2 else 0.12, 1, 0.97 if title else 1))
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
