@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -19,7 +19,8 @@ __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: "train.lr=.inf" or a NaN from YAML is a ConfigError, not a run that diverges
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -45,11 +46,16 @@ class ModelSection(_Section):
         return v
 
 
+def _square(v: Any) -> Any:
+    """``473`` -> ``(473, 473)``: a single number is a square crop."""
+    return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class DataSection(_Section):
     dataset: str = "camvid"
     root: str = "data/camvid"
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = Field("val", description="null or empty: no validation set")
     train_list: str | None = None
     val_list: str | None = None
     class_names: list[str] | None = None
@@ -62,6 +68,21 @@ class DataSection(_Section):
     ignore_index: int = 255
     workers: int = Field(2, ge=0)
     skip_bad: bool = False
+
+    _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop_positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError(f"crop_size must be at least 8 x 8 pixels (height, width), got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> "DataSection":
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})")
+        return self
 
 
 class TrainSection(_Section):
@@ -104,6 +125,8 @@ class EvalSection(_Section):
     flip: bool = False
     batch_size: int = Field(1, ge=1)
 
+    _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
+
 
 class Config(_Section):
     model: ModelSection = ModelSection()
@@ -127,6 +150,14 @@ def _all_keys() -> list[str]:
 
 def _suggest(key: str) -> str:
     keys = _all_keys()
+    if "." not in key:  # a key without its section, or a misspelled section name
+        leaf = [k for k in keys if k.split(".")[1] == key]
+        if leaf:
+            return f"; did you mean '{leaf[0]}'?"
+        close = difflib.get_close_matches(key, list(SECTIONS), n=1, cutoff=0.5)
+        if close:
+            return f"; did you mean section '{close[0]}'? (sections: {', '.join(SECTIONS)})"
+        return f"; the sections are {', '.join(SECTIONS)}"
     leaf_matches = [k for k in keys if k.split(".")[1] == key.split(".")[-1]]
     close = leaf_matches or difflib.get_close_matches(key, keys, n=1, cutoff=0.5) or \
         difflib.get_close_matches(key.split(".")[-1], [k.split(".")[1] for k in keys], n=1, cutoff=0.6)
@@ -144,12 +175,16 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'{_suggest(key)}")
+        elif e["type"] == "value_error" and len(e["loc"]) <= 1:  # a cross-field check of a section
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
         else:
-            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(f"'{key}': {msg} (got {e.get('input')!r})")
     return f"{source}: invalid config:\n  " + "\n  ".join(lines)
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    raw = {k: ({} if v is None and k in SECTIONS else v) for k, v in raw.items()}  # "eval:" with no keys
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -177,7 +212,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         section, leaf = parts
         if leaf not in SECTIONS[section].model_fields:
             raise ConfigError(f"override: unknown key '{key}'{_suggest(key)}")
-        raw.setdefault(section, {})
+        if raw.get(section) is None:
+            raw[section] = {}
         if not isinstance(raw[section], dict):
             raise ConfigError(f"config section '{section}' must be a mapping")
         raw[section][leaf] = parse_value(value)

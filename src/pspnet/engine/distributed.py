@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import TrainingError
 
 
 @dataclass
@@ -33,11 +36,22 @@ def setup(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise TrainingError(f"device must be 'cpu' or 'cuda', got {device!r}")
     want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if want_cuda and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but torch sees no CUDA GPU "
+                            f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+    if want_cuda and local >= torch.cuda.device_count():
+        raise TrainingError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPU(s); "
+                            f"launch at most that many processes per node (torchrun --nproc_per_node)")
     dev = torch.device("cuda", local) if want_cuda else torch.device("cpu")
     if want_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:
+            raise TrainingError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: launch distributed training "
+                                f"with torchrun (see docs/training.md)")
         dist.init_process_group("nccl" if want_cuda else "gloo")
     return DistInfo(rank, world, local, dev)
 
@@ -47,14 +61,43 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a copy; the input is left alone). Identity when not distributed."""
+    if is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
+    if is_initialized():
+        values = all_reduce_sum(values) / dist.get_world_size()
     return values
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a stop request)."""
+    if not is_initialized():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item() > 0)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable, small), in rank order, on every rank."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -12,9 +12,9 @@ batches as one process with N times the batch.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -32,11 +33,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import Config, dump_config
 from ..data.datasets import build_dataset, dataset_info
 from ..data.transforms import TrainTransform, normalize, to_tensors
-from ..errors import DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError
 from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
-from ..models.weights import atomic_write, load_into, read_state_dict, save_weights, unwrap
+from ..models.weights import atomic_write, load_into, read_state_dict, remove_stale_temp_files, save_weights, unwrap
 from . import distributed as dist_utils
 from .inference import predict_logits
 
@@ -48,17 +49,24 @@ CHECKPOINT_NAME = "last.pt"
 # --------------------------------------------------------------------------- data order & seeding
 class EpochSampler(Sampler):
     """Yields ``(index, sample_seed)`` for this rank: a permutation seeded by (seed, epoch), split
-    across ranks as ``perm[rank::world]``, starting at ``start`` samples into the rank's share."""
+    across ranks as ``perm[rank::world]``, starting at ``start`` samples into the rank's share.
 
-    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+    Only full global batches (``batch_size`` x ``world_size`` samples) are drawn, so global batch
+    ``s`` is the set of permutation positions ``[s*B*W, (s+1)*B*W)`` whatever the number of ranks:
+    N ranks together see exactly the batches one process with N times the batch sees.
+    """
+
+    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 batch_size: int = 1) -> None:
         self.length, self.seed, self.rank, self.world, self.shuffle = length, seed, rank, world_size, shuffle
+        self.batch_size = batch_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def per_rank(self) -> int:
-        return math.ceil(self.length / self.world)
+        return (self.length // (self.world * self.batch_size)) * self.batch_size
 
     def __len__(self) -> int:
         return max(0, self.per_rank() - self.start)
@@ -66,9 +74,7 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
-        total = self.per_rank() * self.world
-        perm = torch.cat([perm, perm[: total - self.length]]) if total > self.length else perm
-        positions = range(self.rank, total, self.world)
+        positions = range(self.rank, self.per_rank() * self.world, self.world)
         for j, pos in enumerate(positions):
             if j < self.start:
                 continue
@@ -76,8 +82,17 @@ class EpochSampler(Sampler):
             yield int(perm[pos]), (self.seed * 7_919 + self.epoch * 1_000_003 + pos) % (2 ** 31)
 
 
+BAD_SEP = "\x1e"  # separates skipped-file messages inside one sample (messages may contain newlines)
+
+
 class SeededAugment(Dataset):
-    """Applies the training augmentation with a per-sample seed from :class:`EpochSampler`."""
+    """Applies the training augmentation with a per-sample seed from :class:`EpochSampler`.
+
+    With ``skip_bad`` an unreadable sample is replaced by the next readable one (deterministically)
+    and items are ``(image, label, skipped)``, ``skipped`` being the DataError messages joined by
+    :data:`BAD_SEP`: the report travels with the batch, so files skipped inside DataLoader worker
+    processes reach the main process, which counts and lists them.
+    """
 
     def __init__(self, base, transform: TrainTransform, skip_bad: bool = False) -> None:
         self.base, self.transform, self.skip_bad = base, transform, skip_bad
@@ -87,18 +102,40 @@ class SeededAugment(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
+        skipped: list[str] = []
         for attempt in range(len(self.base)):
             try:
-                image, label = self.base.load((index + attempt) % len(self.base))
+                image, label = self._augmented((index + attempt) % len(self.base), seed)
                 break
             except DataError as e:
                 if not self.skip_bad:
                     raise
-                log.warning("skipping bad sample: %s", e)
+                skipped.append(str(e))
         else:
-            raise DataError("every sample of the dataset failed to load")
+            raise DataError(f"every one of the {len(self.base)} training samples failed to load, e.g. {skipped[0]}")
+        image, label = to_tensors(image, label)
+        return (image, label, BAD_SEP.join(skipped)) if self.skip_bad else (image, label)
+
+    def _augmented(self, index: int, seed: int):
+        image, label = self.base.load(index)
         self.transform.seed(seed)
-        return to_tensors(*self.transform(image, label))
+        try:
+            return self.transform(image, label)
+        except (cv2.error, ValueError) as e:  # e.g. a 1-pixel-wide image scaled by 0.5 has no pixel left
+            pairs = getattr(self.base, "pairs", None)
+            name = pairs[index][0] if pairs else f"training item {index}"
+            raise DataError(f"{name}: the training augmentation failed on this {image.shape[1]}x{image.shape[0]} "
+                            f"image ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}); is it too small?"
+                            ) from None
+
+
+def worker_error(e: DataError) -> DataError:
+    """A DataError re-raised by a DataLoader worker carries the worker's whole traceback as its
+    message; keep only our own message (which names the file and the problem)."""
+    text = str(e)
+    if "Original Traceback" not in text or "DataError: " not in text:
+        return e
+    return DataError(text.rsplit("DataError: ", 1)[1].strip())
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -167,9 +204,13 @@ def cpu_has_bf16() -> bool:
 
 # --------------------------------------------------------------------------- state
 def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, CUDA when in use, Python, NumPy) for exact resume."""
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -177,22 +218,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # fixed crop sizes: let cuDNN pick the fastest kernels
     if deterministic:
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only=True``)."""
     from ..models.weights import _load_pickle
-    ckpt = _load_pickle(Path(path))
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: checkpoint not found (--resume expects the last.pt of a run's output_dir)")
+    ckpt = _load_pickle(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "iteration" not in ckpt:
-        raise TrainingError(f"{path}: not a pspnet training checkpoint (expected keys 'model', 'iteration')")
+        raise TrainingError(f"{path}: not a pspnet training checkpoint (expected keys 'model', 'iteration'); "
+                            f"to start from weights only, set train.pretrained={path}")
     return ckpt
 
 
@@ -204,27 +254,91 @@ class TrainResult:
     final_metrics: dict[str, Any] | None
     weights: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    bad_files: list[str] = field(default_factory=list)  # data.skip_bad: "path: problem" of each skipped file
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM after saving last.pt
+
+
+CSV_COLUMNS = ("kind", "iter", "epoch", "loss", "loss_main", "loss_aux", "lr", "mIoU", "mAcc", "allAcc", "time")
+
+
+class RunLogger:
+    """``log.jsonl`` (every field), ``log.csv`` (scalar columns) and optional TensorBoard, rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
+        self.out, self.enabled, self.writer = out, enabled, None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError(f"train.tensorboard=true needs the 'tensorboard' package ({e}); install it with "
+                                  f"'pip install tensorboard' or set train.tensorboard=false (log.jsonl, log.csv "
+                                  f"and curves.png are written either way)") from None
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        csv_path = self.out / "log.csv"
+        new = not csv_path.exists()
+        with open(csv_path, "a", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(CSV_COLUMNS)
+            w.writerow(["" if record.get(c) is None else record.get(c) for c in CSV_COLUMNS])
+        if self.writer is not None:
+            step = record["iter"]
+            for k, v in record.items():
+                if k not in ("kind", "iter", "epoch", "time") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"{record['kind']}/{k}", v, step)
+            self.writer.flush()
+
+    def rewrite(self, history: list[dict[str, Any]]) -> None:
+        """On resume: the logs hold exactly the checkpoint's history (drops records written after it)."""
+        if not self.enabled:
+            return
+        for name in ("log.jsonl", "log.csv"):
+            (self.out / name).unlink(missing_ok=True)
+        writer, self.writer = self.writer, None
+        for record in history:
+            self.write(record)
+        self.writer = writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 # --------------------------------------------------------------------------- main loop
 class Trainer:
+    """One training run of a :class:`Config`, single process or one rank of a ``torchrun`` job."""
+
     def __init__(self, cfg: Config, *, resume: str | Path | None = None, device: str | None = None,
                  progress: bool = True, max_iters: int | None = None) -> None:
         self.cfg, self.progress = cfg, progress
+        t, d = cfg.train, cfg.data
+        if t.accumulate > t.batch_size:
+            raise ConfigError(f"train.accumulate={t.accumulate} splits a batch into micro-batches but "
+                              f"train.batch_size={t.batch_size} is smaller; use accumulate <= batch_size")
         self.dist = dist_utils.setup(device)
         self.device = self.dist.device
-        t, d = cfg.train, cfg.data
         if t.threads:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed, t.deterministic)
         self.out = Path(t.output_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temp_files(self.out, (CHECKPOINT_NAME, "final.safetensors", "best.safetensors")):
+                log.warning("removed %s, left by a writer that was killed mid-write", stale)
+        self.bad_files: dict[str, str] = {}  # data.skip_bad: first message per skipped file
+        self.logger = RunLogger(self.out, self.dist.is_main, t.tensorboard)
 
         self.info = dataset_info(d.dataset, cfg.model.num_classes, d.class_names)
         if d.class_names:
             self.info.class_names = tuple(d.class_names)
-        base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info)
+        base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
+                             check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
         self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
                                                            d.flip, d.ignore_index), skip_bad=d.skip_bad)
         self.val_set = None
@@ -234,7 +348,8 @@ class Trainer:
             except DataError as e:
                 if t.val_every:
                     raise
-                log.warning("no validation set: %s", e)
+                if self.dist.is_main:
+                    log.warning("no validation set: %s", e)
 
         per_step = t.batch_size * self.dist.world_size
         if len(base) < per_step:
@@ -246,23 +361,29 @@ class Trainer:
         elif t.epochs:
             self.max_iters = t.epochs * self.iters_per_epoch
         else:
-            raise TrainingError("set train.iters or train.epochs")
+            raise ConfigError("the config sets neither train.iters nor train.epochs; set one, e.g. train.iters=1000")
         self.stop_at = min(self.max_iters, max_iters) if max_iters else self.max_iters
 
         num_classes = cfg.model.num_classes or self.info.num_classes
         if num_classes != self.info.num_classes:
             raise TrainingError(f"model.num_classes={num_classes} but dataset {d.dataset} has "
                                 f"{self.info.num_classes} classes")
+        if t.class_weights is not None and len(t.class_weights) != num_classes:
+            raise ConfigError(f"train.class_weights has {len(t.class_weights)} values but the model has "
+                              f"{num_classes} classes")
         model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
         if t.pretrained:
             state, _ = read_state_dict(t.pretrained)
             report = load_into(model, state, source=t.pretrained, strict=False)
             if self.dist.is_main:
                 log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), t.pretrained, len(report["new"]))
-        freeze(model, t.freeze_backbone, t.freeze_bn)
         if self.dist.enabled and cfg.model.norm in ("bn", "syncbn"):
             model = convert_sync_batchnorm(model, self.device.type)
+        freeze(model, t.freeze_backbone, t.freeze_bn)  # after the conversion, which makes new parameters
         model.to(self.device)
+        if self.dist.enabled:
+            # DDP copies rank 0's initial weights to every rank; dropout masks should differ per rank
+            torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
         self.amp_dtype = resolve_precision(t.precision, self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -276,58 +397,117 @@ class Trainer:
                                     ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None).to(self.device)
 
         self.iteration, self.best_miou, self.history = 0, None, []
+        self._last_loss: float | None = None
         if resume:
             self._restore(resume)
-        self.sampler = EpochSampler(len(base), seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.sampler = EpochSampler(len(base), seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size,
+                                    batch_size=t.batch_size)
         self._stop_requested = False
 
     # ---------------------------------------------------------------- checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_miou": self.best_miou,
-                "rng": rng_state(), "config": unwrap(self.model).config.to_dict(),
-                "run_config": self.cfg.model_dump(mode="json"), "class_names": list(self.info.class_names),
-                "palette": [list(c) for c in self.info.palette], "history": self.history}
+    def _state(self, rng_ranks: list[Any]) -> dict[str, Any]:
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_miou": self.best_miou,
+                 "rng": rng_ranks[0], "config": unwrap(self.model).config.to_dict(),
+                 "run_config": self.cfg.model_dump(mode="json"), "class_names": list(self.info.class_names),
+                 "palette": [list(c) for c in self.info.palette], "history": self.history,
+                 "world_size": self.dist.world_size}
+        if len(rng_ranks) > 1:
+            state["rng_ranks"] = rng_ranks
+        return state
 
     def save_checkpoint(self, name: str = CHECKPOINT_NAME) -> Path | None:
+        """Atomically write ``last.pt``. Every rank must call this (their RNG states are gathered)."""
+        rng_ranks = dist_utils.gather_objects(rng_state())
         if not self.dist.is_main:
             return None
         path = self.out / name
-        state = self._state()
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        state = self._state(rng_ranks)
+        state["bad_files"] = dict(self.bad_files)
+        try:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        except OSError as e:
+            raise TrainingError(f"{path}: could not write the checkpoint ({e}); the previous {name}, if any, is "
+                                f"unchanged. Free disk space and resume with --resume {path}") from None
         return path
 
     def _restore(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path)
-        unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            unwrap(self.model).load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainingError(f"{path}: the checkpoint does not fit this config's model/optimiser (was it "
+                                f"written with another model.* or freeze setting?): {str(e).splitlines()[0]}"
+                                ) from None
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
         self.best_miou = ckpt.get("best_miou")
         self.history = list(ckpt.get("history", []))
-        set_rng_state(ckpt["rng"])
+        self.bad_files.update(ckpt.get("bad_files") or {})
+        train_recs = [r for r in self.history if r.get("kind") == "train"]
+        self._last_loss = train_recs[-1]["loss"] if train_recs else None
+        ranks = ckpt.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.dist.enabled:
+                torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.iteration)
+            if self.dist.world_size != int(ckpt.get("world_size", 1)) and self.dist.is_main:
+                log.warning("%s was written by %s process(es), this run has %d: the data order is the same "
+                            "but dropout masks will differ from an uninterrupted run", path,
+                            ckpt.get("world_size", 1), self.dist.world_size)
+        self.logger.rewrite(self.history)
         if self.dist.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
 
     def export_weights(self, name: str) -> Path:
         path = self.out / name
         if self.dist.is_main:
-            save_weights(self.model, path, self.info.class_names, self.info.palette)
+            try:
+                save_weights(self.model, path, self.info.class_names, self.info.palette)
+            except OSError as e:
+                raise TrainingError(f"{path}: could not write the weights ({e}); the previous file, if any, is "
+                                    f"unchanged, and {self.out / CHECKPOINT_NAME} holds the run") from None
         return path
+
+    def _note_bad(self, messages: Any) -> None:
+        """Record skipped files (``data.skip_bad``): messages from a batch or a validation sample."""
+        for joined in [messages] if isinstance(messages, str) else messages:
+            for msg in joined.split(BAD_SEP):
+                if msg:
+                    key = msg.split(": ", 1)[0]
+                    if key not in self.bad_files:
+                        self.bad_files[key] = msg
+                        log.warning("skipped bad file (data.skip_bad=true): %s", msg)
+
+    def _bad_file_summary(self) -> list[str]:
+        """Skipped files of every rank, listed once each; also written to ``bad_files.txt``."""
+        merged: dict[str, str] = {}
+        for part in dist_utils.gather_objects(self.bad_files):
+            merged.update(part)
+        lines = [merged[k] for k in sorted(merged)]
+        if lines and self.dist.is_main:
+            (self.out / "bad_files.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            log.warning("skipped %d bad file(s) (data.skip_bad=true), listed in %s:\n  %s", len(lines),
+                        self.out / "bad_files.txt", "\n  ".join(lines))
+        return lines
 
     # ---------------------------------------------------------------- loop
     def _loader(self, epoch: int, start: int) -> DataLoader:
-        d = self.cfg.data
-        self.sampler.set_epoch(epoch, start * self.cfg.train.batch_size)
-        return DataLoader(self.train_set, batch_size=self.cfg.train.batch_size, sampler=self.sampler,
+        d, t = self.cfg.data, self.cfg.train
+        self.sampler.set_epoch(epoch, start * t.batch_size)
+        # its own generator: creating an iterator must not draw from the global RNG (dropout), or a
+        # run resumed mid-epoch would see other dropout masks than the uninterrupted run
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        return DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler,
                           num_workers=d.workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if d.workers else None)
+                          persistent_workers=False, prefetch_factor=4 if d.workers else None, generator=gen)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.dist.is_main:
-            with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        self.logger.write(record)
 
     def validate(self) -> dict[str, Any] | None:
         if self.val_set is None:
@@ -340,8 +520,15 @@ class Trainer:
             n = min(n, self.cfg.train.val_max_images)
         ev = self.cfg.eval
         for i in range(self.dist.rank, n, self.dist.world_size):
-            image, label = self.val_set[i]
+            try:
+                image, label = self.val_set[i]
+            except DataError as e:
+                if not self.cfg.data.skip_bad:
+                    raise
+                self._note_bad(str(e))
+                continue
             logits = predict_logits(model, image[None], base_size=ev.base_size, scales=ev.scales, flip=ev.flip,
+                                    mode=ev.mode, crop_size=ev.crop_size, stride_rate=ev.stride_rate,
                                     autocast_dtype=self.amp_dtype, softmax=False)
             cm.update(logits.argmax(1), label[None].to(self.device))
         cm.all_reduce()
@@ -350,10 +537,23 @@ class Trainer:
         return m.as_dict(self.info.class_names)
 
     def _request_stop(self, signum, frame) -> None:  # SIGINT/SIGTERM: finish the step, save, exit
+        if self._stop_requested:  # a second Ctrl-C: stop now (last.pt is always complete: atomic writes)
+            raise KeyboardInterrupt
         self._stop_requested = True
         log.warning("signal %d received: saving a checkpoint after this iteration", signum)
 
+    def _should_stop(self) -> bool:
+        if self.dist.enabled:  # every rank stops after the same iteration, or the others would hang
+            self._stop_requested = dist_utils.any_rank(self._stop_requested, self.device)
+        return self._stop_requested
+
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self.logger.close()
+
+    def _fit(self) -> TrainResult:
         t = self.cfg.train
         if self.dist.is_main:
             (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
@@ -373,19 +573,23 @@ class Trainer:
         try:
             while self.iteration < self.stop_at and not self._stop_requested:
                 epoch, start = divmod(self.iteration, self.iters_per_epoch)
-                for images, labels in self._loader(epoch, start):
+                for images, labels, *skipped in self._loader(epoch, start):
+                    if skipped:
+                        self._note_bad(skipped[0])
                     self._step(images, labels)
                     self.iteration += 1
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}" if self.history else "",
+                        bar.set_postfix(loss="" if self._last_loss is None else f"{self._last_loss:.3f}",
                                         lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                     if t.val_every and self.iteration % t.val_every == 0 and self.iteration < self.stop_at:
                         last_val = self._validate_and_log()
                     if t.ckpt_every and self.iteration % t.ckpt_every == 0:
                         self.save_checkpoint()
-                    if self.iteration >= self.stop_at or self._stop_requested:
+                    if self._should_stop() or self.iteration >= self.stop_at:
                         break
+        except DataError as e:
+            raise worker_error(e) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -397,20 +601,24 @@ class Trainer:
                 log.warning("stopped at iteration %d; resume with --resume %s", self.iteration,
                             self.out / CHECKPOINT_NAME)
             return TrainResult(self.out, self.iteration, self.best_miou, None, self.out / CHECKPOINT_NAME,
-                               self.history)
+                               self.history, bad_files=self._bad_file_summary(), interrupted=True)
         if self.iteration >= self.max_iters and (not self.history or self.history[-1].get("kind") != "val"):
             last_val = self._validate_and_log()
         weights = self.export_weights("final.safetensors")
         if self.dist.is_main:
             elapsed = time.perf_counter() - t0
             log.info("trained %d iterations in %.1f s", self.iteration - it0, elapsed)
-            try:
-                from .plots import plot_training_curves
-                plot_training_curves(self.history, self.out / "curves.png")
-            except Exception as e:  # a plot must never fail a finished run
-                log.warning("could not draw training curves: %s", e)
+            self._plot()
+        bad = self._bad_file_summary()
         dist_utils.barrier()
-        return TrainResult(self.out, self.iteration, self.best_miou, last_val, weights, self.history)
+        return TrainResult(self.out, self.iteration, self.best_miou, last_val, weights, self.history, bad_files=bad)
+
+    def _plot(self) -> None:
+        try:
+            from .plots import plot_training_curves
+            plot_training_curves(self.history, self.out / "curves.png")
+        except Exception as e:  # a plot must never fail a run
+            log.warning("could not draw training curves: %s", e)
 
     def _validate_and_log(self) -> dict[str, Any] | None:
         metrics = self.validate()
@@ -425,7 +633,39 @@ class Trainer:
         if self.best_miou is None or metrics["mIoU"] > self.best_miou:
             self.best_miou = metrics["mIoU"]
             self.export_weights("best.safetensors")
+        if self.dist.is_main and self.iteration < self.max_iters:
+            self._plot()  # an up-to-date curves.png while the run goes on
         return metrics
+
+    def _label_weight(self, labels: torch.Tensor) -> torch.Tensor:
+        """What the cross-entropy mean divides by: the valid pixels, or the sum of their class weights."""
+        valid = labels != self.cfg.data.ignore_index
+        cw = self.criterion.class_weights
+        if cw is None:
+            return valid.sum().double()
+        return torch.where(valid, cw.double()[torch.where(valid, labels, 0)], 0.0).sum()
+
+    def _loss_scales(self, label_chunks: list[torch.Tensor]) -> list[float]:
+        """Per-micro-batch factors that turn each micro-batch's mean loss into its share of the loss
+        averaged over the whole global batch (all micro-batches of all ranks).
+
+        Each micro-batch's cross-entropy is a mean over its own valid pixels; ignored pixels (padding,
+        rotation borders, void) make their counts differ, so a plain average of the means would weight
+        pixels unequally and N ranks would not train like one process with N times the batch (nor
+        accumulation like one big batch). The factor ``w_i * world / W`` (``W``: global weight, summed
+        over ranks) fixes this; DDP's gradient averaging divides the ``world`` back out. With one
+        process and no accumulation the factor is exactly 1. OHEM keeps per-micro-batch means
+        (its hard-pixel selection is per micro-batch).
+        """
+        n = len(label_chunks)
+        if self.cfg.train.loss == "ohem":
+            return [1.0 / n] * n
+        weights = torch.stack([self._label_weight(y) for y in label_chunks])
+        total = float(dist_utils.all_reduce_sum(weights.sum()).item())
+        local = weights.tolist()
+        if total <= 0:  # every pixel of the global batch is ignored: nothing to learn from this step
+            return [0.0] * n
+        return [w * self.dist.world_size / total for w in local]
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         t = self.cfg.train
@@ -438,37 +678,46 @@ class Trainer:
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         chunks = list(zip(x.chunk(t.accumulate), labels.chunk(t.accumulate)))
+        scales = self._loss_scales([yc for _, yc in chunks])
         self.optimizer.zero_grad(set_to_none=True)
         total, parts_sum = 0.0, {}
-        for i, (xc, yc) in enumerate(chunks):
+        for i, ((xc, yc), scale) in enumerate(zip(chunks, scales)):
             sync = nullcontext() if (i == len(chunks) - 1 or not self.dist.enabled) else self.ddp.no_sync()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     out = self.ddp(xc)
-                loss, parts = self.criterion(out, yc)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at iteration {self.iteration}: training stopped. The last good "
-                        f"checkpoint is {self.out / CHECKPOINT_NAME}; lower train.lr, use train.precision=fp32, "
-                        f"or check the data for NaN/inf values")
-                self.scaler.scale(loss / len(chunks)).backward()
-            total += loss.item() / len(chunks)
+                if scale == 0.0:  # no valid pixel here: zero gradients, but keep DDP's reducer in step
+                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                    loss, parts = sum(o.float().sum() for o in outs) * 0.0, {}
+                else:
+                    loss, parts = self.criterion(out, yc)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"loss is {loss.item()} at iteration {self.iteration}: training stopped. The last good "
+                            f"checkpoint is {self.out / CHECKPOINT_NAME}; lower train.lr, use "
+                            f"train.precision=fp32, or check the data for NaN/inf values")
+                self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+            share = scale / self.dist.world_size  # this micro-batch's share of the global mean
+            total += loss.item() * share
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / len(chunks)
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * share
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.iteration % t.log_every == 0 or self.iteration + 1 == self.stop_at:
-            loss_t = dist_utils.all_reduce_mean(torch.tensor([total], device=self.device))
+            keys = sorted(parts_sum)
+            vals = dist_utils.all_reduce_sum(torch.tensor([total] + [parts_sum[k] for k in keys],
+                                                          dtype=torch.float64, device=self.device)).tolist()
+            self._last_loss = vals[0]
             self._log({"kind": "train", "iter": self.iteration + 1, "epoch": self.iteration // self.iters_per_epoch,
-                       "loss": float(loss_t[0]), **{f"loss_{k}": v for k, v in parts_sum.items()}, "lr": lr,
+                       "loss": vals[0], **{f"loss_{k}": v for k, v in zip(keys, vals[1:])}, "lr": lr,
                        "time": time.time()})
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, device: str | None = None, progress: bool = True,
           max_iters: int | None = None) -> TrainResult:
     """Train with a validated :class:`Config`; returns where the weights and logs went."""
-    trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters)
     try:
+        trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters)
         return trainer.fit()
     finally:
         dist_utils.cleanup()

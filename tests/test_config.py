@@ -1,0 +1,175 @@
+"""Config schema: misspelled keys suggest the right one, wrong types say what was expected, and every
+shipped YAML in configs/ validates with the paper's recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pspnet import cli
+from pspnet.config import Config, apply_overrides, dump_config, load_config
+from pspnet.data.datasets import DATASETS, dataset_info
+from pspnet.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def write(tmp_path: Path, raw) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw) if not isinstance(raw, str) else raw, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("section, key, expected", [
+    ("train", "lrr", "train.lr"),
+    ("train", "batchsize", "train.batch_size"),
+    ("model", "depht", "model.depth"),
+    ("data", "crop_szie", "data.crop_size"),
+    ("train", "crop_size", "data.crop_size"),  # right key, wrong section
+])
+def test_misspelled_key_in_file_suggests_closest(tmp_path, section, key, expected) -> None:
+    path = write(tmp_path, {section: {key: 1}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert f"unknown key '{section}.{key}'" in msg
+    assert f"did you mean '{expected}'" in msg
+    assert str(path) in msg  # names the file
+
+
+def test_misspelled_section_suggests_section(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'; did you mean section 'train'"):
+        load_config(write(tmp_path, {"trian": {"lr": 0.1}}))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lrr=0.1", "did you mean 'train.lr'"),
+    ("train.warmup=10", "did you mean 'train.warmup_iters'"),
+    ("trian.lr=0.1", "did you mean 'train.lr'"),
+    ("lr=0.1", "did you mean 'train.lr'"),
+])
+def test_unknown_override_suggests_closest(override, expected) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value)
+
+
+def test_override_without_value_is_explained() -> None:
+    with pytest.raises(ConfigError, match=r"must look like section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"train": {"lr": "fast"}}, r"'train.lr': Input should be a valid number.*got 'fast'"),
+    ({"train": {"batch_size": 2.5}}, r"'train.batch_size': Input should be a valid integer"),
+    ({"train": {"batch_size": 0}}, r"'train.batch_size': Input should be greater than or equal to 1"),
+    ({"model": {"depth": 19}}, r"'model.depth': Input should be 18, 34, 50, 101 or 152"),
+    ({"train": {"precision": "half"}}, r"'train.precision': Input should be 'fp32', 'bf16', 'fp16' or 'auto'"),
+    ({"data": {"crop_size": [4, 4]}}, r"crop_size must be at least 8 x 8"),
+    ({"data": {"scale_min": 3.0}}, r"data.scale_min \(3.0\) must not exceed data.scale_max \(2.0\)"),
+    ({"train": 5}, r"'train': Input should be a valid dictionary"),
+])
+def test_wrong_types_and_values_are_clear(tmp_path, raw, expected) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, raw))
+
+
+def test_every_error_is_listed_at_once(tmp_path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {"train": {"lr": "x", "lrr": 1}, "model": {"depth": 7}}))
+    msg = str(e.value)
+    assert "'train.lr'" in msg and "unknown key 'train.lrr'" in msg and "'model.depth'" in msg
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [unclosed"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_are_typed_and_validated() -> None:
+    cfg = load_config(None, ["train.lr=0.005", "data.crop_size=[473,473]", "model.bins=[1,2]",
+                             "train.class_weights=[1, 2.5]", "train.pretrained=null"])
+    assert cfg.train.lr == 0.005 and cfg.data.crop_size == (473, 473) and cfg.model.bins == [1, 2]
+    assert cfg.train.class_weights == [1.0, 2.5] and cfg.train.pretrained is None
+    assert load_config(None, ["data.crop_size=713"]).data.crop_size == (713, 713)  # one number: square
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3  # YAML 1.1 reads 1e-3 as text
+    with pytest.raises(ConfigError, match=r"'train.iters': Input should be a valid integer"):
+        load_config(None, ["train.iters=many"])
+
+
+def test_overrides_do_not_mutate_the_input() -> None:
+    raw = {"train": {"lr": 0.1}}
+    out = apply_overrides(raw, ["train.lr=0.2", "eval.flip=true"])
+    assert raw == {"train": {"lr": 0.1}} and out["train"]["lr"] == 0.2 and out["eval"]["flip"] is True
+
+
+def test_empty_section_and_round_trip(tmp_path) -> None:
+    cfg = load_config(write(tmp_path, "eval:\ntrain:\n  lr: 0.02\n"))
+    assert cfg.train.lr == 0.02 and cfg.eval == Config().eval
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys) -> None:
+    path = write(tmp_path, {"train": {"lrr": 0.1}})
+    assert cli.main(["train", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lrr'" in err and "did you mean 'train.lr'" in err
+    ok = write(tmp_path, {"train": {"lr": 0.1}})
+    assert cli.main(["train", "-c", str(ok), "train.bach_size=4"]) == 2
+    assert "did you mean 'train.batch_size'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ shipped configs
+def test_configs_exist_for_every_dataset_and_backbone() -> None:
+    names = {p.relative_to(CONFIGS).as_posix() for p in SHIPPED}
+    for ds in ("cityscapes", "ade20k", "voc", "camvid", "kitti_road"):
+        for depth in (18, 50, 101):
+            assert f"{ds}/pspnet_r{depth}.yaml" in names
+    assert "kitti_road/pspnet_r18_from_camvid.yaml" in names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data.dataset in DATASETS, f"{path}: dataset {cfg.data.dataset!r} is not a named dataset"
+    info = dataset_info(cfg.data.dataset)
+    assert cfg.model.num_classes in (None, info.num_classes)
+    if cfg.train.class_weights is not None:
+        assert len(cfg.train.class_weights) == info.num_classes
+    assert cfg.train.iters or cfg.train.epochs, f"{path}: no training length"
+    assert path.parent.name in cfg.data.dataset  # configs/voc holds voc_aug, configs/camvid camvid
+    # the paper's optimiser and loss (Sec. 4.1) unless a file says otherwise in a comment
+    assert (cfg.train.momentum, cfg.train.power, cfg.train.aux_weight, cfg.data.ignore_index) == (0.9, 0.9, 0.4, 255)
+
+
+@pytest.mark.parametrize("dataset, crop, epochs", [
+    ("cityscapes", (713, 713), 200), ("ade20k", (473, 473), 100), ("voc", (473, 473), 50),
+])
+@pytest.mark.parametrize("depth", [50, 101])
+def test_paper_datasets_use_the_original_release_recipe(dataset, crop, epochs, depth) -> None:
+    cfg = load_config(CONFIGS / dataset / f"pspnet_r{depth}.yaml")
+    assert cfg.data.crop_size == crop and cfg.eval.crop_size == crop and cfg.eval.mode == "sliding"
+    assert cfg.train.epochs == epochs and cfg.train.batch_size * 8 == 16  # 8 GPUs x 2 = 16
+    assert (cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay) == (0.01, 10, 1e-4)
+    assert (cfg.data.scale_min, cfg.data.scale_max, cfg.data.rotate) == (0.5, 2.0, 10)
+    assert cfg.model.depth == depth and cfg.model.bins == [1, 2, 3, 6] and cfg.model.norm == "syncbn"
+    assert cfg.model.deep_stem and cfg.model.dropout == 0.1 and cfg.model.output_stride == 8
+
+
+def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
+    kitti = load_config(CONFIGS / "kitti_road" / "pspnet_r18_from_camvid.yaml")
+    camvid = load_config(CONFIGS / "camvid" / "pspnet_r18_cpu.yaml")
+    assert kitti.data.dataset == "kitti_road" and dataset_info("kitti_road").num_classes == 2
+    assert kitti.train.pretrained and kitti.train.pretrained.endswith(".safetensors")
+    same = ("depth", "output_stride", "deep_stem", "bins", "pool", "norm", "aux", "head_channels", "aux_channels")
+    for key in same:  # every tensor but the classifiers must fit
+        assert getattr(kitti.model, key) == getattr(camvid.model, key), key
+    assert kitti.train.freeze_bn

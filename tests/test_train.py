@@ -1,0 +1,216 @@
+"""The training engine on tiny generated data: outputs, data order, LR schedule, loss normalisation
+(gradient accumulation), freezing, NaN and stop handling, logs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pspnet.config import load_config
+from pspnet.engine.train import EpochSampler, Trainer, load_checkpoint, poly_lr, train
+from pspnet.errors import ConfigError, TrainingError
+from pspnet.models.weights import read_state_dict
+
+
+def make_folder_dataset(root: Path, splits=("train",), n: int = 8, size=(48, 64), classes: int = 3,
+                        seed: int = 2) -> Path:
+    """Random images; the label is a function of the red channel; a random-width band is ignored."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            label = (img[..., 0].astype(np.int64) * classes // 256).astype(np.uint8)
+            label[: rng.integers(0, size[0] * 9 // 10)] = 255
+            Image.fromarray(img).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(label).save(root / split / "labels" / f"{i:03d}.png")
+    return root
+
+
+def tiny(data: Path, out: Path, *extra: str):
+    return load_config(None, [
+        "data.dataset=folder", f"data.root={data}", "data.crop_size=[32,32]", "data.workers=0",
+        "model.num_classes=3", "model.depth=18", "model.head_channels=32", "model.aux_channels=16",
+        "train.iters=2", "train.batch_size=2", "train.precision=fp32", "train.log_every=1",
+        f"train.output_dir={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("train_data"), splits=("train", "val"))
+
+
+# ------------------------------------------------------------------------------------ pure functions
+def test_epoch_sampler_ranks_partition_the_single_process_batches() -> None:
+    n, batch, world = 23, 3, 2
+    single = list(EpochSampler(n, seed=5, batch_size=batch * world))
+    ranks = [list(EpochSampler(n, seed=5, rank=r, world_size=world, batch_size=batch)) for r in range(world)]
+    assert len(single) == (n // (batch * world)) * batch * world == 18  # only full global batches
+    assert all(len(r) == len(single) // world for r in ranks)
+    for step in range(len(single) // (batch * world)):
+        glob = single[step * batch * world:(step + 1) * batch * world]
+        parts = [x for r in ranks for x in r[step * batch:(step + 1) * batch]]
+        assert sorted(parts) == sorted(glob)  # same (index, augmentation seed) pairs
+    assert len({i for i, _ in single}) == len(single)  # no sample twice in an epoch
+
+
+def test_epoch_sampler_order_depends_on_seed_and_epoch_and_resumes_mid_epoch() -> None:
+    s = EpochSampler(10, seed=1)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    assert [i for i, _ in e0] != [i for i, _ in e1] and sorted(i for i, _ in e0) == list(range(10))
+    s.set_epoch(1, start=4)
+    assert list(s) == e1[4:]
+    assert list(EpochSampler(10, seed=2)) != e0
+
+
+def test_poly_lr_with_warmup() -> None:
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert 0 < poly_lr(0.01, 99, 100, 0.9) < 0.01 * 0.02 ** 0.9
+    assert [poly_lr(0.01, i, 100, 0.9, warmup=4) for i in range(4)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+
+
+# ------------------------------------------------------------------------------------ whole runs
+def test_run_writes_every_output(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = train(tiny(data, out, "train.val_every=1", "train.ckpt_every=1"), progress=False)
+    assert res.iterations == 2 and res.best_miou is not None and res.final_metrics is not None
+    for name in ("last.pt", "final.safetensors", "best.safetensors", "log.jsonl", "log.csv", "curves.png",
+                 "config.yaml"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["train", "val", "train", "val"]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in records if r["kind"] == "train")
+    assert all(0 <= r["mIoU"] <= 1 and len(r["per_class_iou"]) == 3 for r in records if r["kind"] == "val")
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["kind"] for r in rows] == [r["kind"] for r in records]
+    assert float(rows[0]["loss"]) == pytest.approx(records[0]["loss"]) and rows[0]["mIoU"] == ""
+    assert float(rows[1]["mIoU"]) == pytest.approx(records[1]["mIoU"])
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 2 and ckpt["class_names"] == ["class_0", "class_1", "class_2"]
+    state, meta = read_state_dict(out / "final.safetensors")
+    assert meta["config"]["num_classes"] == 3 and torch.equal(state["cls.4.bias"], ckpt["model"]["cls.4.bias"])
+    assert load_config(out / "config.yaml").train.iters == 2  # the run's config, re-loadable
+
+
+def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path) -> None:
+    """batch 4 in 2 micro-batches of 2 == batch 4 at once. GroupNorm and no dropout, because BatchNorm
+    statistics (and dropout masks) of a micro-batch differ from the full batch's by design. The
+    images ignore very different numbers of pixels: averaging the two micro-batch means instead of
+    normalising by the whole batch's pixel count makes the updates differ by ~36% here."""
+    extra = ("model.norm=gn", "model.dropout=0", "train.batch_size=4", "train.iters=1")
+    updates, losses = [], []
+    for name, more in (("full", ()), ("acc", ("train.accumulate=2",))):
+        trainer = Trainer(tiny(data, tmp_path / name, *extra, *more), progress=False)
+        init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        res = trainer.fit()
+        updates.append({k: trainer.model.state_dict()[k] - init[k] for k in init})
+        losses.append(res.history[0]["loss"])
+    full, acc = updates
+    changed = [k for k in full if full[k].norm() > 0]
+    assert len(changed) > 80  # every parameter tensor of the GroupNorm model
+    for k in changed:
+        rel = float((full[k] - acc[k]).norm() / full[k].norm())
+        assert rel < 1e-3, f"{k}: updates differ by {rel:.2e} (relative)"
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def _bn_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny(data, tmp_path / "fb", "train.freeze_backbone=true", "train.iters=1"), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    backbone = [k for k in before if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))]
+    assert any("running_mean" in k for k in backbone)
+    for k in backbone:  # weights and BN running statistics alike
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["cls.0.weight"], after["cls.0.weight"])
+    assert not torch.equal(before["ppm.features.0.2.running_mean"], after["ppm.features.0.2.running_mean"])
+    assert all(g["name"] == "head" for g in trainer.optimizer.param_groups)
+
+
+def test_freeze_bn_keeps_every_bn_and_trains_the_convolutions(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny(data, tmp_path / "fbn", "train.freeze_bn=true", "train.iters=1"), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    bn_keys = [f"{n}.{k}" for n, m in _bn_modules(trainer.model) for k in m.state_dict()]
+    assert len(bn_keys) > 50
+    for k in bn_keys:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+    assert not torch.equal(before["cls.0.weight"], after["cls.0.weight"])
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    out = tmp_path / "nan"
+    trainer = Trainer(tiny(data, out, "train.ckpt_every=1", "train.iters=3"), progress=False)
+    real = trainer.criterion.forward
+    calls = []
+
+    def poisoned(outputs, target):
+        calls.append(1)
+        loss, parts = real(outputs, target)
+        return (loss * float("nan") if len(calls) == 2 else loss), parts
+
+    monkeypatch.setattr(trainer.criterion, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss is nan at iteration 1.*last good checkpoint is .*last\.pt"):
+        trainer.fit()
+    assert load_checkpoint(out / "last.pt")["iteration"] == 1
+    assert not (out / "final.safetensors").exists()
+
+
+def test_stop_request_saves_and_returns(data: Path, tmp_path: Path) -> None:
+    """What SIGINT/SIGTERM do (the handler sets the flag): finish the step, save last.pt, return."""
+    out = tmp_path / "stop"
+    trainer = Trainer(tiny(data, out, "train.iters=5"), progress=False)
+    step = trainer._step
+
+    def step_then_signal(*args):
+        step(*args)
+        trainer._request_stop(15, None)
+
+    trainer._step = step_then_signal
+    res = trainer.fit()
+    assert res.iterations == 1 and res.weights == out / "last.pt"
+    assert load_checkpoint(out / "last.pt")["iteration"] == 1
+    assert not (out / "final.safetensors").exists()
+
+
+def test_config_problems_found_before_training(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.accumulate=4 .* train.batch_size=2"):
+        Trainer(tiny(data, tmp_path / "a", "train.accumulate=4"), progress=False)
+    with pytest.raises(ConfigError, match=r"class_weights has 2 values but the model has 3 classes"):
+        Trainer(tiny(data, tmp_path / "b", "train.class_weights=[1,2]"), progress=False)
+    with pytest.raises(TrainingError, match="checkpoint not found"):
+        Trainer(tiny(data, tmp_path / "c"), progress=False, resume=tmp_path / "nope.pt")
+
+
+def test_tensorboard_missing_is_a_clear_error(data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"train.tensorboard=true needs the 'tensorboard' package.*pip install"):
+        Trainer(tiny(data, tmp_path / "tb", "train.tensorboard=true"), progress=False)
+
+
+def test_tensorboard_event_file_when_installed(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    train(tiny(data, out, "train.tensorboard=true", "train.iters=1"), progress=False)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
