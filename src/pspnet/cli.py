@@ -143,6 +143,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     info = dataset_info(name, num_classes, names)
     if d and d.class_names:
         info.class_names = tuple(d.class_names)
+    if name in ("list", "folder") and meta.get("palette") and len(meta["palette"]) == num_classes:
+        info.palette = tuple(tuple(c) for c in meta["palette"])  # the user's own data: the model's colours
     if info.num_classes != num_classes:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
                           f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")

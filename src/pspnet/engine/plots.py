@@ -54,7 +54,7 @@ def plot_prediction_grid(rows: Sequence[tuple[Any, Any, Any]], palette: Sequence
         panels = (np.asarray(image), colorize(np.asarray(gt), palette, ignore_index),
                   colorize(np.asarray(pred), palette, ignore_index))
         for c, (panel, name) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
-            axes[r, c].imshow(panel)
+            axes[r, c].imshow(panel, interpolation="nearest")  # exact palette colours
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(name)
