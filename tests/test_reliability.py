@@ -150,6 +150,30 @@ def test_label_problems_name_the_file_and_the_fix(tmp_path):
     assert image.shape == (3, 32, 40) and set(label.unique().tolist()) <= {0, 1, 255}
 
 
+def test_too_small_image_for_the_augmentation(tmp_path):
+    """A 1-pixel-wide image scaled by < 1 has no pixel left: OpenCV's assertion becomes a DataError."""
+    from pspnet.data.transforms import TrainTransform
+    from pspnet.engine.train import BAD_SEP, SeededAugment
+    (tmp_path / "tiny.png").write_bytes(png_bytes(rand_image(1, 1)))
+    (tmp_path / "tiny_gt.png").write_bytes(png_bytes(rand_label(1, 1)))
+    (tmp_path / "ok.png").write_bytes(png_bytes(rand_image(32, 32)))
+    (tmp_path / "ok_gt.png").write_bytes(png_bytes(rand_label(32, 32)))
+    base = SegmentationDataset([(tmp_path / "tiny.png", tmp_path / "tiny_gt.png"),
+                                (tmp_path / "ok.png", tmp_path / "ok_gt.png")], INFO3)
+    strict = SeededAugment(base, TrainTransform((24, 24), (0.5, 2.0)))
+    lenient = SeededAugment(base, TrainTransform((24, 24), (0.5, 2.0)), skip_bad=True)
+    failures = 0
+    for seed in range(12):
+        try:
+            strict[(0, seed)]
+        except DataError as e:
+            failures += 1
+            assert str(e).startswith(f"{tmp_path / 'tiny.png'}: the training augmentation failed on this 1x1"), e
+            image, label, skipped = lenient[(0, seed)]  # replaced by the next sample, and reported
+            assert image.shape == (3, 24, 24) and skipped.split(BAD_SEP)[0] == str(e)
+    assert failures > 0, "no seed scaled the 1x1 image down; the test proves nothing"
+
+
 # ----------------------------------------------------------------------------- training / eval / predict
 def make_folder(root: Path, n=6, size=(32, 32), bad: dict[str, bytes] | None = None) -> Path:
     """``root/train/{images,labels}`` with ``n`` good pairs; ``bad`` maps 'images/x.png' -> bytes to add."""
