@@ -69,6 +69,22 @@ def test_malicious_pickle_refused_payload_never_runs(tmp_path):
             assert not marker.exists(), f"{loader.__name__}({path.name}) ran the payload"
 
 
+def test_malicious_weights_refused_by_predict_and_eval_cli(tmp_path, capsys):
+    from pspnet import cli
+    marker, (zip_ckpt, legacy) = _evil_files(tmp_path)
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+    for argv in (["predict", str(img), "--weights", str(legacy), "--out", str(tmp_path / "out")],
+                 ["eval", "--weights", str(zip_ckpt), "--dataset", "folder", "--data-root", str(tmp_path)]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "refused to load" in err, err
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def _tiny_folder(root: Path) -> Path:
     for sub in ("images", "labels"):
         (root / "train" / sub).mkdir(parents=True)
