@@ -210,21 +210,31 @@ def test_training_stops_at_a_bad_file_by_default(tmp_path, workers):
 
 
 def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys):
-    data = make_folder(tmp_path / "data", bad=BAD_FILES)
+    # 7 good pairs + an empty image + a corrupt label + an image without label = 10 samples;
+    # batch 2, 5 iterations = one epoch: every sample is drawn once, inside the worker process
+    # (no validation set, so only the workers can have met the bad files)
+    missing = {"images/92.png": png_bytes(rand_image(32, 32))}
+    data = make_folder(tmp_path / "data", n=7, bad={**BAD_FILES, **missing})
     out = tmp_path / "run"
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("{}\n")
-    # 8 files, batch 2, 4 iterations = one epoch: every sample is drawn once, in a worker process
-    rc = cli.main(["train", "-c", str(cfg_file), *overrides(data, out, workers=1, iters=4), "--skip-bad",
-                   "--no-progress"])
+    rc = cli.main(["train", "-c", str(cfg_file), *overrides(data, out, workers=1, iters=5), "data.val_split=''",
+                   "--skip-bad", "--no-progress"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    assert "skipped 2 bad file(s)" in printed, printed
+    assert "skipped 3 bad file(s)" in printed, printed
     listed = (out / "bad_files.txt").read_text().splitlines()
-    assert len(listed) == 2, listed
+    assert len(listed) == 3, listed
     assert listed[0].startswith(str(data / "train/images/90.png")) and "empty" in listed[0], listed
     assert listed[1].startswith(str(data / "train/labels/91.png")) and "decode" in listed[1], listed
+    assert listed[2].startswith(str(data / "train/labels/92.png")) and "not found" in listed[2], listed
     assert (out / "final.safetensors").is_file()
+
+    # validation during training skips and lists too (here in the main process)
+    cfg = load_config(None, overrides(data, tmp_path / "run2", workers=0) + ["data.skip_bad=true"])
+    trainer = Trainer(cfg, progress=False)
+    metrics = trainer.validate()
+    assert metrics is not None and sorted(Path(k).name for k in trainer.bad_files) == ["90.png", "91.png", "92.png"]
 
 
 def test_evaluate_stops_or_skips_and_lists(tmp_path):
