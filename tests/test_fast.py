@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pspnet.engine import fast
-from pspnet.engine.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, prepare_for_inference,
-                                resolve_inference_precision)
+from pspnet.engine.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, onednn_available,
+                                prepare_for_inference, resolve_inference_precision)
 from pspnet.errors import ConfigError, PSPNetError
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 
@@ -90,11 +90,13 @@ def test_fuse_refuses_group_norm():
         fuse_conv_bn(nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8))
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_folded_fp32_equals_unfolded(trained_ish, channels_last):
+@pytest.mark.parametrize("channels_last,onednn", [(True, None), (True, False), (False, False)])
+def test_folded_fp32_equals_unfolded(trained_ish, channels_last, onednn):
+    """Folded (and, by default on CPUs, oneDNN-fused) fp32 network == the original, to fp32 rounding."""
     model, images, _ = trained_ish
-    fast_model = prepare_for_inference(model, "fp32", channels_last=channels_last)
+    fast_model = prepare_for_inference(model, "fp32", channels_last=channels_last, onednn=onednn)
     assert isinstance(fast_model, FastPSPNet) and fast_model.precision == "fp32"
+    assert fast_model.onednn == (onednn_available() if onednn is None else onednn)
     # every BatchNorm is gone, and the original model still has all of its own
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast_model.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 20
@@ -104,6 +106,9 @@ def test_folded_fp32_equals_unfolded(trained_ish, channels_last):
     rel = float((out - ref).abs().max() / ref.abs().max())
     assert rel < 1e-4, rel
     assert argmax_agreement(out, ref) > 0.9999
+    small = images[:1, :, :48, :56]  # another input shape (oneDNN weights are packed per shape)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_model(small), model(small), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
 def test_fold_batchnorm_copies_and_keeps_group_norm():
@@ -134,7 +139,9 @@ def test_trained_ish_model_is_meaningful(trained_ish):
 def test_bf16_keeps_the_labels(trained_ish):
     model, images, _ = trained_ish
     fast_model = prepare_for_inference(model, "bf16")
-    assert fast_model.precision == "bf16" and fast_model.layer1[0].conv1.weight.dtype == torch.bfloat16
+    assert fast_model.precision == "bf16"
+    dtypes = {name.split(".")[0]: p.dtype for name, p in fast_model.named_parameters()}
+    assert dtypes.pop("classifier") == torch.float32 and set(dtypes.values()) == {torch.bfloat16}
     with torch.no_grad():
         ref, out = model(images), fast_model(images)
     assert out.dtype == torch.float32

@@ -36,7 +36,8 @@ from .train import cpu_has_bf16
 log = logging.getLogger("pspnet.fast")
 
 __all__ = ["PRECISIONS", "BACKENDS", "fuse_conv_bn", "fold_batchnorm", "resolve_inference_precision",
-           "prepare_for_inference", "FastPSPNet", "OnnxRuntimePSPNet", "argmax_agreement"]
+           "prepare_for_inference", "FastPSPNet", "OneDNNConv", "onednn_available", "OnnxRuntimePSPNet",
+           "TorchInt8PSPNet", "argmax_agreement"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = ("torch", "onnxruntime")
@@ -156,8 +157,12 @@ def onednn_available(device: torch.device | str = "cpu") -> bool:
 
 class OneDNNConv(nn.Module):
     """A (BN-folded) convolution with its bias, an optional residual addition and an optional ReLU
-    as one oneDNN primitive whose weight is re-laid out once for oneDNN (what inductor's
-    ``freezing`` does), instead of per call; saves the separate passes of add and ReLU."""
+    as one oneDNN primitive, its weight re-laid out once per input shape for the kernel oneDNN picks
+    for that shape (what inductor's ``freezing`` does) instead of on every call. The packing needs
+    the input shape: packed without it, oneDNN can fall back to a far slower kernel (measured 15x
+    on a 1x1 convolution), so packed weights are cached per input shape (a few entries)."""
+
+    max_cached_shapes = 4
 
     def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, relu: bool = False) -> None:
         super().__init__()
@@ -166,18 +171,28 @@ class OneDNNConv(nn.Module):
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.attr = "relu" if relu else "none"
-        w = conv.weight.detach().to(dtype)
-        # an opaque oneDNN tensor: kept as a plain attribute (module.to() / state_dict do not apply)
-        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            w.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups)
-        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+        self.weight = nn.Parameter(conv.weight.detach().to(dtype), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().to(dtype), requires_grad=False)
+        # opaque oneDNN tensors, kept out of state_dict / module.to()
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def packed_weight(self, shape: tuple[int, ...]) -> torch.Tensor:
+        w = self._packed.get(shape)
+        if w is None:
+            if len(self._packed) >= self.max_cached_shapes:
+                self._packed.pop(next(iter(self._packed)))
+            w = torch._C._nn.mkldnn_reorder_conv2d_weight(self.weight.to_mkldnn(), self.padding, self.stride,
+                                                          self.dilation, self.groups, list(shape))
+            self._packed[shape] = w
+        return w
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.packed_weight(tuple(x.shape))
         if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.packed_weight, self.bias, self.padding, self.stride,
+            return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, self.padding, self.stride,
                                                            self.dilation, self.groups, self.attr, [], "")
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            x, residual, w, self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", None, self.attr, [], "")
 
 
@@ -269,12 +284,6 @@ class FastPSPNet(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.classifier.weight.device
-
-    def to(self, *args, **kwargs):  # noqa: D102
-        if self.onednn:
-            raise PSPNetError("a FastPSPNet with pre-packed oneDNN weights stays where it was built; prepare "
-                              "the PSPNet again on the other device")
-        return super().to(*args, **kwargs)
 
     @property
     def min_input_size(self) -> int:
