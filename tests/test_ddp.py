@@ -68,7 +68,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
     outputs = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=240)
+            out, _ = p.communicate(timeout=1200)  # generous: on a loaded 2-core machine startup alone takes minutes
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
@@ -84,7 +84,6 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
     a, _ = read_state_dict(tmp_path / "ddp" / "final.safetensors")
     b, _ = read_state_dict(tmp_path / "single" / "final.safetensors")
     assert a.keys() == b.keys()
-    init, _ = read_state_dict(tmp_path / "single" / "final.safetensors")
     worst = 0.0
     for k in a:
         if a[k].is_floating_point():
@@ -101,4 +100,3 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
     single_losses = [r["loss"] for r in single.history if r["kind"] == "train"]
     assert len(ddp_losses) == 3
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=1e-5)
-    del init
