@@ -344,7 +344,8 @@ class Trainer:
         self.val_set = None
         if d.val_split or d.val_list:
             try:
-                self.val_set = build_dataset(d.dataset, d.root, d.val_split, list_file=d.val_list, info=self.info)
+                self.val_set = build_dataset(d.dataset, d.root, d.val_split, list_file=d.val_list, info=self.info,
+                                             check_files=not d.skip_bad)
             except DataError as e:
                 if t.val_every:
                     raise
