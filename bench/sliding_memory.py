@@ -13,7 +13,8 @@ The printed "model" bound is what the output-sized buffers of each level need, c
 image size and class count (see docs/reliability.md); the measured peak must stay below
 ``rss_before + bound + window activations``.
 
-Usage (full measurement, ~10 min on 2 CPU cores):
+Usage (full measurement: 616 s for predict_logits with --stride-rate 1.0 on 2 shared CPU cores; the
+default stride 2/3 runs about 2.2x as many windows, the memory bound is the same):
     python bench/sliding_memory.py --size 8000x6000 --crop 512 --levels sliding predict_logits
 Small version (seconds):
     python bench/sliding_memory.py --size 1000x750 --crop 256
