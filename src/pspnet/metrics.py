@@ -112,7 +112,11 @@ class ConfusionMatrix:
             t.clamp_(-1, n).add_(1)            # -1 .. n -> rows 0 .. n + 1; rows 0 and n + 1 are dropped
             rows, offset = n + 2, 1
         idx = t.mul_(n).add_(p)
-        counts = torch.bincount(idx, minlength=rows * n)[: rows * n].view(rows, n)[offset:offset + n]
+        if idx.device.type == "cpu":  # numpy's bincount is ~5x faster than torch's on CPU (bench/confusion_matrix.py)
+            counts = torch.from_numpy(np.bincount(idx.numpy(), minlength=rows * n))
+        else:
+            counts = torch.bincount(idx, minlength=rows * n)
+        counts = counts[: rows * n].view(rows, n)[offset:offset + n]
         if self.ignore_index is not None and 0 <= self.ignore_index < n:
             counts[self.ignore_index] = 0
         self.matrix += counts
