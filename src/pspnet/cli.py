@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "evaluate, predict (a few minutes on a CPU)")
     dm.add_argument("--out", default="pspnet_demo", help="output folder (default: ./pspnet_demo)")
     dm.add_argument("--quick", action="store_true", help="a tiny run (seconds) that checks the pipeline works")
-    dm.add_argument("--iters", type=int, help="training iterations (default: 300; --quick: 6)")
+    dm.add_argument("--iters", type=int, help="training iterations (default: 400; --quick: 6)")
     dm.add_argument("--seed", type=int, help="seed of the scenes and of training (default 0)")
     dm.add_argument("--no-progress", action="store_true", help="no progress bar")
     dm.set_defaults(func=_cmd_demo)

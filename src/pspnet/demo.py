@@ -36,9 +36,11 @@ class DemoSettings:
     height: int = 96
     width: int = 128
     crop: int = 96
-    iters: int = 300
+    iters: int = 400
     batch_size: int = 8
     lr: float = 0.01
+    head_lr_mult: float = 10.0
+    warmup_iters: int = 0
     head_channels: int = 128
     aux_channels: int = 64
     output_stride: int = 8
@@ -65,7 +67,7 @@ def _prepare_out_dir(out: Path) -> None:
     (out / MARKER).write_text("written by pspnet demo; safe to delete\n", encoding="utf-8")
 
 
-def demo_config(data_root: Path, run_dir: Path, s: DemoSettings):
+def demo_config(data_root: Path, run_dir: Path, s: DemoSettings, class_weights: list[float] | None = None):
     """The training config of the demo, built in code (what a YAML file under configs/ would hold)."""
     from .config import Config, DataSection, EvalSection, ModelSection, TrainSection
     from .data.synthetic import CLASSES
@@ -76,18 +78,34 @@ def demo_config(data_root: Path, run_dir: Path, s: DemoSettings):
                          class_names=list(CLASSES), crop_size=(s.crop, s.crop), scale_min=0.75, scale_max=1.5,
                          rotate=5.0, blur=True, flip=True, workers=0),
         train=TrainSection(iters=s.iters, batch_size=s.batch_size, lr=s.lr, precision="auto", seed=s.seed,
+                           class_weights=class_weights, head_lr_mult=s.head_lr_mult, warmup_iters=s.warmup_iters,
                            val_every=s.val_every, log_every=max(1, min(10, s.iters // 20)),
                            output_dir=str(run_dir), channels_last=True),
         eval=EvalSection())
 
 
-def majority_miou(dataset, num_classes: int) -> float:
-    """mIoU of always predicting the most frequent class: the 'chance' baseline of the demo."""
+def pixel_counts(dataset, num_classes: int):
+    """Labelled pixels per class over a dataset (numpy int64 array)."""
     import numpy as np
     counts = np.zeros(num_classes, np.int64)
     for i in range(len(dataset)):
         _, label = dataset.load(i)
         counts += np.bincount(label[label < num_classes].ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def balanced_weights(counts) -> list[float]:
+    """``sqrt(median frequency / frequency)`` per class (absent classes get 1): thin classes such as
+    poles and people count more without swamping the large ones."""
+    import numpy as np
+    freq = counts / max(int(counts.sum()), 1)
+    med = float(np.median(freq[freq > 0])) if (freq > 0).any() else 1.0
+    return [round(float(np.sqrt(med / f)), 3) if f > 0 else 1.0 for f in freq]
+
+
+def majority_miou(dataset, num_classes: int) -> float:
+    """mIoU of always predicting the most frequent class: the 'chance' baseline of the demo."""
+    counts = pixel_counts(dataset, num_classes)
     present = int((counts > 0).sum())
     return float(counts.max() / counts.sum() / present)
 
@@ -118,9 +136,12 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
 
     # 2. training
     t0 = time.perf_counter()
-    cfg = demo_config(data_root, out / "run", s)
+    info = dataset_info("folder", len(CLASSES), CLASSES, PALETTE)
+    class_w = balanced_weights(pixel_counts(build_dataset("folder", data_root, "train", info=info), len(CLASSES)))
+    cfg = demo_config(data_root, out / "run", s, class_w)
     echo(f"[2/4] training PSPNet (ResNet-18, output stride {s.output_stride}) for {s.iters} iterations of "
-         f"{s.batch_size} crops of {s.crop}x{s.crop} ...")
+         f"{s.batch_size} crops of {s.crop}x{s.crop}; class weights "
+         + ", ".join(f"{n} {w:.2f}" for n, w in zip(CLASSES, class_w)) + " ...")
     result = train(cfg, device="cpu", progress=progress)
     timings["train_s"] = time.perf_counter() - t0
     model, _ = load_weights(result.weights)
@@ -133,7 +154,6 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
 
     # 3. evaluation on the held-out scenes
     t0 = time.perf_counter()
-    info = dataset_info("folder", len(CLASSES), CLASSES, PALETTE)
     val = build_dataset("folder", data_root, "val", info=info)
     results = evaluate(model, val, num_classes=len(CLASSES), class_names=CLASSES, progress=False)
     baseline = majority_miou(val, len(CLASSES))

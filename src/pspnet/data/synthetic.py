@@ -194,13 +194,14 @@ def render_scene(rng: np.random.Generator, height: int = 96, width: int = 128) -
             cv.paint(crown, VEGETATION, green, 0.6 + 0.7 * leaves_noise)
         elif kind == "pole":
             ph = h * rng.uniform(0.35, 0.6) * d
-            pw = max(0.7, w * 0.008 * d)
+            pw = max(1.0, w * 0.012 * d)  # half width
             grey = _jitter(rng, (130, 130, 135), 20)
             cv.paint(cv.rect(x - pw, y - ph, x + pw, y), POLE, grey)
-            cv.paint(cv.rect(x - pw, y - ph, x + pw + ph * 0.15 * (1 if left else -1), y - ph + 2 * pw), POLE, grey)
+            arm = ph * 0.2 * (1 if left else -1)  # a lamp arm reaching over the road
+            cv.paint(cv.rect(min(x - pw, x + arm), y - ph, max(x + pw, x + arm), y - ph + 2 * pw), POLE, grey)
         else:  # person
-            ph = h * rng.uniform(0.22, 0.32) * d
-            pw = ph * 0.28
+            ph = h * rng.uniform(0.25, 0.36) * d
+            pw = ph * 0.32
             head = cv.ellipse(x, y - ph * 0.9, pw * 0.35, ph * 0.1)
             torso = cv.rect(x - pw / 2, y - ph * 0.8, x + pw / 2, y - ph * 0.42)
             legs = cv.rect(x - pw * 0.4, y - ph * 0.42, x - pw * 0.05, y) | cv.rect(x + pw * 0.05, y - ph * 0.42,
