@@ -64,14 +64,16 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "flags": [f for f in _FLAG_NAMES if f in flags], "torch": torch.__version__,
             "onednn": torch.backends.mkldnn.is_available(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onnxruntime": ort_version, "python": platform.python_version()}
+            "onnxruntime": ort_version, "python": platform.python_version(),
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def format_machine(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
     return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
             f"flags: {' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
-            f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, python {info['python']}")
+            f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, python {info['python']}; "
+            f"load average (1 min) at start {info['load_average_1m']}")
 
 
 # ----------------------------------------------------------------------------------------- timing

@@ -104,17 +104,17 @@ class ConfusionMatrix:
         lo, hi = torch.aminmax(pred)
         if int(lo) < 0 or int(hi) >= n:
             raise ValueError(f"predicted class indices must lie in [0, {n - 1}], got values in [{int(lo)}, {int(hi)}]")
-        p = pred.reshape(-1).to(device=target.device, dtype=torch.int32)
-        t = target.reshape(-1).to(torch.int32, copy=True)
-        if target.dtype == torch.uint8 and n <= 256:
-            rows, offset = 256, 0              # every uint8 value has its own row; rows >= n are dropped
+        if target.device.type == "cpu" and pred.device.type == "cpu":
+            counts, rows, offset = _cpu_counts(pred, target, n)
         else:
-            t.clamp_(-1, n).add_(1)            # -1 .. n -> rows 0 .. n + 1; rows 0 and n + 1 are dropped
-            rows, offset = n + 2, 1
-        idx = t.mul_(n).add_(p)
-        if idx.device.type == "cpu":  # numpy's bincount is ~5x faster than torch's on CPU (bench/confusion_matrix.py)
-            counts = torch.from_numpy(np.bincount(idx.numpy(), minlength=rows * n))
-        else:
+            p = pred.reshape(-1).to(device=target.device, dtype=torch.int32)
+            t = target.reshape(-1).to(torch.int32, copy=True)
+            if target.dtype == torch.uint8 and n <= 256:
+                rows, offset = 256, 0              # every uint8 value has its own row; rows >= n are dropped
+            else:
+                t.clamp_(-1, n).add_(1)            # -1 .. n -> rows 0 .. n + 1; rows 0 and n + 1 are dropped
+                rows, offset = n + 2, 1
+            idx = t.mul_(n).add_(p)
             counts = torch.bincount(idx, minlength=rows * n)
         counts = counts[: rows * n].view(rows, n)[offset:offset + n]
         if self.ignore_index is not None and 0 <= self.ignore_index < n:
@@ -151,3 +151,20 @@ class ConfusionMatrix:
         total = m.sum()
         all_acc = (tp.sum() / total).item() if total > 0 else float("nan")
         return SegmentationMetrics(iou.tolist(), acc.tolist(), float(miou), float(macc), all_acc, absent)
+
+
+def _cpu_counts(pred: torch.Tensor, target: torch.Tensor, n: int) -> tuple[torch.Tensor, int, int]:
+    """The same row/offset scheme as the torch path with three passes over the pixels in numpy
+    (int64 index built in one multiply, ``np.bincount`` ~5x faster than ``torch.bincount`` on CPU)."""
+    t = target.reshape(-1).numpy()
+    p = pred.reshape(-1).numpy()
+    if t.dtype == np.uint8 and n <= 256:
+        rows, offset = 256, 0
+        idx = np.multiply(t, n, dtype=np.int64)
+    else:
+        rows, offset = n + 2, 1
+        idx = np.clip(t, -1, n).astype(np.int64, copy=False)
+        idx += 1
+        idx *= n
+    idx += p
+    return torch.from_numpy(np.bincount(idx, minlength=rows * n)), rows, offset
