@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
     pr.add_argument("--out", "-o", required=True, help="output folder")
     _add_inference_options(pr)
-    pr.set_defaults(func=_cmd_predict)
+    pr.set_defaults(func=_cmd_predict, precision="auto")  # predict: the fastest accurate CPU mode (docs/benchmarks.md)
 
     ex = sub.add_parser("export", help="ONNX (dynamic height/width) or TorchScript")
     ex.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
