@@ -51,6 +51,10 @@ def test_our_format_round_trips_with_metadata(tmp_path):
     names, palette = ["sky", "road", "car"], [(70, 130, 180), (128, 64, 128), (0, 0, 142)]
     save_weights(model, path, class_names=names, palette=palette, extra={"dataset": "demo"})
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temp file behind
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any new file, not mkstemp's 0600
 
     loaded, meta = load_weights(path)  # the file alone is enough
     assert not loaded.training

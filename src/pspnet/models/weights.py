@@ -36,6 +36,12 @@ SHALLOW_STEM_MAP = {"conv1.": "layer0.0.", "bn1.": "layer0.1."}
 
 
 # ----------------------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
     path = Path(path)
@@ -46,6 +52,7 @@ def atomic_write(path: str | Path, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
