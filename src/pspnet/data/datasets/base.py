@@ -232,6 +232,22 @@ def split_stems(root: Path, split: str) -> list[str] | None:
     return stems
 
 
+def stems_of_split(root: Path, split: str, available, no_split_file: str, missing_what: str) -> list[str]:
+    """Stems of ``<root>/<split>.txt``, each required to be a key of ``available``.
+
+    ``no_split_file`` is the error message when the split file does not exist; ``missing_what``
+    completes "name(s) have no ..." for names without a file.
+    """
+    stems = split_stems(root, split)
+    if stems is None:
+        raise DataError(no_split_file)
+    unknown = [s for s in stems if s not in available]
+    if unknown:
+        raise DataError(f"{root / (split + '.txt')}: {len(unknown)} name(s) have no {missing_what}, e.g. "
+                        f"{unknown[:3]}")
+    return stems
+
+
 def lut_from_mapping(mapping: dict[int, int], size: int = 256, default: int = IGNORE) -> np.ndarray:
     lut = np.full(size, default, dtype=np.uint8 if default < 256 else np.int32)
     for raw, train in mapping.items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
-from .base import DatasetInfo, lut_from_mapping, read_list_file, split_stems
+from .base import DatasetInfo, lut_from_mapping, read_list_file, stems_of_split
 
 CLASS_NAMES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car", "pedestrian",
                "bicyclist")
@@ -75,12 +75,9 @@ def camvid32_pairs(root: str | Path, split: str) -> list:
     if split == "all":
         stems = sorted(images)
     else:
-        stems = split_stems(root, split)
-        if stems is None:
-            raise DataError(f"camvid32: no split file {root / (split + '.txt')}; use split 'all' or add a list "
-                            f"of image names (the SegNet train.txt/val.txt/test.txt work)")
-        unknown = [s for s in stems if s not in images]
-        if unknown:
-            raise DataError(f"{root / (split + '.txt')}: {len(unknown)} name(s) have no image in {img_dir}, e.g. "
-                            f"{unknown[:3]}")
+        stems = stems_of_split(
+            root, split, images,
+            f"camvid32: no split file {root / (split + '.txt')}; use split 'all' or add a list "
+            f"of image names (the SegNet train.txt/val.txt/test.txt work)",
+            f"image in {img_dir}")
     return [(images[s], root / LABELS_32 / f"{s}_L.png") for s in stems]

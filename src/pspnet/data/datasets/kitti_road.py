@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ...errors import DataError
-from .base import DatasetInfo, split_stems
+from .base import DatasetInfo, stems_of_split
 
 CLASS_NAMES = ("not_road", "road")
 PALETTE = ((255, 0, 0), (255, 0, 255))
@@ -47,12 +47,9 @@ def kitti_road_pairs(root: str | Path, split: str) -> list:
             pairs[name] = (img_dir / f"{name}.png", gt)
     if split in ("train", "training"):
         return [pairs[k] for k in sorted(pairs)]
-    stems = split_stems(root, split)
-    if stems is None:
-        raise DataError(f"kitti_road: unknown split {split!r}; use 'train', 'test' or add {root / (split + '.txt')} "
-                        f"listing training image names")
-    unknown = [s for s in stems if s not in pairs]
-    if unknown:
-        raise DataError(f"{root / (split + '.txt')}: {len(unknown)} name(s) have no road ground truth in {gt_dir}, "
-                        f"e.g. {unknown[:3]}")
+    stems = stems_of_split(
+        root, split, pairs,
+        f"kitti_road: unknown split {split!r}; use 'train', 'test' or add {root / (split + '.txt')} "
+        f"listing training image names",
+        f"road ground truth in {gt_dir}")
     return [pairs[s] for s in stems]
