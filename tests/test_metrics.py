@@ -126,6 +126,26 @@ def test_ignore_index_inside_class_range_and_invalid_targets():
     assert cm.matrix[0].sum() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_chunked_update_matches_a_reference_across_chunks_and_sizes(monkeypatch, dtype):
+    # a chunk far smaller than the maps, so every update crosses several chunk boundaries and
+    # the reused buffer meets maps of different sizes (a short tail chunk included)
+    monkeypatch.setattr(ConfusionMatrix, "_CPU_CHUNK", 1000)
+    g = torch.Generator().manual_seed(5)
+    n = 7
+    cm = ConfusionMatrix(n, ignore_index=255)
+    ref = np.zeros((n, n), dtype=np.int64)
+    for shape in [(61, 67), (3, 5), (40, 151)]:
+        low = 0 if dtype == torch.uint8 else -3
+        target = torch.randint(low, n + 3, shape, generator=g)
+        target[torch.rand(shape, generator=g) < 0.1] = 255
+        pred = torch.randint(0, n, shape, generator=g)
+        cm.update(pred.to(torch.int32), target.to(dtype))
+        keep = (target >= 0) & (target < n)
+        np.add.at(ref, (target[keep].numpy(), pred[keep].numpy()), 1)
+        assert cm.matrix.numpy().tolist() == ref.tolist()
+
+
 def test_logits_are_argmaxed_and_updates_accumulate():
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(3, 6, 20, 30, generator=g)

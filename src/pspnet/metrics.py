@@ -69,11 +69,13 @@ class SegmentationMetrics:
 class ConfusionMatrix:
     """``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p``.
 
-    Accumulated on the tensors' device with one ``bincount`` per update and no boolean masking:
-    the target is shifted so that every invalid value (ignore, negative, ``>= num_classes``) lands
-    in rows that are dropped afterwards. A 1024x2048 update takes a few milliseconds on one CPU
-    core (``docs/evaluation.md`` has the measurement).
+    Accumulated on the tensors' device with ``bincount`` and no boolean masking: the target is
+    shifted so that every invalid value (ignore, negative, ``>= num_classes``) lands in rows that
+    are dropped afterwards. A 1024x2048 update takes about 4 ms on this project's 2-core CPU
+    (``python bench/confusion_matrix.py``; ``docs/benchmarks.md``).
     """
+
+    _CPU_CHUNK = 1 << 18
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255,
                  device: torch.device | str | None = None) -> None:
@@ -81,6 +83,7 @@ class ConfusionMatrix:
             raise ValueError(f"num_classes must be an integer in [1, 46000], got {num_classes!r}")
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self._buf: torch.Tensor | None = None     # reused index buffer (see ``_counts``)
 
     def reset(self) -> None:
         self.matrix.zero_()
@@ -104,22 +107,34 @@ class ConfusionMatrix:
         lo, hi = torch.aminmax(pred)
         if int(lo) < 0 or int(hi) >= n:
             raise ValueError(f"predicted class indices must lie in [0, {n - 1}], got values in [{int(lo)}, {int(hi)}]")
-        if target.device.type == "cpu" and pred.device.type == "cpu":
-            counts, rows, offset = _cpu_counts(pred, target, n)
-        else:
-            p = pred.reshape(-1).to(device=target.device, dtype=torch.int32)
-            t = target.reshape(-1).to(torch.int32, copy=True)
-            if target.dtype == torch.uint8 and n <= 256:
-                rows, offset = 256, 0              # every uint8 value has its own row; rows >= n are dropped
-            else:
-                t.clamp_(-1, n).add_(1)            # -1 .. n -> rows 0 .. n + 1; rows 0 and n + 1 are dropped
-                rows, offset = n + 2, 1
-            idx = t.mul_(n).add_(p)
-            counts = torch.bincount(idx, minlength=rows * n)
+        counts, rows, offset = self._counts(pred.reshape(-1).to(target.device), target.reshape(-1))
         counts = counts[: rows * n].view(rows, n)[offset:offset + n]
         if self.ignore_index is not None and 0 <= self.ignore_index < n:
             counts[self.ignore_index] = 0
         self.matrix += counts
+
+    def _counts(self, p: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``bincount`` of ``row(t) * n + p`` and the row scheme: a uint8 target gets a row per value
+        (rows >= n dropped later); any other target is clamped to ``-1 .. n`` and shifted by one
+        (rows 0 and n + 1 dropped). On the CPU the index is built in cache-sized chunks in one
+        reused int64 buffer: no 16 MB allocation (and its page faults) per call, and each chunk is
+        still in cache when ``bincount`` reads it."""
+        n = self.num_classes
+        if t.dtype == torch.uint8 and n <= 256:
+            rows, offset = 256, 0
+        else:
+            rows, offset = n + 2, 1
+        chunk = self._CPU_CHUNK if t.device.type == "cpu" else t.numel()
+        if self._buf is None or self._buf.numel() < min(chunk, t.numel()) or self._buf.device != t.device:
+            self._buf = torch.empty(min(chunk, t.numel()), dtype=torch.int64, device=t.device)
+        counts = torch.zeros(rows * n, dtype=torch.int64, device=t.device)
+        for s in range(0, t.numel(), chunk):
+            tc = t[s:s + chunk]
+            idx = self._buf[: tc.numel()].copy_(tc)
+            if offset:
+                idx.clamp_(-1, n).add_(1)
+            counts += torch.bincount(idx.mul_(n).add_(p[s:s + chunk]), minlength=rows * n)
+        return counts, rows, offset
 
     def merge(self, other: "ConfusionMatrix") -> None:
         if other.num_classes != self.num_classes:
@@ -151,20 +166,3 @@ class ConfusionMatrix:
         total = m.sum()
         all_acc = (tp.sum() / total).item() if total > 0 else float("nan")
         return SegmentationMetrics(iou.tolist(), acc.tolist(), float(miou), float(macc), all_acc, absent)
-
-
-def _cpu_counts(pred: torch.Tensor, target: torch.Tensor, n: int) -> tuple[torch.Tensor, int, int]:
-    """The same row/offset scheme as the torch path with three passes over the pixels in numpy
-    (int64 index built in one multiply, ``np.bincount`` ~5x faster than ``torch.bincount`` on CPU)."""
-    t = target.reshape(-1).numpy()
-    p = pred.reshape(-1).numpy()
-    if t.dtype == np.uint8 and n <= 256:
-        rows, offset = 256, 0
-        idx = np.multiply(t, n, dtype=np.int64)
-    else:
-        rows, offset = n + 2, 1
-        idx = np.clip(t, -1, n).astype(np.int64, copy=False)
-        idx += 1
-        idx *= n
-    idx += p
-    return torch.from_numpy(np.bincount(idx, minlength=rows * n)), rows, offset
