@@ -34,6 +34,8 @@ MODES: dict[str, dict[str, Any] | None] = {
     "bf16": {"precision": "bf16"},
     "fp32-unfused": {"precision": "fp32", "onednn": False},
     "bf16-unfused": {"precision": "bf16", "onednn": False},
+    "fp32-unfactored": {"precision": "fp32", "factor_head": False},
+    "bf16-unfactored": {"precision": "bf16", "factor_head": False},
     "fp32+compile": {"precision": "fp32", "compile": True},
     "bf16+compile": {"precision": "bf16", "compile": True},
     "int8": {"precision": "int8"},
