@@ -1,5 +1,6 @@
 """evaluate / predict_paths / the eval and predict commands on tiny data made in tmp_path."""
 
+import importlib.util
 import json
 import sys
 import types
@@ -235,3 +236,22 @@ def test_precision_goes_through_fast_module_when_present(monkeypatch, tiny_model
     monkeypatch.setitem(sys.modules, "pspnet.engine.fast", None)  # module absent -> fp32 with a warning
     runner, used = prepare_model(tiny_model, "bf16")
     assert runner is tiny_model and used == "fp32"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_predict_and_eval_on_the_onnxruntime_backend(tmp_path, weights_file):
+    """--backend onnxruntime gives the torch backend's labels (fp32) and is recorded in eval's settings."""
+    img = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "im.png")
+    for backend in ("torch", "onnxruntime"):
+        rc = main(["predict", str(tmp_path / "im.png"), "--weights", str(weights_file), "--out",
+                   str(tmp_path / backend), "--precision", "fp32", "--backend", backend, "--no-progress"])
+        assert rc == 0
+    a = np.array(Image.open(tmp_path / "torch" / "im_label.png"))
+    b = np.array(Image.open(tmp_path / "onnxruntime" / "im_label.png"))
+    assert a.shape == (24, 32) and (a == b).mean() > 0.99
+    root = _make_list_dataset(tmp_path / "data")
+    out = tmp_path / "m.json"
+    rc = main(["eval", "--weights", str(weights_file), "--dataset", "list", "--data-root", str(root),
+               "--backend", "onnxruntime", "--out", str(out), "--no-progress"])
+    assert rc == 0 and json.loads(out.read_text())["settings"]["backend"] == "onnxruntime"

@@ -114,7 +114,8 @@ def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None) ->
     return {"base_size": base, "scales": tuple(args.scales or ev.scales),
             "flip": ev.flip if args.flip is None else args.flip, "mode": mode,
             "crop_size": tuple(crop) if crop else None,
-            "stride_rate": args.stride_rate or ev.stride_rate, "precision": args.precision}
+            "stride_rate": args.stride_rate or ev.stride_rate, "precision": args.precision,
+            "backend": args.backend}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -172,7 +173,7 @@ def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
     """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``."""
     from .engine.inference import predict_logits, prepare_model
     from .engine.plots import plot_prediction_grid
-    runner, _ = prepare_model(model, settings.get("precision", "fp32"))
+    runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"))
     keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate")
     rows = []
     for i in sorted({round(k * (len(dataset) - 1) / max(count - 1, 1)) for k in range(count)}):
@@ -238,7 +239,12 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--stride-rate", type=float, help="window stride / crop size (default 2/3)")
     q.add_argument("--base-size", type=int, help="resize the long side to this first (0: no resize)")
     q.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
-                   help="fp32 (default), or via pspnet.engine.fast when available")
+                   help="eval: fp32 (default); predict: auto (default) = bf16 on CPUs with native bf16, else "
+                        "fp32; int8 needs --backend onnxruntime (calibrated on the first image) or torchao "
+                        "(docs/benchmarks.md)")
+    q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="torch (default) or onnxruntime (CPU; one graph per input size, so keep sizes fixed "
+                        "with --base-size or --sliding)")
     q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -37,14 +37,14 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
-             max_images: int | None = None) -> dict[str, Any]:
+             max_images: int | None = None, backend: str = "torch") -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
     (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
     ``"settings"``, ``"num_images"``, ``"seconds"``, ``"bad_files": [{index, path, error}]}``.
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
-    is raised. ``precision`` other than ``fp32`` goes through
+    is raised. ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
     ``pspnet.engine.fast.prepare_for_inference`` when that module is available.
     """
     if mode == "sliding" and crop_size is None:
@@ -52,7 +52,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
-    runner, used_precision = prepare_model(model, precision)
+    runner, used_precision = prepare_model(model, precision, backend)
     device = model_device(runner)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
@@ -95,7 +95,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     result["settings"] = {"base_size": base_size, "scales": [float(s) for s in scales], "flip": bool(flip),
                           "mode": mode, "crop_size": list(crop_size) if crop_size is not None else None,
                           "stride_rate": float(stride_rate) if mode == "sliding" else None,
-                          "precision": used_precision, "ignore_index": ignore_index, "absent": absent,
+                          "precision": used_precision, "backend": backend, "ignore_index": ignore_index,
+                          "absent": absent,
                           "device": str(device)}
     result["num_images"] = n - len(bad)
     result["seconds"] = round(seconds, 3)

@@ -415,7 +415,7 @@ class TorchInt8PSPNet(nn.Module):
             from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
         except ImportError:
             raise ConfigError("precision='int8' with backend='torch' needs torchao (pip install torchao), or "
-                              "use backend='onnxruntime'") from None
+                              "use backend='onnxruntime' (pspnet predict/eval --backend onnxruntime)") from None
         self.config = net.config
         self.plain = _PlainForward(net.cpu().float().eval())
         self.calibration = None if calibration is None else [_as_float_batch(c) for c in calibration]
@@ -613,18 +613,66 @@ def _as_float_batch(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
+def _own_initializers(model: Any) -> int:
+    """Give every ``Identity(initializer)`` output its own copy of the initializer; returns how many.
+
+    The exporter shares equal tensors (e.g. the all-zero folded biases of a freshly initialised
+    network) through Identity nodes; ONNX Runtime's quantiser then finds no bias initializer,
+    leaves those convolutions as dequantise -> fp32 Conv -> quantise, and the int8 graph runs
+    slower than the fp32 one.
+    """
+    from onnx import numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    keep, added = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy_ = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0])
+            model.graph.initializer.append(copy_)
+            added += 1
+        else:
+            keep.append(node)
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return added
+
+
 def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     arrays = [c.numpy() for c in _resized(calibration, shape)]
     graph = onnx.load(str(src))
+    if _own_initializers(graph):
+        src = dst.with_name(dst.stem + "_src.onnx")
+        onnx.save(graph, str(src))
     convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
     keep_fp32 = convs[-1:]  # the classifier
-    quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
-                    op_types_to_quantize=["Conv", "MaxPool", "Add", "Concat", "Relu"],
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    # the quantiser logs advice through the root logger (pre-processing, bias initializers); a
+    # filter on the root logger drops only those direct calls, not pspnet's own propagated records
+    quiet = _DropRecords()
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
+                        op_types_to_quantize=["Conv", "MaxPool", "Add", "Concat", "Relu"],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if quiet.dropped:
+        log.debug("onnxruntime quantiser: %d advisory messages hidden", quiet.dropped)
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            self.dropped += 1
+            return False
+        return True
 
 
 # ----------------------------------------------------------------------------------------- entry point

@@ -55,20 +55,20 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model, precision: str = "fp32"):
-    """``(runner, precision used)``: the model in eval mode for ``fp32``; for another precision the
-    callable of ``pspnet.engine.fast.prepare_for_inference`` (fp32 with a warning if that module
-    is not installed)."""
+def prepare_model(model, precision: str = "fp32", backend: str = "torch"):
+    """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend; for
+    another precision or backend the callable of ``pspnet.engine.fast.prepare_for_inference`` (fp32
+    with a warning if that module is not installed)."""
     if isinstance(model, nn.Module):
         model.eval()
-    if precision == "fp32":
+    if precision == "fp32" and backend == "torch":
         return model, "fp32"
     try:
         from .fast import prepare_for_inference
     except ImportError:
         log.warning("precision %r needs pspnet.engine.fast, which is not available; running fp32", precision)
         return model, "fp32"
-    runner = prepare_for_inference(model, precision=precision)
+    runner = prepare_for_inference(model, precision=precision, backend=backend)
     return runner, getattr(runner, "precision", precision)
 
 

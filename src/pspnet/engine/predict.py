@@ -143,7 +143,7 @@ def _write_outputs(image: np.ndarray, label: np.ndarray, pal: np.ndarray, out_di
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
-                  progress: bool = True, stride_rate: float = 2 / 3) -> PredictOutputs:
+                  progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch") -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
 
     Returns the written paths (three per image, then ``legend.png``) as a list whose ``.failed``
@@ -158,7 +158,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     files, failed = expand_inputs(inputs)
     for item, reason in failed:
         log.error("%s: %s", item, reason)
-    runner, _ = prepare_model(model, precision)
+    runner, _ = prepare_model(model, precision, backend)
     written = PredictOutputs(failed=failed)
     bar = None
     if progress:
