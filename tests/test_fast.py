@@ -177,18 +177,20 @@ def test_bad_arguments_raise_clear_errors():
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
 def test_onnxruntime_backend_matches_torch(trained_ish):
     model, images, _ = trained_ish
-    ort_model = prepare_for_inference(model, "fp32", backend="onnxruntime")
-    assert ort_model.backend == "onnxruntime" and ort_model.precision == "fp32"
-    with torch.no_grad():
-        ref = model(images[:3])
-    out = ort_model(images[:3])
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
-    assert argmax_agreement(out, ref) > 0.9999
-    # another input size works too (dynamic shapes or one session per shape)
-    small = images[:1, :, :48, :56]
-    with torch.no_grad():
-        torch.testing.assert_close(ort_model(small), model(small), rtol=1e-3, atol=1e-3)
+    for factor_head in (True, False):  # the PPM + head conv factored (default) or exported as they are
+        ort_model = prepare_for_inference(model, "fp32", backend="onnxruntime", factor_head=factor_head)
+        assert ort_model.backend == "onnxruntime" and ort_model.precision == "fp32"
+        assert ort_model.factored == factor_head
+        with torch.no_grad():
+            ref = model(images[:3])
+        out = ort_model(images[:3])
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+        assert argmax_agreement(out, ref) > 0.9999
+        # another input size works too (dynamic shapes or one session per shape)
+        small = images[:1, :, :48, :56]
+        with torch.no_grad():
+            torch.testing.assert_close(ort_model(small), model(small), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")

@@ -41,6 +41,8 @@ MODES: dict[str, dict[str, Any] | None] = {
     "int8": {"precision": "int8"},
     "ort-fp32": {"precision": "fp32", "backend": "onnxruntime"},
     "ort-int8": {"precision": "int8", "backend": "onnxruntime"},
+    "ort-fp32-unfactored": {"precision": "fp32", "backend": "onnxruntime", "factor_head": False},
+    "ort-int8-unfactored": {"precision": "int8", "backend": "onnxruntime", "factor_head": False},
 }
 
 
@@ -161,7 +163,7 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                     warmup: int = 1, batch: int = 1, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Median latency and images/s per (depth, size, mode)."""
     rows = []
-    log(f"{'model':<11s} {'size':>9s} {'mode':<15s} {'median ms':>10s} {'images/s':>9s} {'setup s':>8s}")
+    log(f"{'model':<11s} {'size':>9s} {'mode':<19s} {'median ms':>10s} {'images/s':>9s} {'setup s':>8s}")
     for depth in depths:
         model = build_model(depth, num_classes)
         for size in sizes:
@@ -172,7 +174,7 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                     run = make_runner(model, mode, x)
                     run(x)  # first call: export / quantisation / compilation happen here
                 except Exception as e:  # noqa: BLE001 - a mode that cannot run here is reported, not fatal
-                    log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<15s} failed: {type(e).__name__}: "
+                    log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<19s} failed: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120]}")
                     rows.append({"depth": depth, "size": list(size), "mode": mode, "error": str(e)})
                     continue
@@ -181,7 +183,7 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                 med = statistics.median(times)
                 rows.append({"depth": depth, "size": list(size), "mode": mode, "batch": batch, "median_s": med,
                              "images_per_s": batch / med, "times_s": times, "setup_s": setup})
-                log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<15s} {med * 1000:10.1f} "
+                log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<19s} {med * 1000:10.1f} "
                     f"{batch / med:9.2f} {setup:8.1f}")
                 del run
     return rows

@@ -99,7 +99,7 @@ class FactoredPPMHead(nn.Module):
     def levels(self, x: torch.Tensor) -> torch.Tensor:
         """The pyramid levels' share of the head convolution, ``N x O x H x W`` in fp32 (float64 for a
         float64 input)."""
-        n, _, h, w = x.shape
+        n, h, w = (int(v) for v in (x.shape[0], x.shape[2], x.shape[3]))  # constants when traced for export
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         total = None
         for branch, b, taps, (rh, rw) in zip(self.branches, self.bins, self.taps,

@@ -514,6 +514,52 @@ def _exportable(net: PSPNet) -> nn.Module:
     return make_exportable(net)
 
 
+class _ConvAddReLU(nn.Module):
+    """``relu(conv(x) + residual)`` with plain ops (what the exported graph needs)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + residual)
+
+
+class _FactoredExport(nn.Module):
+    """A folded, exportable PSPNet whose PPM + head convolution run as a
+    :class:`~pspnet.engine.factored_head.FactoredPPMHead` with plain ops, for the fixed-shape
+    graphs of the onnxruntime backend (the interpolation matrices become constants of the graph)."""
+
+    def __init__(self, net: PSPNet) -> None:
+        super().__init__()
+        self.net = net
+        conv = net.cls[0]
+        c = conv.in_channels - len(net.ppm.bins) * net.ppm.features[0][1].out_channels
+        conv_x = nn.Conv2d(c, conv.out_channels, 3, padding=1, bias=True)
+        with torch.no_grad():
+            conv_x.weight.copy_(conv.weight[:, :c])
+            conv_x.bias.copy_(conv.bias)
+        self.head = FactoredPPMHead(net.ppm.features, net.ppm.bins, conv.weight.detach()[:, c:],
+                                    _ConvAddReLU(conv_x), net.config.align_corners)
+        self.rest = nn.Sequential(*[m for m in list(net.cls)[3:] if not isinstance(m, nn.Identity)])
+
+    @staticmethod
+    def applies(net: PSPNet) -> bool:
+        """The folded head is conv3x3(s1, p1, d1, bias), Identity, ReLU, ... and each level a 1x1 conv."""
+        cls, conv = net.cls, net.cls[0]
+        return (len(cls) >= 4 and isinstance(conv, nn.Conv2d) and conv.bias is not None
+                and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+                and conv.dilation == (1, 1) and conv.groups == 1 and isinstance(cls[1], nn.Identity)
+                and isinstance(cls[2], nn.ReLU) and conv.in_channels == net.ppm.out_channels
+                and all(isinstance(f[1], nn.Conv2d) for f in net.ppm.features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        f = n.layer4(n.layer3(n.layer2(n.layer1(n.layer0(x)))))
+        logits = self.rest(self.head(f))
+        return F.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=n.config.align_corners)
+
+
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export a fixed-shape fp32 graph: the pooling matrices of this shape fold into constants."""
     import warnings
@@ -539,7 +585,9 @@ class _CalibrationReader:
 
 class OnnxRuntimePSPNet:
     """The folded fp32 network exported to ONNX and run by ONNX Runtime (one fixed-shape graph and
-    session per input shape, made on first use), optionally statically quantised to int8 (QDQ, per-channel weights) with calibration images.
+    session per input shape, made on first use), optionally statically quantised to int8 (QDQ,
+    per-channel weights) with calibration images. With ``factor_head`` the PPM and head
+    convolution are exported in their factored form (:class:`_FactoredExport`).
 
     The last convolution (classifier) and the final upsampling stay fp32 in the int8 graph.
     """
@@ -547,7 +595,7 @@ class OnnxRuntimePSPNet:
     backend = "onnxruntime"
 
     def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
-                 threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -557,6 +605,9 @@ class OnnxRuntimePSPNet:
                               f"(bf16 runs with backend='torch')")
         self.config, self.precision = net.config, precision
         self.module = _exportable(net).cpu().float()
+        self.factored = factor_head and _FactoredExport.applies(self.module)
+        if self.factored:
+            self.module = _FactoredExport(self.module).eval()
         self.calibration = None if calibration is None else [_as_float_batch(c) for c in calibration]
         self.threads = threads or torch.get_num_threads()
         self._tmp = tempfile.TemporaryDirectory(prefix="pspnet-onnx-") if cache_dir is None else None
@@ -691,9 +742,10 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         channels_last: NHWC activations for the torch backend (oneDNN's native layout).
         onednn: fuse conv+bias(+add)+ReLU into oneDNN primitives with pre-packed weights (torch
             backend, eager); default: where available.
-        factor_head: with ``onednn``, compute the pyramid levels' share of the 3x3 head convolution
-            at the levels' own resolution (:mod:`pspnet.engine.factored_head`; same function, about
-            a fifth less work for PSPNet-50 at 473x473).
+        factor_head: compute the pyramid levels' share of the 3x3 head convolution at the levels'
+            own resolution (:mod:`pspnet.engine.factored_head`; same function, about a fifth less
+            work for PSPNet-50 at 473x473), on the torch backend's fused oneDNN path and on the
+            onnxruntime backend.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
         threads: intra-op threads of the onnxruntime backend (default: torch's).
 
@@ -711,7 +763,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
             raise ConfigError("backend='onnxruntime' runs on the CPU; move the model to the CPU first")
         if compile:
             raise ConfigError("compile=True applies to backend='torch' only")
-        return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads)
+        return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads,
+                                 factor_head=factor_head)
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
