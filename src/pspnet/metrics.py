@@ -108,7 +108,7 @@ class ConfusionMatrix:
         if int(lo) < 0 or int(hi) >= n:
             raise ValueError(f"predicted class indices must lie in [0, {n - 1}], got values in [{int(lo)}, {int(hi)}]")
         counts, rows, offset = self._counts(pred.reshape(-1).to(target.device), target.reshape(-1))
-        counts = counts[: rows * n].view(rows, n)[offset:offset + n]
+        counts = counts.view(rows, n)[offset:offset + n]
         if self.ignore_index is not None and 0 <= self.ignore_index < n:
             counts[self.ignore_index] = 0
         self.matrix += counts

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FactoredPPMHead", "interpolation_matrix", "shifted_interpolation_matrices"]
+__all__ = ["FactoredPPMHead", "interpolation_matrix", "shifted_interpolation_matrices", "factorable_head_conv",
+           "split_head_conv"]
 
 
 def interpolation_matrix(out_size: int, in_size: int, align_corners: bool) -> torch.Tensor:
@@ -53,6 +54,27 @@ def shifted_interpolation_matrices(out_size: int, in_size: int, align_corners: b
         if hi > lo:
             out[k, lo:hi] = r[lo + shift:hi + shift]
     return out
+
+
+def factorable_head_conv(conv: nn.Module, ppm: nn.Module) -> bool:
+    """``conv`` is PSPNet's head convolution (Fig. 2(d)) over the PPM output, in the form the
+    rewrite covers: 3x3, stride 1, padding 1, dilation 1, one group, with a bias (BN folded)."""
+    return (isinstance(conv, nn.Conv2d) and conv.bias is not None and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and getattr(ppm, "in_channels", None) is not None
+            and conv.in_channels == getattr(ppm, "out_channels", None))
+
+
+@torch.no_grad()
+def split_head_conv(conv: nn.Conv2d, ppm: nn.Module) -> tuple[nn.Conv2d, torch.Tensor]:
+    """The head convolution split at the PPM's channel boundary, as fp32 copies: a 3x3 convolution
+    (with the bias) over the backbone's ``ppm.in_channels`` channels, and the weight over the
+    pyramid levels' channels (the ``tap_weight`` of :class:`FactoredPPMHead`)."""
+    c = ppm.in_channels
+    conv_x = nn.Conv2d(c, conv.out_channels, 3, padding=1, bias=True, device=conv.weight.device)
+    conv_x.weight.copy_(conv.weight[:, :c].float())
+    conv_x.bias.copy_(conv.bias.float())
+    return conv_x, conv.weight.detach()[:, c:].float().clone()
 
 
 class FactoredPPMHead(nn.Module):
@@ -83,16 +105,18 @@ class FactoredPPMHead(nn.Module):
         taps = tap_weight.detach().float().view(out_ch, len(bins), r, 3, 3).permute(1, 3, 4, 0, 2)
         self.register_buffer("taps", taps.reshape(len(bins), 9 * out_ch, r).contiguous(), persistent=False)
         self.out_channels = out_ch
-        self._matrices: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._matrices: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def _interp(self, h: int, w: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        key = (h, w)
+    def _interp(self, h: int, w: int, device: torch.device,
+                dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level, the shifted height and width matrices, cached per (size, device, dtype)."""
+        key = (h, w, device, dtype)
         if key not in self._matrices:
             if len(self._matrices) >= 8:
                 self._matrices.pop(next(iter(self._matrices)))
             self._matrices[key] = [
-                (shifted_interpolation_matrices(h, b, self.align_corners).to(device),
-                 shifted_interpolation_matrices(w, b, self.align_corners).to(device))
+                (shifted_interpolation_matrices(h, b, self.align_corners).to(device, dtype),
+                 shifted_interpolation_matrices(w, b, self.align_corners).to(device, dtype))
                 for b in self.bins]
         return self._matrices[key]
 
@@ -103,8 +127,8 @@ class FactoredPPMHead(nn.Module):
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         total = None
         for branch, b, taps, (rh, rw) in zip(self.branches, self.bins, self.taps,
-                                             self._interp(h, w, x.device)):
-            taps, rh, rw = taps.to(dt), rh.to(dt), rw.to(dt)
+                                             self._interp(h, w, x.device, dt)):
+            taps = taps.to(dt)
             z = branch(x).to(dt).reshape(n, -1, b * b)                      # N x r x b^2
             v = torch.matmul(taps, z).view(n, 3, 3, self.out_channels, b, b)  # N x di x dj x O x p x q
             # sum over dj and q: the width upsampling with its shifted matrices

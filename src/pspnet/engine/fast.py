@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError, PSPNetError
 from ..models.pspnet import PSPNet
 from ..models.resnet import BasicBlock, Bottleneck, ResNet
-from .factored_head import FactoredPPMHead
+from .factored_head import FactoredPPMHead, factorable_head_conv, split_head_conv
 from .train import cpu_has_bf16
 
 log = logging.getLogger("pspnet.fast")
@@ -239,18 +239,6 @@ def _fuse_sequential(seq: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
-def _factorable(head_conv: nn.Module, fused_head: nn.Sequential, ppm: nn.Module) -> bool:
-    """The head is one fused 3x3 conv (+ReLU) over the PPM output, stride 1, padding 1, dilation 1
-    (PSPNet's head, Fig. 2(d)), and every PPM level ends in a fused 1x1 conv: what
-    :class:`~pspnet.engine.factored_head.FactoredPPMHead` rewrites."""
-    return (isinstance(head_conv, nn.Conv2d) and head_conv.bias is not None
-            and head_conv.kernel_size == (3, 3) and head_conv.stride == (1, 1)
-            and head_conv.padding == (1, 1) and head_conv.dilation == (1, 1) and head_conv.groups == 1
-            and head_conv.in_channels == getattr(ppm, "out_channels", None)
-            and len(fused_head) == 1 and isinstance(fused_head[0], OneDNNConv) and fused_head[0].attr == "relu"
-            and all(isinstance(f[-1], OneDNNConv) for f in ppm.features))
-
-
 def _fusable(net: nn.Module) -> bool:
     """Every norm layer was folded (a GroupNorm model keeps the plain modules)."""
     return not any(isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)) for m in net.modules())
@@ -277,10 +265,9 @@ class FastPSPNet(nn.Module):
         self.head = nn.Sequential(*list(net.cls)[:-1])
         self.classifier = net.cls[-1]
         self.align_corners = net.config.align_corners
-        head_conv = self.head[0]
-        # fp32 copies for the factored head (the body is cast to ``dtype`` below)
-        head_weight = head_conv.weight.detach().float().clone()
-        head_bias = None if head_conv.bias is None else head_conv.bias.detach().float().clone()
+        # the head conv split for the factored head, as fp32 copies (the body is cast to ``dtype`` below)
+        split = (split_head_conv(self.head[0], self.ppm)
+                 if factor_head and factorable_head_conv(self.head[0], self.ppm) else None)
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -301,13 +288,12 @@ class FastPSPNet(nn.Module):
             for i, branch in enumerate(self.ppm.features):
                 self.ppm.features[i] = _fuse_sequential(branch, self.dtype)
         self.factored = None
-        if self.onednn and factor_head and _factorable(head_conv, self.head, self.ppm):
-            c = self.ppm.out_channels - len(self.ppm.bins) * self.ppm.features[0][-1].weight.shape[0]
-            conv_x = nn.Conv2d(c, head_conv.out_channels, 3, padding=1, bias=True)
-            with torch.no_grad():
-                conv_x.weight.copy_(head_weight[:, :c])
-                conv_x.bias.copy_(head_bias)
-            self.factored = FactoredPPMHead(self.ppm.features, self.ppm.bins, head_weight[:, c:],
+        # the fused head must be that one conv with its ReLU, and every level end in a fused 1x1 conv
+        if (self.onednn and split is not None and len(self.head) == 1 and isinstance(self.head[0], OneDNNConv)
+                and self.head[0].attr == "relu"
+                and all(isinstance(f[-1], OneDNNConv) for f in self.ppm.features)):
+            conv_x, tap_weight = split
+            self.factored = FactoredPPMHead(self.ppm.features, self.ppm.bins, tap_weight,
                                             OneDNNConv(conv_x, self.dtype, relu=True), self.align_corners)
             self.head = nn.Identity()  # its work is in self.factored; drop the 4096-channel weight
 
@@ -533,25 +519,17 @@ class _FactoredExport(nn.Module):
     def __init__(self, net: PSPNet) -> None:
         super().__init__()
         self.net = net
-        conv = net.cls[0]
-        c = conv.in_channels - len(net.ppm.bins) * net.ppm.features[0][1].out_channels
-        conv_x = nn.Conv2d(c, conv.out_channels, 3, padding=1, bias=True)
-        with torch.no_grad():
-            conv_x.weight.copy_(conv.weight[:, :c])
-            conv_x.bias.copy_(conv.bias)
-        self.head = FactoredPPMHead(net.ppm.features, net.ppm.bins, conv.weight.detach()[:, c:],
-                                    _ConvAddReLU(conv_x), net.config.align_corners)
+        conv_x, tap_weight = split_head_conv(net.cls[0], net.ppm)
+        self.head = FactoredPPMHead(net.ppm.features, net.ppm.bins, tap_weight, _ConvAddReLU(conv_x),
+                                    net.config.align_corners)
         self.rest = nn.Sequential(*[m for m in list(net.cls)[3:] if not isinstance(m, nn.Identity)])
 
     @staticmethod
     def applies(net: PSPNet) -> bool:
-        """The folded head is conv3x3(s1, p1, d1, bias), Identity, ReLU, ... and each level a 1x1 conv."""
-        cls, conv = net.cls, net.cls[0]
-        return (len(cls) >= 4 and isinstance(conv, nn.Conv2d) and conv.bias is not None
-                and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-                and conv.dilation == (1, 1) and conv.groups == 1 and isinstance(cls[1], nn.Identity)
-                and isinstance(cls[2], nn.ReLU) and conv.in_channels == net.ppm.out_channels
-                and all(isinstance(f[1], nn.Conv2d) for f in net.ppm.features))
+        """The folded head is the factorable conv, Identity (its BN), ReLU, ... and each level a 1x1 conv."""
+        cls = net.cls
+        return (len(cls) >= 4 and factorable_head_conv(cls[0], net.ppm) and isinstance(cls[1], nn.Identity)
+                and isinstance(cls[2], nn.ReLU) and all(isinstance(f[1], nn.Conv2d) for f in net.ppm.features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net

@@ -45,6 +45,7 @@ class PyramidPoolingModule(nn.Module):
             nn.Sequential(pool_cls(b), nn.Conv2d(in_channels, reduction_channels, 1, bias=False),
                           norm(reduction_channels), nn.ReLU(inplace=True))
             for b in self.bins)
+        self.in_channels = in_channels
         self.out_channels = in_channels + len(self.bins) * reduction_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
