@@ -15,15 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from pspnet.config import load_config
 from pspnet.engine.train import Trainer, load_checkpoint, train
 from pspnet.errors import TrainingError
+
+from folder_data import make_folder_dataset
 
 ITERS = 12  # 6 images, batch 2: 3 iterations per epoch, so the legs cross epoch boundaries
 OVERRIDES = ["data.dataset=folder", "data.crop_size=[32,32]", "data.workers=0", "data.val_split=''",
@@ -31,18 +31,6 @@ OVERRIDES = ["data.dataset=folder", "data.crop_size=[32,32]", "data.workers=0", 
              "model.dropout=0.1", f"train.iters={ITERS}", "train.batch_size=2", "train.precision=fp32",
              "train.threads=1", "train.log_every=1", "train.ckpt_every=2", "train.lr=0.01",
              "train.warmup_iters=1"]
-
-
-def make_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    for sub in ("images", "labels"):
-        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        label = (img[..., 0].astype(np.int64) * classes // 256).astype(np.uint8)
-        Image.fromarray(img).save(root / "train" / "images" / f"{i:02d}.png")
-        Image.fromarray(label).save(root / "train" / "labels" / f"{i:02d}.png")
-    return root
 
 
 class Leg:
@@ -103,7 +91,7 @@ def assert_checkpoint_ok(out: Path, at_most: int) -> int:
 
 
 def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path):
-    data = make_folder_dataset(tmp_path / "data")
+    data = make_folder_dataset(tmp_path / "data", size=(40, 48))
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("{}\n")
     out = tmp_path / "crashy"

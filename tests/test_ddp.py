@@ -18,24 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from pspnet.config import load_config
 from pspnet.engine.train import train
 from pspnet.models.weights import read_state_dict
 
-
-def make_folder_dataset(root: Path, n: int = 8, size=(48, 64), classes: int = 3, seed: int = 1) -> Path:
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "labels"):
-        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        label = (img[..., 1].astype(np.int64) * classes // 256).astype(np.uint8)
-        label[:, : rng.integers(0, size[1] * 9 // 10)] = 255  # very different numbers of ignored pixels per image
-        Image.fromarray(img).save(root / "train" / "images" / f"{i:03d}.png")
-        Image.fromarray(label).save(root / "train" / "labels" / f"{i:03d}.png")
-    return root
+from folder_data import make_folder_dataset
 
 
 def free_port() -> int:
@@ -45,7 +33,7 @@ def free_port() -> int:
 
 
 def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    data = make_folder_dataset(tmp_path / "data")
+    data = make_folder_dataset(tmp_path / "data", n=8, seed=1, channel=1, ignore="random_cols")
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "model": {"num_classes": 3, "depth": 18, "head_channels": 32, "aux_channels": 16, "dropout": 0.0,
