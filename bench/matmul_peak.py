@@ -55,8 +55,7 @@ def conv_gflop(model: torch.nn.Module, size: tuple[int, int]) -> tuple[float, fl
     for h in handles:
         h.remove()
     head = model.cls[0]
-    level_channels = len(model.ppm.bins) * model.ppm.features[0][1].out_channels  # after the backbone's
-    levels_share = level_channels / head.in_channels
+    levels_share = (head.in_channels - model.ppm.in_channels) / head.in_channels  # channels after the backbone's
     return sum(flops.values()) / 1e9, flops["cls.0"] * levels_share / 1e9
 
 
