@@ -126,10 +126,10 @@ def test_flip_is_undone_before_averaging():
     # LocalCoords' column channel is x (unflipped pass) and x again on the flipped input, which must be
     # flipped back to (w - 1 - x): the average is (w - 1) / 2 everywhere.
     images = torch.zeros(1, 3, 8, 11, dtype=torch.uint8)
-    out = predict_logits(LocalCoords(), images, flip=True, softmax=False)
+    out = predict_logits(LocalCoords(), images, flip=True, softmax=False, protocol="logit-average")
     torch.testing.assert_close(out[0, 1], torch.full((8, 11), 5.0))
     torch.testing.assert_close(out[0, 0], torch.arange(8.0).view(8, 1).expand(8, 11))
-    no_flip = predict_logits(LocalCoords(), images, flip=False, softmax=False)
+    no_flip = predict_logits(LocalCoords(), images, flip=False, softmax=False, protocol="logit-average")
     torch.testing.assert_close(no_flip[0, 1], torch.arange(11.0).expand(8, 11))
 
 

@@ -4,7 +4,10 @@ Zhao et al. 2017 Sec. 5.3 evaluates on crops of the full-resolution frames).
 The normalised image is padded (centred) up to at least the crop size with zeros, which is the
 ImageNet mean after normalisation, i.e. "padded with the mean". Windows of ``crop_size`` start
 every ``ceil(crop * stride_rate)`` pixels; the last window of each row/column is aligned to the
-image's edge so every pixel is covered. The logits of overlapping windows are averaged.
+image's edge so every pixel is covered. What is averaged over overlapping windows depends on
+``softmax``: the original release's ``tool/test.py`` (``scale_process``/``net_process``) takes the
+softmax of each window, with the horizontally flipped window averaged in *inside* each window
+(``flip=True``), and averages those probabilities; ``softmax=False`` averages raw logits.
 
 Memory stays bounded for huge images: windows are cut, run and added into the output in small
 batches (``batch_size`` window positions at a time); only the output logits, a per-pixel window
@@ -46,12 +49,14 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
 @torch.no_grad()
 def sliding_window(model: Callable[[torch.Tensor], torch.Tensor], x_normalized: torch.Tensor,
                    crop_size: int | Sequence[int], stride_rate: float = 2 / 3, *,
-                   batch_size: int = 4) -> torch.Tensor:
-    """Logits ``N x C x H x W`` of ``model`` over windows of ``crop_size`` (height, width).
+                   batch_size: int = 4, softmax: bool = False, flip: bool = False) -> torch.Tensor:
+    """Scores ``N x C x H x W`` of ``model`` over windows of ``crop_size`` (height, width).
 
     ``x_normalized``: ``N x 3 x H x W`` normalised images (any size; smaller than the crop is padded).
     ``stride_rate``: window stride as a fraction of the crop (2/3 as in the original release).
-    ``batch_size``: window positions run per forward pass (each holds ``N`` crops).
+    ``batch_size``: window positions run per forward pass (each holds ``N`` crops, twice with flip).
+    ``softmax``: average per-window class probabilities (the release) instead of logits.
+    ``flip``: each window's scores are the mean of the window's and its mirror image's (mirrored back).
     """
     if x_normalized.dim() != 4:
         raise ValueError(f"expected an N x C x H x W batch, got shape {tuple(x_normalized.shape)}")
@@ -75,9 +80,16 @@ def sliding_window(model: Callable[[torch.Tensor], torch.Tensor], x_normalized: 
     for i in range(0, len(positions), batch_size):
         chunk = positions[i:i + batch_size]
         crops = torch.cat([x[:, :, y:y + ch, xx:xx + cw] for y, xx in chunk])  # (k*N) x 3 x ch x cw
+        k = crops.shape[0]
+        if flip:
+            crops = torch.cat([crops, crops.flip(-1)])
         logits = model(crops).float()
-        if logits.shape[-2:] != (ch, cw):
+        if logits.shape[-2:] != (ch, cw):  # the release's net_process resizes with align_corners=True
             logits = F.interpolate(logits, (ch, cw), mode="bilinear", align_corners=True)
+        if softmax:
+            logits = logits.softmax(1)
+        if flip:
+            logits = (logits[:k] + logits[k:].flip(-1)) / 2
         if out is None:
             out = torch.zeros(n, logits.shape[1], ph, pw, device=x.device, dtype=torch.float32)
         for j, (y, xx) in enumerate(chunk):
