@@ -37,6 +37,10 @@ class ModelSection(_Section):
     aux_channels: int = Field(256, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     align_corners: bool = True
+    stem_channels: list[int] | None = Field(None, description="stem widths (deep: 3, 7x7: 1); null: 64-64-128 / 64")
+    contract_dilation: bool = False
+    basic_conv2_dilated: bool = True
+    ppm_channels: int | None = Field(None, ge=1, description="PPM branch width; null: in_channels / len(bins)")
 
     @field_validator("bins")
     @classmethod

@@ -41,9 +41,17 @@ class PSPNetConfig:
     aux_channels: int = 256
     dropout: float = 0.1
     align_corners: bool = True
+    # Conventions of other model zoos (mmsegmentation, CSAILVision); the defaults are the original
+    # release's. None: the stem's usual widths (deep 64-64-128, 7x7 64) / in_channels // len(bins).
+    stem_channels: tuple[int, ...] | None = None
+    contract_dilation: bool = False
+    basic_conv2_dilated: bool = True
+    ppm_channels: int | None = None
 
     def __post_init__(self) -> None:
         self.bins = tuple(int(b) for b in self.bins)
+        if self.stem_channels is not None:
+            self.stem_channels = tuple(self.stem_channels)
         problems = []
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             problems.append(f"num_classes must be a positive integer, got {self.num_classes!r}")
@@ -59,12 +67,21 @@ class PSPNetConfig:
             problems.append(f"bins must be positive integers, got {self.bins!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.stem_channels is not None and (
+                len(self.stem_channels) != (3 if self.deep_stem else 1)
+                or not all(isinstance(c, int) and c >= 1 for c in self.stem_channels)):
+            want = "three positive widths for the deep" if self.deep_stem else "one positive width for the 7x7"
+            problems.append(f"stem_channels must be {want} stem (or null), got {list(self.stem_channels)!r}")
+        if self.ppm_channels is not None and (not isinstance(self.ppm_channels, int) or self.ppm_channels < 1):
+            problems.append(f"ppm_channels must be a positive integer or null, got {self.ppm_channels!r}")
         if problems:
             raise ValueError("invalid PSPNet config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["bins"] = list(self.bins)
+        if self.stem_channels is not None:
+            d["stem_channels"] = list(self.stem_channels)
         return d
 
     @classmethod
@@ -93,13 +110,16 @@ class PSPNet(nn.Module):
         self.config = config
         norm = make_norm(config.norm)
         backbone = ResNet(config.depth, deep_stem=config.deep_stem, output_stride=config.output_stride,
-                          norm=config.norm)
+                          norm=config.norm, stem_channels=config.stem_channels,
+                          contract_dilation=config.contract_dilation,
+                          basic_conv2_dilated=config.basic_conv2_dilated)
         self.layer0 = backbone.stem()
         self.layer1, self.layer2 = backbone.layer1, backbone.layer2
         self.layer3, self.layer4 = backbone.layer3, backbone.layer4
         feat_channels = backbone.out_channels
         aux_in = feat_channels // 2  # layer3 output: 1024 for ResNet-50, 256 for ResNet-18
         self.ppm = PyramidPoolingModule(feat_channels, config.bins, pool=config.pool, norm=norm,
+                                        reduction_channels=config.ppm_channels,
                                         align_corners=config.align_corners)
         self.cls = _head(self.ppm.out_channels, config.head_channels, config.num_classes, config.dropout, norm)
         self.aux = (_head(aux_in, config.aux_channels, config.num_classes, config.dropout, norm)

@@ -31,16 +31,21 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity shortcut (ResNet-18/34)."""
+    """Two 3x3 convolutions with an identity shortcut (ResNet-18/34).
+
+    ``dilation`` applies to ``conv1`` (the one that carries the stride) and, unless
+    ``conv2_dilation`` says otherwise, to ``conv2`` as well (mmsegmentation never dilates ``conv2``).
+    """
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None, norm: NormFactory = nn.BatchNorm2d) -> None:
+                 downsample: nn.Module | None = None, norm: NormFactory = nn.BatchNorm2d, *,
+                 conv2_dilation: int | None = None) -> None:
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = norm(planes)
-        self.conv2 = _conv3x3(planes, planes, 1, dilation)
+        self.conv2 = _conv3x3(planes, planes, 1, dilation if conv2_dilation is None else conv2_dilation)
         self.bn2 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -104,29 +109,46 @@ class ResNet(nn.Module):
         output_stride: 8 (PSPNet default), 16 or 32 (plain ImageNet classifier).
         norm: "bn", "syncbn" or "gn" (GroupNorm, for tiny per-device batches).
         num_classes: if given, a global-average-pool + fully connected classifier is added.
+        stem_channels: widths of the stem's convolutions: three for the deep stem (default
+            64, 64, 128 as in the original release; mmsegmentation's ResNetV1c uses 32, 32, 64),
+            one for the 7x7 stem (default 64). ``layer1`` takes the last width as input.
+        contract_dilation: the first block of a dilated stage uses half the stage's dilation in
+            the convolution that would carry the stride (mmsegmentation, CSAILVision: ``layer3.0``
+            dilation 1, ``layer4.0`` dilation 2). Off (the original release): every block of a
+            dilated stage uses the full dilation.
+        basic_conv2_dilated: whether a BasicBlock's second 3x3 convolution is dilated too (the
+            original release's builder, CSAILVision: yes; mmsegmentation: never).
     """
 
     def __init__(self, depth: int = 50, *, deep_stem: bool = True, output_stride: int = 8,
-                 norm: NormName = "bn", num_classes: int | None = None) -> None:
+                 norm: NormName = "bn", num_classes: int | None = None,
+                 stem_channels: Sequence[int] | None = None, contract_dilation: bool = False,
+                 basic_conv2_dilated: bool = True) -> None:
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth!r}")
+        stem = tuple(int(c) for c in stem_channels) if stem_channels else ((64, 64, 128) if deep_stem else (64,))
+        if len(stem) != (3 if deep_stem else 1) or min(stem) < 1:
+            raise ValueError(f"stem_channels must be {'three' if deep_stem else 'one'} positive width"
+                             f"{'s' if deep_stem else ''} for {'the deep 3x3' if deep_stem else 'the 7x7'} stem, "
+                             f"got {list(stem)}")
         block, counts = RESNET_LAYERS[depth]
         norm_fn = make_norm(norm)
         self.depth, self.deep_stem, self.output_stride = depth, deep_stem, output_stride
+        self.stem_channels, self.contract_dilation = stem, contract_dilation
+        self.basic_conv2_dilated = basic_conv2_dilated
         self.relu = nn.ReLU(inplace=True)
         if deep_stem:
-            self.conv1 = _conv3x3(3, 64, stride=2)
-            self.bn1 = norm_fn(64)
-            self.conv2 = _conv3x3(64, 64)
-            self.bn2 = norm_fn(64)
-            self.conv3 = _conv3x3(64, 128)
-            self.bn3 = norm_fn(128)
-            self.inplanes = 128
+            self.conv1 = _conv3x3(3, stem[0], stride=2)
+            self.bn1 = norm_fn(stem[0])
+            self.conv2 = _conv3x3(stem[0], stem[1])
+            self.bn2 = norm_fn(stem[1])
+            self.conv3 = _conv3x3(stem[1], stem[2])
+            self.bn3 = norm_fn(stem[2])
         else:
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-            self.bn1 = norm_fn(64)
-            self.inplanes = 64
+            self.conv1 = nn.Conv2d(3, stem[0], 7, stride=2, padding=3, bias=False)
+            self.bn1 = norm_fn(stem[0])
+        self.inplanes = stem[-1]
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         (s3, d3), (s4, d4) = stage_dilations(output_stride)
         self.layer1 = self._make_layer(block, 64, counts[0], 1, 1, norm_fn)
@@ -144,10 +166,15 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                 norm(planes * block.expansion))
-        # Like the original release, every block of a dilated stage (the first included) is dilated.
-        layers = [block(self.inplanes, planes, stride, dilation, downsample, norm)]
+        # The original release dilates every block of a dilated stage, the first one included;
+        # with contract_dilation the first block's strided-position conv uses half the dilation.
+        first = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
+        extra = {}
+        if block is BasicBlock:
+            extra = {"conv2_dilation": dilation if self.basic_conv2_dilated else 1}
+        layers = [block(self.inplanes, planes, stride, first, downsample, norm, **extra)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, dilation, None, norm) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, 1, dilation, None, norm, **extra) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def stem(self) -> nn.Sequential:
