@@ -80,13 +80,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         names, palette = names or list(info.class_names), [list(c) for c in info.palette]
     overrides = {"depth": args.depth, "num_classes": args.num_classes or (len(names) if names else None),
                  "deep_stem": args.deep_stem, "output_stride": args.output_stride,
-                 "bins": tuple(args.bins) if args.bins else None, "norm": args.norm}
-    report = convert(args.input, args.output, class_names=names, palette=palette,
-                     dtype=torch.bfloat16 if args.bf16 else None, **overrides)
+                 "bins": tuple(args.bins) if args.bins else None, "norm": args.norm,
+                 "align_corners": args.align_corners}
+    if len(args.input) > 2:
+        raise ConfigError(f"pspnet convert takes IN OUT, or ENCODER DECODER OUT for a CSAILVision model; got "
+                          f"{len(args.input)} inputs: {' '.join(args.input)}")
+    report = convert(args.input[0] if len(args.input) == 1 else args.input, args.output, class_names=names,
+                     palette=palette, dtype=torch.bfloat16 if args.bf16 else None, **overrides)
     cfg = report["config"]
-    print(f"read {args.input} ({report['source_kind']}): ResNet-{cfg['depth']}, "
-          f"{'deep 3x3' if cfg['deep_stem'] else '7x7'} stem, output stride {cfg['output_stride']}, "
-          f"{cfg['num_classes']} classes")
+    stem = "-".join(map(str, cfg["stem_channels"])) + " " if cfg.get("stem_channels") else ""
+    print(f"read {' + '.join(args.input)} ({report['source_kind']}): ResNet-{cfg['depth']}, "
+          f"{stem}{'deep 3x3' if cfg['deep_stem'] else '7x7'} stem, output stride {cfg['output_stride']}, "
+          f"{cfg['num_classes']} classes" + (", contracted dilation" if cfg.get("contract_dilation") else "")
+          + f", align_corners={cfg['align_corners']}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
 
     def groups(keys):
         counts: dict[str, int] = {}
@@ -324,9 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--no-progress", action="store_true", help="no progress bar")
     dc.set_defaults(func=_cmd_data_check)
 
-    cv = sub.add_parser("convert", help="original-release checkpoint, ImageNet ResNet or pspnet checkpoint -> "
+    cv = sub.add_parser("convert", help="original-release, mmsegmentation or CSAILVision PSPNet checkpoint, ImageNet "
+                                        "ResNet or pspnet checkpoint -> "
                                         "pspnet .safetensors (weights + config + class names + palette)")
-    cv.add_argument("input", help="train_epoch_*.pth (original release), resnet*.pth (ImageNet), last.pt, ...")
+    cv.add_argument("input", nargs="+", help="train_epoch_*.pth (original release), resnet*.pth (ImageNet), last.pt, "
+                                             "an mmsegmentation pspnet_*.pth, or a CSAILVision pair "
+                                             "encoder_epoch_N.pth decoder_epoch_N.pth")
     cv.add_argument("output", help="the .safetensors file to write")
     cv.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152], help="ResNet depth (default: from the file)")
     cv.add_argument("--num-classes", type=int, help="classes of the model (needed for an ImageNet backbone; a "
@@ -336,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--output-stride", type=int, choices=[8, 16], help="8 (paper, default) or 16")
     cv.add_argument("--bins", type=int, nargs="+", help="PPM bins (default 1 2 3 6)")
     cv.add_argument("--norm", choices=["bn", "syncbn", "gn"], help="normalisation layers (default bn)")
+    cv.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
+                    help="bilinear upsampling convention (default: from the file or its zoo)")
     cv.add_argument("--class-names", help="comma-separated names, or @file with one name per line")
     cv.add_argument("--dataset", help="take class names and palette from a named dataset, e.g. cityscapes")
     cv.add_argument("--bf16", action="store_true", help="store floating-point tensors as bfloat16 (half size)")

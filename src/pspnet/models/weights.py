@@ -338,7 +338,10 @@ _CONFIG_LIMITS: dict[str, tuple[type, Any]] = {
     "deep_stem": (bool, None), "bins": (list, (1, 64)), "pool": (str, None), "norm": (str, None),
     "aux": (bool, None), "head_channels": (int, (1, 16384)), "aux_channels": (int, (1, 16384)),
     "dropout": (float, (0.0, 1.0)), "align_corners": (bool, None),
+    "stem_channels": (list, (1, 4096)), "contract_dilation": (bool, None), "basic_conv2_dilated": (bool, None),
+    "ppm_channels": (int, (1, 16384)),
 }
+_CONFIG_NULLABLE = {"stem_channels", "ppm_channels"}  # null: the original release's widths
 
 
 def check_config_dict(cfg: Mapping[str, Any], source: str) -> None:
@@ -349,6 +352,8 @@ def check_config_dict(cfg: Mapping[str, Any], source: str) -> None:
             problems.append(f"unknown key {key!r}")
             continue
         kind, bounds = _CONFIG_LIMITS[key]
+        if value is None and key in _CONFIG_NULLABLE:
+            continue
         if kind is bool:
             ok = isinstance(value, bool)
         elif kind is int:
@@ -446,8 +451,8 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def convert(src: str | Path, dst: str | Path, *, class_names=None, palette=None, dtype: torch.dtype | None = None,
-            **overrides: Any) -> dict[str, Any]:
+def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palette=None,
+            dtype: torch.dtype | None = None, **overrides: Any) -> dict[str, Any]:
     """Any supported weight file -> our safetensors format (``pspnet convert``).
 
     The model config is taken from the file's metadata (our files and checkpoints) or read from its
@@ -456,12 +461,29 @@ def convert(src: str | Path, dst: str | Path, *, class_names=None, palette=None,
     from classifiers of a different class count, which are re-initialised; an ImageNet backbone fills
     ``layer0..4`` and the PPM and heads start from their initialisation. Returns a report with the
     config and the loaded / new / re-initialised keys.
+
+    ``src`` may also be an mmsegmentation PSPNet checkpoint, or a list of two files, a CSAILVision
+    encoder and decoder (:mod:`pspnet.models.zoo`); their conventions (stem widths, contracted
+    dilation, head widths, align_corners), class names, palette, preprocessing and test protocol
+    (``test_settings``) go into the written file. A file of no known layout is refused with a list
+    of the key prefixes that were recognised and those that were not.
     """
-    state, meta = read_state_dict(src)
-    state = to_pspnet_keys(state)
+    from .zoo import check_known_layout, from_zoo
+    paths = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    if not 1 <= len(paths) <= 2:
+        raise WeightsError(f"convert takes one checkpoint, or a CSAILVision encoder + decoder pair; got {len(paths)} files")
+    src = paths[0] if len(paths) == 1 else " + ".join(map(str, paths))
+    loaded = [read_state_dict(p) for p in paths]
+    zoo = from_zoo(paths, [st for st, _ in loaded])
+    if zoo is not None:
+        state, meta, zoo_cfg = zoo.state, {}, zoo.config
+    else:
+        state, meta = loaded[0]
+        check_known_layout(str(src), state)
+        state, zoo_cfg = to_pspnet_keys(state), {}
     inferred = infer_config(state)
     base = dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
-    cfg = {**inferred, **base, **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = {**inferred, **base, **zoo_cfg, **{k: v for k, v in overrides.items() if v is not None}}
     full_model = any(k.startswith("cls.") for k in state)
     if "num_classes" not in cfg:
         raise WeightsError(f"{src}: the file has no classifier (an ImageNet backbone?); give the number of "
@@ -477,6 +499,10 @@ def convert(src: str | Path, dst: str | Path, *, class_names=None, palette=None,
     if class_names is None and isinstance(meta.get("class_names"), list) \
             and len(meta["class_names"]) == config.num_classes:
         class_names = meta["class_names"]
+    if zoo is not None and class_names is None and zoo.class_names and len(zoo.class_names) == config.num_classes:
+        class_names = zoo.class_names
+    if zoo is not None and palette is None and zoo.palette and len(zoo.palette) == config.num_classes:
+        palette = zoo.palette
     if class_names is not None and len(class_names) != config.num_classes:
         raise WeightsError(f"{len(class_names)} class names given for a model with {config.num_classes} classes")
     if palette is None and isinstance(meta.get("palette"), list) and len(meta["palette"]) == config.num_classes:
@@ -484,8 +510,10 @@ def convert(src: str | Path, dst: str | Path, *, class_names=None, palette=None,
     if palette is None:
         from ..data.palettes import default_palette
         palette = default_palette(config.num_classes)
-    kind = ("pspnet" if meta.get("config") else "original-release" if full_model
+    kind = (zoo.kind if zoo is not None else "pspnet" if meta.get("config") else "original-release" if full_model
             else "imagenet-deep-stem" if config.deep_stem else "imagenet-torchvision")
     save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype,
-                 extra={"converted_from": Path(src).name, "source_kind": kind})
-    return {"config": config.to_dict(), "source_kind": kind, "inferred": inferred, **report}
+                 extra={"converted_from": " + ".join(Path(p).name for p in paths), "source_kind": kind,
+                        **(zoo.meta if zoo is not None else {})})
+    return {"config": config.to_dict(), "source_kind": kind, "inferred": inferred,
+            "notes": zoo.notes if zoo is not None else [], **report}
