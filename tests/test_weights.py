@@ -229,8 +229,11 @@ def test_different_class_count_keeps_the_rest_and_reinitialises_classifiers(tmp_
     dst = tiny(3)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     state, _ = read_state_dict(path)
+    with pytest.raises(WeightsError, match="predicts 5 classes but the model was built for 3"):
+        load_into(dst, state, source=str(path))  # not asked for: refused, nothing loaded
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
     with caplog.at_level(logging.WARNING, logger="pspnet.models.weights"):
-        report = load_into(dst, state, source=str(path))
+        report = load_into(dst, state, source=str(path), reinit_classifier=True)
     assert sorted(report["reinitialised"]) == ["aux.4.bias", "aux.4.weight", "cls.4.bias", "cls.4.weight"]
     assert "re-initialised classifier layers ['aux.4', 'cls.4']" in caplog.text and str(path) in caplog.text
     after, ref = dst.state_dict(), src.state_dict()

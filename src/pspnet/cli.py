@@ -109,21 +109,49 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None) -> dict:
-    """Test-time settings for eval/predict: command-line flags over the config's eval section."""
-    from .config import EvalSection
+def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None, recorded=None) -> dict:
+    """Test-time settings for eval/predict and where each came from (``settings["sources"]``):
+    command-line flags over the config's eval section (keys it sets) over what the weight file
+    records (``recorded``: :func:`pspnet.config.recorded_test_settings`) over the defaults."""
+    from .config import TEST_SETTING_KEYS, EvalSection
     from .errors import ConfigError
-    ev = ev or EvalSection()
-    mode = ev.mode if args.sliding is None else ("sliding" if args.sliding else "whole")
-    crop = args.crop_size or ev.crop_size or (crop_default if mode == "sliding" else None)
-    if mode == "sliding" and crop is None:
+    recorded = recorded or {}
+    given = {k: getattr(ev, k) for k in (ev.model_fields_set if ev is not None else ())}
+    flags = {"mode": None if args.sliding is None else ("sliding" if args.sliding else "whole"),
+             "base_size": None if args.base_size is None else (args.base_size or None),
+             "crop_size": tuple(args.crop_size) if args.crop_size else None, "stride_rate": args.stride_rate,
+             "scales": tuple(args.scales) if args.scales else None, "flip": args.flip, "protocol": args.protocol}
+    defaults = EvalSection()
+    out, sources = {}, {}
+    for key in TEST_SETTING_KEYS:
+        if key in flags and (flags[key] is not None or (key == "base_size" and args.base_size == 0)):
+            out[key], sources[key] = flags[key], "command line"
+        elif key in given:
+            out[key], sources[key] = given[key], "config"
+        elif key in recorded:
+            out[key], sources[key] = recorded[key], "weights"
+        else:
+            out[key], sources[key] = getattr(defaults, key), "default"
+    if out["mode"] == "sliding" and out["crop_size"] is None and crop_default is not None:
+        out["crop_size"], sources["crop_size"] = crop_default, "config data.crop_size"
+    if out["mode"] == "sliding" and out["crop_size"] is None:
         raise ConfigError("--sliding needs --crop-size H W (or eval.crop_size / data.crop_size in the config)")
-    base = ev.base_size if args.base_size is None else (args.base_size or None)
-    return {"base_size": base, "scales": tuple(args.scales or ev.scales),
-            "flip": ev.flip if args.flip is None else args.flip, "mode": mode,
-            "crop_size": tuple(crop) if crop else None,
-            "stride_rate": args.stride_rate or ev.stride_rate, "precision": args.precision,
-            "backend": args.backend}
+    out["scales"] = tuple(out["scales"])
+    out["crop_size"] = tuple(out["crop_size"]) if out["crop_size"] else None
+    return {**out, "precision": args.precision, "backend": args.backend, "sources": sources}
+
+
+def _settings_line(settings: dict) -> str:
+    """One line naming each test setting and, when not a default, where it came from."""
+    src = settings.get("sources", {})
+    keys = ["protocol", "mode", "base_size", "scales", "flip"] + (
+        ["crop_size", "stride_rate"] if settings.get("mode") == "sliding" else [])
+    parts = []
+    for k in keys:
+        v = settings[k]
+        v = list(v) if isinstance(v, tuple) else v
+        parts.append(f"{k}={v}" + (f" ({src[k]})" if src.get(k, "default") != "default" else ""))
+    return "test settings: " + ", ".join(parts) + f", precision={settings['precision']}, backend={settings['backend']}"
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -158,12 +186,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
                           f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")
     dataset = build_dataset(name, root, split, list_file=list_file, info=info, check_files=not args.skip_bad)
-    s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None)
+    from .config import recorded_test_settings
+    s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None,
+                            recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    print(_settings_line(s))
+    sources = s.pop("sources")
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=d.ignore_index if d else info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
                    absent=args.absent, max_images=args.max_images, **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
-                            "data_root": str(root), "split": split, "list": list_file})
+                            "data_root": str(root), "split": split, "list": list_file, "sources": sources})
     print(format_table(res))
     if args.grid:
         _eval_grid(model, dataset, info, s, args.grid, args.grid_images)
@@ -182,7 +214,7 @@ def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
     from .engine.inference import predict_logits, prepare_model
     from .engine.plots import plot_prediction_grid
     runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"))
-    keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate")
+    keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate", "protocol")
     rows = []
     for i in sorted({round(k * (len(dataset) - 1) / max(count - 1, 1)) for k in range(count)}):
         image, label = dataset[i]
@@ -199,8 +231,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n = model.config.num_classes
     names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
     palette = meta.get("palette") or default_palette(n)
+    from .config import recorded_test_settings
+    s = _inference_settings(args, recorded=recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    print(_settings_line(s))
+    s.pop("sources")
     out = predict_paths(model, args.inputs, args.out, class_names=names, palette=palette,
-                        progress=not args.no_progress, **_inference_settings(args))
+                        progress=not args.no_progress, **s)
     done = (len(out) - 1) // 3
     print(f"wrote {done} prediction(s) (_label/_color/_overlay.png) and legend.png to {args.out}")
     for item, reason in out.failed:
@@ -245,7 +281,11 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
                    help="sliding-window inference with --crop-size (default: whole image)")
     q.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
     q.add_argument("--stride-rate", type=float, help="window stride / crop size (default 2/3)")
-    q.add_argument("--base-size", type=int, help="resize the long side to this first (0: no resize)")
+    q.add_argument("--base-size", type=int, help="resize the long side to this first (0: no resize; default: what "
+                                                 "the weight file records, else no resize)")
+    q.add_argument("--protocol", choices=["release", "logit-average"],
+                   help="test-time averaging: release (default) = the original release's tool/test.py (softmax "
+                        "per window, flip inside each window, half-pixel resizes); logit-average = pspnet 0.1's")
     q.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
                    help="eval: fp32 (default); predict: auto (default) = bf16 on CPUs with native bf16, else "
                         "fp32; int8 needs --backend onnxruntime (calibrated on the first image) or torchao "

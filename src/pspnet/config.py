@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-__all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides"]
+__all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
+           "recorded_test_settings", "TEST_SETTING_KEYS"]
 
 
 class _Section(BaseModel):
@@ -127,9 +128,35 @@ class EvalSection(_Section):
     stride_rate: float = Field(2 / 3, gt=0, le=1)
     scales: list[float] = [1.0]
     flip: bool = False
+    protocol: Literal["release", "logit-average"] = Field(
+        "release", description="test-time averaging: the original release's tool/test.py, or pspnet 0.1's")
     batch_size: int = Field(1, ge=1)
 
     _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
+
+
+TEST_SETTING_KEYS = ("mode", "base_size", "crop_size", "stride_rate", "scales", "flip", "protocol")
+"""The eval-section fields a weight file records as ``test_settings`` (its test protocol)."""
+
+
+def recorded_test_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """The test settings a weight file records (its ``test_settings`` metadata, or the older
+    ``eval_base_size``), checked like a config's eval section; ``{}`` when it records none."""
+    raw = meta.get("test_settings")
+    if raw is None:
+        base = meta.get("eval_base_size")
+        raw = {} if base is None else {"base_size": base}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: metadata test_settings must be a JSON object, got {raw!r}")
+    unknown = sorted(set(raw) - set(TEST_SETTING_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: metadata test_settings has unknown keys {unknown}; "
+                          f"known: {list(TEST_SETTING_KEYS)}")
+    try:
+        section = EvalSection.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, f"{source} (metadata test_settings)")) from None
+    return {k: getattr(section, k) for k in raw}
 
 
 class Config(_Section):

@@ -37,14 +37,15 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
-             max_images: int | None = None, backend: str = "torch") -> dict[str, Any]:
+             max_images: int | None = None, backend: str = "torch", protocol: str = "release") -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
     (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
     ``"settings"``, ``"num_images"``, ``"seconds"``, ``"bad_files": [{index, path, error}]}``.
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
-    is raised. ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
+    is raised. ``protocol``: test-time averaging (:data:`pspnet.engine.inference.PROTOCOLS`; the
+    original release's by default). ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
     ``pspnet.engine.fast.prepare_for_inference`` when that module is available.
     """
     if mode == "sliding" and crop_size is None:
@@ -79,7 +80,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                 raise DataError(f"item {i} ({_item_path(dataset, i)}): label {tuple(label.shape)} and image "
                                 f"{tuple(image.shape)} sizes differ")
             probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip, mode=mode,
-                                   crop_size=crop_size, stride_rate=stride_rate, softmax=True)
+                                   crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
             cm.update(probs.argmax(1), label.reshape(1, *label.shape[-2:]).to(device))
             if bar is not None:
                 bar.update(1)
@@ -93,7 +94,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     result = metrics.as_dict(names, json_safe=True)
     result["confusion_matrix"] = cm.matrix.cpu().tolist()
     result["settings"] = {"base_size": base_size, "scales": [float(s) for s in scales], "flip": bool(flip),
-                          "mode": mode, "crop_size": list(crop_size) if crop_size is not None else None,
+                          "mode": mode, "protocol": protocol, "crop_size": list(crop_size) if crop_size is not None else None,
                           "stride_rate": float(stride_rate) if mode == "sliding" else None,
                           "precision": used_precision, "backend": backend, "ignore_index": ignore_index,
                           "absent": absent,

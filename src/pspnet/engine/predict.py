@@ -143,7 +143,8 @@ def _write_outputs(image: np.ndarray, label: np.ndarray, pal: np.ndarray, out_di
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
-                  progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch") -> PredictOutputs:
+                  progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
+                  protocol: str = "release") -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
 
     Returns the written paths (three per image, then ``legend.png``) as a list whose ``.failed``
@@ -170,7 +171,8 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                 image = read_image(f)
                 x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
                 probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
-                                       crop_size=crop_size, stride_rate=stride_rate, softmax=True)
+                                       crop_size=crop_size, stride_rate=stride_rate, softmax=True,
+                                       protocol=protocol)
                 if probs.shape[1] != num_classes:
                     raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
                                       f"names were given")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, dump_config
+from ..config import TEST_SETTING_KEYS, Config, dump_config
 from ..data.datasets import build_dataset, dataset_info
 from ..data.transforms import TrainTransform, normalize, to_tensors
 from ..errors import ConfigError, DataError, TrainingError
@@ -375,7 +375,8 @@ class Trainer:
         model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
         if t.pretrained:
             state, _ = read_state_dict(t.pretrained)
-            report = load_into(model, state, source=t.pretrained, strict=False)
+            # fine-tuning for this config's classes: a classifier of another class count starts anew
+            report = load_into(model, state, source=t.pretrained, strict=False, reinit_classifier=True)
             if self.dist.is_main:
                 log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), t.pretrained, len(report["new"]))
         if self.dist.enabled and cfg.model.norm in ("bn", "syncbn"):
@@ -467,7 +468,10 @@ class Trainer:
         path = self.out / name
         if self.dist.is_main:
             try:
-                save_weights(self.model, path, self.info.class_names, self.info.palette)
+                # the eval section travels with the weights: predict/eval use it unless overridden
+                tested = {k: getattr(self.cfg.eval, k) for k in TEST_SETTING_KEYS}
+                save_weights(self.model, path, self.info.class_names, self.info.palette,
+                             extra={"test_settings": json.loads(json.dumps(tested))})
             except OSError as e:
                 raise TrainingError(f"{path}: could not write the weights ({e}); the previous file, if any, is "
                                     f"unchanged, and {self.out / CHECKPOINT_NAME} holds the run") from None
@@ -530,7 +534,7 @@ class Trainer:
                 continue
             logits = predict_logits(model, image[None], base_size=ev.base_size, scales=ev.scales, flip=ev.flip,
                                     mode=ev.mode, crop_size=ev.crop_size, stride_rate=ev.stride_rate,
-                                    autocast_dtype=self.amp_dtype, softmax=False)
+                                    autocast_dtype=self.amp_dtype, softmax=False, protocol=ev.protocol)
             cm.update(logits.argmax(1), label[None].to(self.device))
         cm.all_reduce()
         set_train_mode(self.ddp, self.cfg)

@@ -291,12 +291,15 @@ def _hint(model: PSPNet, state: Mapping[str, torch.Tensor]) -> str:
 
 
 def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str = "weights",
-              strict: bool = True, backbone_only: bool = False) -> dict[str, list[str]]:
+              strict: bool = True, backbone_only: bool = False,
+              reinit_classifier: bool = False) -> dict[str, list[str]]:
     """Load a (converted) state dict into ``model``.
 
-    ``strict``: every key must match in name and shape, except that classifier layers
-    (``cls.4``, ``aux.4``) of a different class count are re-initialised with a warning (fine-tuning
-    to a new dataset). ``backbone_only``: load ``layer0..4`` and report the rest as new.
+    ``strict``: every key must match in name and shape. Classifier layers (``cls.4``, ``aux.4``) of
+    another class count are an error naming both counts, unless ``reinit_classifier`` (training or
+    converting for a new dataset, asked for explicitly), which re-initialises them with a warning.
+    Inference never does: it must not run a classifier it did not load. ``backbone_only``: load
+    ``layer0..4`` and report the rest as new.
     """
     model = unwrap(model)
     state = dict(to_pspnet_keys(state))
@@ -315,6 +318,14 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     # Only a classifier whose shape differs (another class count) is re-initialised; a classifier
     # that is absent from a file meant to be complete stays a missing key.
     reinit = [k for k in own if k.startswith(CLASSIFIER_KEYS) and any(s.startswith(k + ":") for s in shape)]
+    if reinit and not reinit_classifier:
+        file_classes = int(state[reinit[0]].shape[0])
+        raise WeightsError(
+            f"{source}: the weights' classifier predicts {file_classes} classes but the model was built for "
+            f"{model.config.num_classes}; evaluate or predict with the config / dataset of those "
+            f"{file_classes} classes, or fine-tune for {model.config.num_classes} classes (pspnet train with "
+            f"train.pretrained={source}, or pspnet convert {source} OUT --num-classes "
+            f"{model.config.num_classes} to re-initialise the classifier explicitly)")
     shape = [s for s in shape if s.split(":")[0] not in reinit]
     if backbone_only:
         missing = [k for k in missing if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))]
@@ -417,7 +428,7 @@ def load_weights(path: str | Path, num_classes: int | None = None, **config_over
         raise WeightsError(f"{path}: metadata config says {config.num_classes} classes but tensor 'cls.4.weight' "
                            f"has shape {tuple(own_cls.shape)}; the file is inconsistent")
     model = PSPNet(config)
-    load_into(model, state, source=str(path), strict=True)
+    load_into(model, state, source=str(path), strict=True, reinit_classifier=num_classes is not None)
     model.eval()
     return model, {"class_names": names, "palette": [tuple(c) for c in palette] if palette else None,
                    "config": config.to_dict(), **{k: v for k, v in meta.items()
@@ -495,7 +506,8 @@ def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palett
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{src}: cannot build the model: {e}") from None
     model = PSPNet(config)
-    report = load_into(model, state, source=str(src), strict=full_model, backbone_only=not full_model)
+    report = load_into(model, state, source=str(src), strict=full_model, backbone_only=not full_model,
+                       reinit_classifier=overrides.get("num_classes") is not None)
     if class_names is None and isinstance(meta.get("class_names"), list) \
             and len(meta["class_names"]) == config.num_classes:
         class_names = meta["class_names"]
