@@ -467,8 +467,7 @@ def convert_csail(paths: Sequence[str | Path], encoder: Mapping[str, torch.Tenso
     names = palette = None
     notes = []
     if cfg.get("num_classes") == 150:
-        from ..data.datasets.ade20k import CLASS_NAMES
-        names, palette = list(CLASS_NAMES), ZOO_DATASETS["ADE20KDataset"]["palette"]
+        names, palette = ZOO_DATASETS["ADE20KDataset"]["classes"], ZOO_DATASETS["ADE20KDataset"]["palette"]
     base = round(max(CSAIL_SHORT_SIDES) * 4 / 3)
     settings = _test_settings(base, [s / max(CSAIL_SHORT_SIDES) for s in CSAIL_SHORT_SIDES])
     resize = {"zoo": "csailvision", "rule": "short_side", "short_sides": list(CSAIL_SHORT_SIDES), "max_long_side": 1000,
