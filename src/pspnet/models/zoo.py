@@ -302,7 +302,8 @@ def _test_settings(base_size: int | None, scales=(1.0,), mode: str = "whole", cr
                    flip: bool = False) -> dict[str, Any]:
     return {"base_size": base_size, "scales": [float(s) for s in scales], "flip": bool(flip), "mode": mode,
             "crop_size": [int(c) for c in crop] if crop else None,
-            "stride_rate": (round(stride[0] / crop[0], 6) if crop and stride else 2 / 3)}
+            # unrounded: the sliding window's stride is ceil(crop * stride_rate), and 513/769 -> 513 exactly
+            "stride_rate": (stride[0] / crop[0] if crop and stride else 2 / 3)}
 
 
 # ------------------------------------------------------------------------------------ conversions
