@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--data-root", help="CamVid root: time training on real crops instead of random pixels")
     bn.add_argument("--out", help="also write the results as JSON here")
     bn.set_defaults(func=_cmd_bench)
+
+    from .hub.commands import add_hub_commands  # pspnet models, pspnet download
+    add_hub_commands(sub)
     return p
 
 
@@ -465,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if getattr(args, "weights", None):  # --weights NAME: a catalogue model downloaded with 'pspnet download'
+            from .hub import resolve_weights
+            args.weights = resolve_weights(args.weights)
         return args.func(args)
     except PSPNetError as e:
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
