@@ -15,7 +15,6 @@ Without the config's dataset on disk it uses random images of CamVid's size (and
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,22 +26,10 @@ import torch
 from PIL import Image
 
 from pspnet.config import load_config
-from pspnet.engine.train import Trainer, cpu_has_bf16
+from pspnet import cpu
+from pspnet.engine.train import Trainer
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_description() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown CPU", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, [f for f in CPU_FLAGS if f in flags]
 
 
 def synthetic_camvid(root: Path, n: int = 16) -> Path:
@@ -119,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         for prec in trainers:
             times[prec].append(step(prec, args.warmup + i))
 
-    model, flags = cpu_description()
+    flags = [f for f in CPU_FLAGS if f in cpu.cpu_flags()]
     t = cfg.train
-    print(f"CPU: {model}; flags: {' '.join(flags) or 'none of ' + ', '.join(CPU_FLAGS)}; "
-          f"native bf16: {cpu_has_bf16()}")
+    print(f"CPU: {cpu.cpu_model()}; flags{' (forced)' if cpu.flags_forced() else ''}: "
+          f"{' '.join(flags) or 'none of ' + ', '.join(CPU_FLAGS)}; native bf16: {cpu.has_bf16()}")
     if args.device != "cpu" and torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}")

@@ -17,14 +17,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import cpu
 from .engine.fast import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
 
 __all__ = ["machine_info", "format_machine", "time_calls", "build_model", "MODES", "make_runner",
            "bench_headline", "bench_inference", "bench_training", "bench_confusion", "parse_size"]
-
-_FLAG_NAMES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-               "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 # mode name -> prepare_for_inference keyword arguments; "eager" is the plain model (fp32, unfolded, NCHW)
 MODES: dict[str, dict[str, Any] | None] = {
@@ -49,25 +47,16 @@ MODES: dict[str, dict[str, Any] | None] = {
 # ----------------------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, the SIMD/matrix flags that matter for speed, and library versions."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    flags = cpu.cpu_flags()
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "flags": [f for f in _FLAG_NAMES if f in flags], "torch": torch.__version__,
-            "onednn": torch.backends.mkldnn.is_available(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpu.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
+            "torch": torch.__version__, "onednn": cpu.onednn_available(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onnxruntime": ort_version, "python": platform.python_version(),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
@@ -75,7 +64,8 @@ def machine_info() -> dict[str, Any]:
 def format_machine(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
     return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
-            f"flags: {' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
+            f"flags{f' (forced by {cpu.FLAGS_ENV})' if info.get('flags_forced') else ''}: "
+            f"{' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
             f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, python {info['python']}; "
             f"load average (1 min) at start {info['load_average_1m']}")
 

@@ -31,11 +31,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import cpu
+from ..cpu import onednn_available
 from ..errors import ConfigError, PSPNetError
 from ..models.pspnet import PSPNet
 from ..models.resnet import BasicBlock, Bottleneck, ResNet
 from .factored_head import FactoredPPMHead, factorable_head_conv, split_head_conv
-from .train import cpu_has_bf16
 
 log = logging.getLogger("pspnet.fast")
 
@@ -139,7 +140,7 @@ def resolve_inference_precision(precision: str, device: torch.device | str = "cp
     device = torch.device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if cpu.has_bf16() else "fp32"
 
 
 def _check_pspnet(model: nn.Module) -> PSPNet:
@@ -152,13 +153,6 @@ def _check_pspnet(model: nn.Module) -> PSPNet:
 
 
 # ----------------------------------------------------------------------------------------- torch backend
-def onednn_available(device: torch.device | str = "cpu") -> bool:
-    """True where PyTorch's oneDNN fused-convolution ops can run (x86/ARM CPUs with mkldnn)."""
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
-
-
 class OneDNNConv(nn.Module):
     """A (BN-folded) convolution with its bias, an optional residual addition and an optional ReLU
     as one oneDNN primitive, its weight re-laid out once per input shape for the kernel oneDNN picks

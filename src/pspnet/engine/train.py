@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .. import cpu
 from ..config import TEST_SETTING_KEYS, Config, dump_config
 from ..data.datasets import build_dataset, dataset_info
 from ..data.transforms import TrainTransform, normalize, to_tensors
@@ -191,15 +192,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if cpu.has_bf16() else None
 
 
 # --------------------------------------------------------------------------- state

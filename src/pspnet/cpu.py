@@ -1,0 +1,82 @@
+"""CPU feature detection in one place: the instruction-set flags that pick defaults (native bf16 via
+avx512_bf16 or AMX) and that benchmarks report, and whether PyTorch's oneDNN fused convolutions run.
+
+``PSPNET_CPU_FLAGS`` replaces the flags read from ``/proc/cpuinfo`` (names separated by spaces or
+commas; an empty value is a CPU with none of them), so one machine can take another's code paths:
+``PSPNET_CPU_FLAGS="avx2 avx512f" pspnet predict ...`` resolves ``auto`` precision as a CPU without
+bf16 would. Tests force it with ``monkeypatch.setenv``. The variable is read on every call, never
+cached; importing this module reads and changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+__all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
+           "has_bf16", "has_amx", "onednn_available"]
+
+FLAGS_ENV = "PSPNET_CPU_FLAGS"
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic: bf16 autocast / inference pays off
+AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
+# the flags that matter for this project's speed, in the order benchmarks print them
+REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                  "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(model name, flags of the first processor) from /proc/cpuinfo; ("", no flags) where unreadable.
+    Cached: the hardware does not change while the process runs."""
+    model, flags = "", frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    return _cpuinfo()[0] or platform.processor() or "unknown"
+
+
+def flags_forced() -> bool:
+    """True when ``PSPNET_CPU_FLAGS`` overrides the detected flags."""
+    return FLAGS_ENV in os.environ
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags, or those ``PSPNET_CPU_FLAGS`` names (see the module docstring)."""
+    forced = os.environ.get(FLAGS_ENV)
+    if forced is not None:
+        return frozenset(forced.replace(",", " ").split())
+    return _cpuinfo()[1]
+
+
+def has_bf16() -> bool:
+    """Native bf16 arithmetic (avx512_bf16 or AMX-BF16); elsewhere bf16 is emulated and slower than fp32."""
+    return not cpu_flags().isdisjoint(BF16_FLAGS)
+
+
+def has_amx() -> bool:
+    """Intel AMX tiles (Sapphire Rapids and later); oneDNN's bf16/int8 kernels use them."""
+    return not cpu_flags().isdisjoint(AMX_FLAGS)
+
+
+def onednn_available(device: torch.device | str = "cpu") -> bool:
+    """True where PyTorch's oneDNN fused-convolution ops can run (x86/ARM CPUs with mkldnn)."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))

@@ -1,0 +1,143 @@
+"""CPU feature detection (pspnet.cpu) and every branch that depends on it, each forced both ways
+through ``PSPNET_CPU_FLAGS``, so one CI machine runs the paths of a CPU with and without bf16/AMX."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pspnet import bench, cpu
+from pspnet.config import load_config
+from pspnet.engine import fast
+from pspnet.engine.fast import prepare_for_inference, resolve_inference_precision
+from pspnet.engine.train import Trainer, resolve_precision
+from pspnet.models import PSPNet, PSPNetConfig
+
+from folder_data import make_folder_dataset
+
+# flags as /proc/cpuinfo spells them, for the CPUs this project's machines have: a Zen 4 (avx512_bf16,
+# no AMX), a Sapphire Rapids Xeon (AMX and avx512_bf16), an AMX-only set (amx_bf16 alone must be
+# enough), an AVX-512 CPU without bf16 and an AVX2-only one.
+ZEN4 = "avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16"
+XEON_AMX = ZEN4 + " amx_tile amx_bf16 amx_int8"
+AMX_ONLY = "avx2 amx_tile amx_bf16"
+AVX512_NO_BF16 = "avx2 fma avx512f avx512bw avx512vl avx512_vnni"
+AVX2 = "avx2 fma"
+CPUS = {"zen4": (ZEN4, True, False), "xeon-amx": (XEON_AMX, True, True), "amx-only": (AMX_ONLY, True, True),
+        "avx512-no-bf16": (AVX512_NO_BF16, False, False), "avx2": (AVX2, False, False),
+        "int8-amx-only": ("avx2 amx_tile amx_int8", False, True), "none": ("", False, False)}
+
+
+def _tiny() -> PSPNet:
+    torch.manual_seed(0)
+    return PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux_channels=8)).eval()
+
+
+@pytest.mark.parametrize("name", list(CPUS))
+def test_forced_flags_decide_bf16_and_amx(monkeypatch, name):
+    flags, bf16, amx = CPUS[name]
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    assert cpu.flags_forced() and cpu.cpu_flags() == frozenset(flags.split())
+    assert cpu.has_bf16() is bf16 and cpu.has_amx() is amx
+    # every place that branches on it follows: inference "auto", training autocast "auto"
+    assert resolve_inference_precision("auto") == ("bf16" if bf16 else "fp32")
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if bf16 else None)
+    # explicit choices do not depend on the CPU
+    assert resolve_inference_precision("fp32") == "fp32" and resolve_inference_precision("bf16") == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    info = bench.machine_info()
+    assert info["flags_forced"] and set(info["flags"]) == set(flags.split()) & set(cpu.REPORTED_FLAGS)
+    assert f"forced by {cpu.FLAGS_ENV}" in bench.format_machine(info)
+
+
+def test_override_syntax_and_detection(monkeypatch):
+    monkeypatch.setenv(cpu.FLAGS_ENV, " avx2,amx_bf16  avx512f,")
+    assert cpu.cpu_flags() == {"avx2", "amx_bf16", "avx512f"}
+    monkeypatch.delenv(cpu.FLAGS_ENV)
+    assert not cpu.flags_forced()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")
+    first = next(line for line in text.splitlines() if line.startswith("flags"))
+    assert cpu.cpu_flags() == frozenset(first.split(":", 1)[1].split())  # the real CPU's flags
+    assert cpu.has_bf16() == ("avx512_bf16" in first.split() or "amx_bf16" in first.split())
+    assert not bench.machine_info()["flags_forced"]
+
+
+@pytest.mark.parametrize("name", ["xeon-amx", "avx512-no-bf16"])
+def test_auto_inference_runs_the_chosen_precision(monkeypatch, name):
+    """``prepare_for_inference(model, "auto")`` really builds a bf16 / fp32 network per the CPU
+    (bf16 runs in emulation where the CPU lacks it: slower, same code path)."""
+    flags, bf16, _ = CPUS[name]
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    model = _tiny()
+    prepared = prepare_for_inference(model, "auto")
+    assert prepared.precision == ("bf16" if bf16 else "fp32")
+    body = {p.dtype for n, p in prepared.named_parameters() if not n.startswith("classifier")}
+    assert body == {torch.bfloat16 if bf16 else torch.float32}
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        out, ref = prepared(x), model(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    if bf16:
+        assert not torch.equal(out, ref)  # it really ran in bf16
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["zen4", "avx2"])
+def test_trainer_auto_precision_follows_the_cpu(monkeypatch, tmp_path, name):
+    """``train.precision=auto`` trains under bf16 autocast on a bf16 CPU, in fp32 elsewhere (one real
+    iteration each, so both paths run here)."""
+    flags, bf16, _ = CPUS[name]
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    data = make_folder_dataset(tmp_path / "data", n=4)
+    cfg = load_config(None, [
+        "data.dataset=folder", f"data.root={data}", "data.crop_size=[32,32]", "data.workers=0",
+        "model.num_classes=3", "model.depth=18", "model.head_channels=16", "model.aux_channels=8",
+        "train.iters=1", "train.batch_size=2", "train.precision=auto", f"train.output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.amp_dtype == (torch.bfloat16 if bf16 else None)
+    seen: list[torch.dtype] = []
+    hook = trainer.model.cls[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    res = trainer.fit()
+    hook.remove()
+    assert res.iterations == 1 and seen and seen[0] == (torch.bfloat16 if bf16 else torch.float32)
+
+
+def test_onednn_branch_can_be_switched_off(monkeypatch):
+    """``onednn=None`` picks oneDNN fused convolutions where PyTorch has them; forced absent, the
+    same call builds the plain folded network with the same output."""
+    model = _tiny()
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        ref = model(x)
+    for available in ([True, False] if cpu.onednn_available() else [False]):
+        monkeypatch.setattr(fast, "onednn_available", lambda device="cpu", _a=available: _a)
+        prepared = prepare_for_inference(model, "fp32")
+        assert prepared.onednn is available
+        assert any(isinstance(m, fast.OneDNNConv) for m in prepared.modules()) is available
+        with torch.no_grad():
+            torch.testing.assert_close(prepared(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_importing_changes_no_global_state():
+    """Importing pspnet.cpu reads no file, sets no torch option and no environment variable."""
+    code = """
+import json, os, sys, torch
+before = (dict(os.environ), torch.get_num_threads(), torch.get_default_dtype(), torch.backends.mkldnn.enabled,
+          torch.get_float32_matmul_precision())
+import pspnet.cpu as c
+after = (dict(os.environ), torch.get_num_threads(), torch.get_default_dtype(), torch.backends.mkldnn.enabled,
+         torch.get_float32_matmul_precision())
+print(json.dumps({"same": before == after, "cached": c._cpuinfo.cache_info().currsize}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {"same": True, "cached": 0}
