@@ -197,6 +197,8 @@ def test_catalogue_entries_convert_with_the_zoo_layouts_they_name():
                                                "stride_rate": 2 / 3, "scales": [1.0], "flip": True,
                                                "protocol": "release"}
     assert cat.find_entry("csail-ade20k-resnet101dilated-ppm_deepsup").files[1].filename == "decoder_epoch_25.pth"
+    csail = cat.find_entry("csail-ade20k-resnet101dilated-ppm_deepsup")
+    assert cat.entry_for_url(csail.files[1].url) is csail  # a URL of either half downloads the pair
 
 
 # ------------------------------------------------------------------ good file -> converted -> --weights NAME

@@ -496,8 +496,8 @@ def close_names(name: str, entries: Iterable[ModelEntry] | None = None, n: int =
 
 
 def entry_for_url(url: str, entries: Iterable[ModelEntry] | None = None) -> ModelEntry | None:
-    """The single-file entry whose file is at ``url``, or None."""
+    """The entry with a file at ``url`` (a CSAILVision encoder or decoder URL gives the pair), or None."""
     for e in entries if entries is not None else catalogue():
-        if any(f.url == url for f in e.files) and len(e.files) == 1:
+        if any(f.url == url for f in e.files):
             return e
     return None
