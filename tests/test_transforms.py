@@ -18,7 +18,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pspnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MEAN_255, TrainTransform, normalize, to_tensors
+from pspnet.data.transforms import TrainTransform, normalize, to_tensors
+
+# ImageNet statistics written out here, not imported: a wrong constant in the code must fail these tests
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+MEAN_FILL = (124, 116, 104)  # round(255 * MEAN): the image fill of padding and rotation
 
 IGNORE = 255
 # 26 well-separated colours ({0, 120, 240}^3 without the one next to the fill mean (124, 116, 104))
@@ -184,7 +189,7 @@ def test_rotation_and_padding_fill_image_with_mean_and_label_with_ignore():
         assert pad[:10].all() and pad[-10:].all()  # 40 -> 60: 10 px of padding each side
         # away from the content (bilinear blends the 1-px seam), the fill is exactly the mean colour
         deep = cv2.erode(pad.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_REPLICATE) > 0
-        np.testing.assert_array_equal(img[deep], np.broadcast_to(MEAN_255, (int(deep.sum()), 3)))
+        np.testing.assert_array_equal(img[deep], np.broadcast_to(MEAN_FILL, (int(deep.sum()), 3)))
         assert deep.sum() > 0.9 * (60 * 60 - 40 * 40 - 4 * 60)
         if pad[10:50, 10:50].any():  # rotated: corners of the 40x40 content are fill
             rotated += 1
@@ -222,13 +227,20 @@ def test_seed_makes_a_sample_reproducible():
 
 def test_to_tensors_and_normalize():
     img = np.zeros((2, 3, 3), np.uint8)
-    img[...] = MEAN_255
+    img[...] = MEAN_FILL
+    img[1] = [[0, 0, 0], [255, 255, 255], [10, 200, 77]]
     x, y = to_tensors(img, np.array([[0, 1, 255]] * 2, np.uint8))
     assert x.dtype == torch.uint8 and x.shape == (3, 2, 3) and y.dtype == torch.int64 and y[0, 2] == 255
+    assert torch.equal(x.permute(1, 2, 0), torch.from_numpy(img))  # HWC -> CHW, values untouched
     z = normalize(x[None])
-    exact = (torch.tensor(MEAN_255, dtype=torch.float32) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert z.shape == (1, 3, 2, 3) and z.dtype == torch.float32
-    torch.testing.assert_close(z[0, :, 0, 0], exact)
+    # (value / 255 - mean) / std per channel, in float64 from the literal constants
+    expected = (img.astype(np.float64) / 255 - np.array(MEAN)) / np.array(STD)
+    np.testing.assert_allclose(z[0].permute(1, 2, 0).numpy(), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(z[0, :, 1, 0].numpy(), [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225], atol=1e-5)
+    np.testing.assert_allclose(z[0, :, 1, 1].numpy(), [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225], atol=1e-5)
+    # a 0-255 float batch normalises the same way
+    torch.testing.assert_close(normalize(x[None].float()), z)
 
 
 def test_bad_scale_range_is_refused():
