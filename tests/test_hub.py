@@ -360,6 +360,44 @@ def test_a_source_without_direct_links_needs_the_file_given_with_from(release_ck
     assert local.read_bytes() == data  # the user's file is used in place, untouched
 
 
+_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."), (r"^layer0\.3\.", "encoder.conv2."),
+             (r"^layer0\.4\.", "encoder.bn2."), (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
+             (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
+             (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
+             (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
+
+
+def test_csailvision_entry_downloads_and_converts_the_encoder_decoder_pair(server, monkeypatch, tmp_path):
+    base, files, _ = server
+    torch.manual_seed(1)
+    model = PSPNet(PSPNetConfig(num_classes=N_CLASSES, depth=18, stem_channels=(64, 64, 128), contract_dilation=True,
+                                basic_conv2_dilated=True, ppm_channels=64, head_channels=64, aux_channels=32,
+                                align_corners=False)).eval()
+    halves: dict[str, dict] = {"encoder": {}, "decoder": {}}
+    for k, v in model.state_dict().items():
+        new = next(re.sub(p, r, k) for p, r in _TO_CSAIL if re.match(p, k))
+        part, _, key = new.partition(".")
+        halves[part][key] = v
+        if key.endswith(".running_var"):  # the synchronised BatchNorm's extra buffers, dropped on conversion
+            halves[part][key[: -len("running_var")] + "_tmp_running_mean"] = torch.zeros_like(v)
+            halves[part][key[: -len("running_var")] + "_tmp_running_var"] = torch.ones_like(v)
+            halves[part][key[: -len("running_var")] + "_running_iter"] = torch.ones(1)
+    for part, state in halves.items():
+        path = tmp_path / f"{part}_epoch_20.pth"
+        torch.save(state, path)
+        files[path.name] = path.read_bytes()
+    use_catalogue(monkeypatch, tmp_path, [local_entry("tiny-csail", "", source="csailvision", files=[
+        {"url": f"{base}/files/encoder_epoch_20.pth", "sha256": sha(files["encoder_epoch_20.pth"])},
+        {"url": f"{base}/files/decoder_epoch_20.pth"}])])
+    res = download(f"{base}/files/decoder_epoch_20.pth", progress=False, say=lambda s: None)  # either URL: the pair
+    assert res.name == "tiny-csail" and [p.name for p in res.files] == ["encoder_epoch_20.pth", "decoder_epoch_20.pth"]
+    converted, meta = load_weights(res.weights)
+    x = torch.randn(1, 3, 57, 57)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), model(x), atol=1e-5)
+    assert meta["source_kind"] == "csailvision" and len(meta["catalogue"]["sha256"]) == 2
+
+
 def test_unknown_names_suggest_close_ones(capsys):
     assert main(["download", "mmseg-pspnet_r50-d8_4xb2-40k_cityscapes-512x1025", "--no-progress"]) == 2
     assert "did you mean mmseg-pspnet_r50-d8_4xb2-40k_cityscapes-512x1024" in capsys.readouterr().err
