@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pspnet.errors import DataError
 from pspnet.models import (PSPNet, PSPNetConfig, PSPNetLoss, ResNet, build_pspnet, pspnet_resnet18,
@@ -140,6 +141,83 @@ def test_output_stride(os_, l3_dil, l4_dil):
     assert m.layer4[0].conv1.stride == (1, 1)
     # a dilated 3x3 conv keeps the size: padding equals dilation
     assert m.layer4[0].conv2.padding == (l4_dil, l4_dil)
+
+
+# The paper's models (Sec. 3.2 / 4.1, output stride 8): layer3 and layer4 keep the resolution of layer2
+# (every stride 1, the downsample shortcut's 1x1 too) and dilate their 3x3 convolutions by 2 and 4,
+# padding = dilation, in every block (the original release does not halve the first block's dilation).
+PAPER_DILATION = {"layer3": 2, "layer4": 4}
+PAPER_MODELS = {"pspnet_resnet50": (pspnet_resnet50, 6, 3), "pspnet_resnet101": (pspnet_resnet101, 23, 3)}
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_paper_models_dilate_every_conv_of_layer3_and_layer4(name):
+    builder, n3, n4 = PAPER_MODELS[name]
+    with torch.device("meta"):
+        m = builder(num_classes=19)
+    assert m.config.output_stride == 8
+    for layer, blocks in (("layer3", n3), ("layer4", n4)):
+        d = PAPER_DILATION[layer]
+        stage = getattr(m, layer)
+        assert len(stage) == blocks
+        convs = {n: c for n, c in stage.named_modules() if isinstance(c, nn.Conv2d)}
+        assert len(convs) == 3 * blocks + 1, sorted(convs)  # 3 per bottleneck + the first block's shortcut
+        for n, c in convs.items():
+            where = f"{name}.{layer}.{n}"
+            assert c.stride == (1, 1), where
+            if c.kernel_size == (3, 3):
+                assert n.endswith("conv2"), where
+                assert (c.dilation, c.padding) == ((d, d), (d, d)), f"{where}: {c.dilation}, {c.padding}"
+            else:
+                assert c.kernel_size == (1, 1), where
+                assert (c.dilation, c.padding) == ((1, 1), (0, 0)), where
+        down = stage[0].downsample
+        assert isinstance(down, nn.Sequential) and isinstance(down[0], nn.Conv2d) and isinstance(down[1], nn.BatchNorm2d)
+        assert down[0].kernel_size == (1, 1) and down[0].stride == (1, 1)
+        assert all(b.downsample is None for b in stage[1:])
+    # and what comes before is strided as in ResNet: output stride 4 after the stem, 8 after layer2
+    assert m.layer2[0].conv2.stride == (2, 2) and m.layer2[0].downsample[0].stride == (2, 2)
+
+
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def _reference_stage(x: torch.Tensor, stage: nn.Sequential, dilation: int) -> torch.Tensor:
+    """A dilated bottleneck stage written with F.conv2d from the paper's description, reading only
+    the modules' weights and BatchNorm statistics (none of their stride/dilation/padding settings)."""
+    for i, b in enumerate(stage):
+        out = F.relu(_bn(F.conv2d(x, b.conv1.weight), b.bn1))
+        out = F.relu(_bn(F.conv2d(out, b.conv2.weight, stride=1, padding=dilation, dilation=dilation), b.bn2))
+        out = _bn(F.conv2d(out, b.conv3.weight), b.bn3)
+        shortcut = _bn(F.conv2d(x, b.downsample[0].weight), b.downsample[1]) if i == 0 else x
+        x = F.relu(out + shortcut)
+    return x
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_paper_models_backbone_equals_an_independent_dilated_forward(name):
+    """layer3 + layer4 of the model == the reference above, in float64 (so the comparison does not
+    depend on how a CPU rounds), on layer2-sized features of an odd size. BatchNorm statistics are
+    random so that every part of every block shows in the output."""
+    builder = PAPER_MODELS[name][0]
+    torch.manual_seed(0)
+    m = builder(num_classes=19).eval()
+    stages = nn.Sequential(m.layer3, m.layer4).double()
+    g = torch.Generator().manual_seed(1)
+    for bn in (x for x in stages.modules() if isinstance(x, nn.BatchNorm2d)):
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g, dtype=torch.float64) + 0.5)
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g, dtype=torch.float64) + 0.5)
+        bn.bias.data.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64) * 0.1)
+    x = torch.randn(1, 512, 13, 11, generator=g, dtype=torch.float64)  # layer2's output: 512 channels, 1/8 size
+    with torch.no_grad():
+        out = stages(x)
+        ref = _reference_stage(_reference_stage(x, m.layer3, PAPER_DILATION["layer3"]), m.layer4,
+                               PAPER_DILATION["layer4"])
+    assert out.shape == ref.shape == (1, 2048, 13, 11)  # output stride 8 kept through layer4
+    assert float(ref.abs().max()) > 0
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
 
 
 def test_invalid_output_stride_is_rejected():
