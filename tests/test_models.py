@@ -172,7 +172,8 @@ def test_paper_models_dilate_every_conv_of_layer3_and_layer4(name):
                 assert c.kernel_size == (1, 1), where
                 assert (c.dilation, c.padding) == ((1, 1), (0, 0)), where
         down = stage[0].downsample
-        assert isinstance(down, nn.Sequential) and isinstance(down[0], nn.Conv2d) and isinstance(down[1], nn.BatchNorm2d)
+        assert isinstance(down, nn.Sequential) and len(down) == 2
+        assert isinstance(down[0], nn.Conv2d) and isinstance(down[1], nn.BatchNorm2d)
         assert down[0].kernel_size == (1, 1) and down[0].stride == (1, 1)
         assert all(b.downsample is None for b in stage[1:])
     # and what comes before is strided as in ResNet: output stride 4 after the stem, 8 after layer2

@@ -113,6 +113,54 @@ def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+def test_learning_rates_of_real_iterations(data: Path, tmp_path: Path) -> None:
+    """Four real iterations: every trainable parameter sits in exactly one SGD group (the backbone's
+    or the head's), the groups get base_lr * poly(it) and head_lr_mult * base_lr * poly(it), with
+    poly written out here, and SGD applies those rates (first step: momentum buffer = gradient)."""
+    base, mult, power, iters, wd = 0.02, 7.0, 1.5, 4, 1e-4
+    trainer = Trainer(tiny(data, tmp_path / "lr", f"train.lr={base}", f"train.head_lr_mult={mult}",
+                           f"train.power={power}", f"train.iters={iters}", f"train.weight_decay={wd}"),
+                      progress=False)
+    model, opt = trainer.model, trainer.optimizer
+    named = dict(model.named_parameters())
+    stages = ("layer0", "layer1", "layer2", "layer3", "layer4")
+    backbone = {id(p) for n, p in named.items() if n.split(".")[0] in stages}
+    head = {id(p) for n, p in named.items() if n.split(".")[0] in ("ppm", "cls", "aux")}
+    assert backbone and head and len(backbone) + len(head) == len(named)
+    groups = {g["name"]: [id(p) for p in g["params"]] for g in opt.param_groups}
+    assert sorted(groups) == ["backbone", "head"]
+    all_ids = [i for ids in groups.values() for i in ids]
+    assert len(all_ids) == len(set(all_ids)) == len(named)  # each parameter once, none left out
+    assert set(groups["backbone"]) == backbone and set(groups["head"]) == head
+
+    seen: list[tuple[int, dict[str, float]]] = []
+    real_step = opt.step
+    probe = {"backbone": named["layer1.0.conv1.weight"], "head": named["cls.0.weight"]}
+
+    def step(*args, **kwargs):
+        lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        seen.append((trainer.iteration, lrs))
+        if len(seen) == 1:  # first step: p -= lr * (grad + wd * p)
+            before = {k: (p.detach().clone(), p.grad.detach().clone()) for k, p in probe.items()}
+            out = real_step(*args, **kwargs)
+            for k, (p0, grad) in before.items():
+                assert grad.abs().sum() > 0, k
+                torch.testing.assert_close(probe[k].detach(), p0 - lrs[k] * (grad + wd * p0), rtol=1e-5, atol=1e-9)
+            return out
+        return real_step(*args, **kwargs)
+
+    opt.step = step
+    trainer.fit()
+    assert [it for it, _ in seen] == list(range(iters))
+    for it, lrs in seen:
+        poly = (1 - it / iters) ** power
+        assert lrs["backbone"] == pytest.approx(base * poly, rel=1e-12), it
+        assert lrs["head"] == pytest.approx(mult * base * poly, rel=1e-12), it
+    logged = [json.loads(line) for line in (tmp_path / "lr" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in logged if r["kind"] == "train"] == pytest.approx(
+        [base * (1 - it / iters) ** power for it in range(iters)], rel=1e-12)
+
+
 def _bn_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
