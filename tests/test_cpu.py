@@ -16,6 +16,7 @@ from pspnet.config import load_config
 from pspnet.engine import fast
 from pspnet.engine.fast import prepare_for_inference, resolve_inference_precision
 from pspnet.engine.train import Trainer, resolve_precision
+from pspnet.errors import ConfigError
 from pspnet.models import PSPNet, PSPNetConfig
 
 from folder_data import make_folder_dataset
@@ -126,6 +127,10 @@ def test_onednn_branch_can_be_switched_off(monkeypatch):
         assert any(isinstance(m, fast.OneDNNConv) for m in prepared.modules()) is available
         with torch.no_grad():
             torch.testing.assert_close(prepared(x), ref, rtol=1e-4, atol=1e-4)
+    # asking for oneDNN where it is absent is a clear error, not a silent fallback
+    monkeypatch.setattr(fast, "onednn_available", lambda device="cpu": False)
+    with pytest.raises(ConfigError, match="onednn=True needs"):
+        prepare_for_inference(model, "fp32", onednn=True)
 
 
 def test_importing_changes_no_global_state():
