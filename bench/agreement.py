@@ -4,7 +4,7 @@
         [--precision auto] [--backend torch] [--base-size 240]
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
-backend)`` predict through ``pspnet.engine.inference.predict_logits`` (same resizing); the script
+backend)`` predict through ``pspnet.inference.testtime.predict_logits`` (same resizing); the script
 prints the fraction of pixels with the same arg-max class, each mode's mIoU against the labels, and
 the mIoU difference. Pass: agreement >= 99.5% and mIoU drop <= 0.3 points.
 """
@@ -20,8 +20,8 @@ import torch
 
 from pspnet import bench
 from pspnet.data.datasets import build_dataset, dataset_info
-from pspnet.engine.fast import prepare_for_inference
-from pspnet.engine.inference import predict_logits
+from pspnet.inference.fast import prepare_for_inference
+from pspnet.inference.testtime import predict_logits
 from pspnet.metrics import ConfusionMatrix
 from pspnet.models.weights import load_weights
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 def predict_input(image: torch.Tensor, base_size: int | None) -> torch.Tensor:
     """The normalised, resized network input ``predict_logits`` would feed for this image."""
     from pspnet.data.transforms import normalize
-    from pspnet.engine.inference import base_resize_shape
+    from pspnet.inference.testtime import base_resize_shape
     x = normalize(image)
     if base_size:
         size = base_resize_shape(*x.shape[-2:], base_size)

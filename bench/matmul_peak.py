@@ -3,7 +3,7 @@
     python bench/matmul_peak.py [--n 2048] [--reps 10] [--depths 18,50,101] [--size 473x473]
 
 Also counts the convolution work of PSPNet (eval mode, 19 classes; 2 FLOP per multiply-add) and
-the part that the factored PPM head (pspnet/engine/factored_head.py) no longer does: the 3x3 head
+the part that the factored PPM head (pspnet/inference/factored_head.py) no longer does: the 3x3 head
 convolution over the upsampled pyramid levels. GFLOP / latency against the peak says how close to
 the hardware a mode runs.
 """

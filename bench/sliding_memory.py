@@ -4,8 +4,8 @@ Each measurement runs in a fresh child process and reports that process's peak r
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), its RSS before inference (interpreter + torch +
 model + the uint8 input image) and the wall time. Levels:
 
-* ``sliding``        -- :func:`pspnet.engine.sliding.sliding_window` on the normalised image, then argmax;
-* ``predict_logits`` -- :func:`pspnet.engine.inference.predict_logits` with ``mode="sliding"`` (what
+* ``sliding``        -- :func:`pspnet.inference.sliding.sliding_window` on the normalised image, then argmax;
+* ``predict_logits`` -- :func:`pspnet.inference.testtime.predict_logits` with ``mode="sliding"`` (what
   ``pspnet eval``/``predict`` call: adds the softmax average), then argmax;
 * ``predict_paths``  -- ``pspnet predict``'s function on an image file, writing label/colour/overlay PNGs.
 
@@ -72,7 +72,7 @@ def child(args: argparse.Namespace) -> None:
     if args.level == "predict_paths":
         import numpy as np
         from PIL import Image
-        from pspnet.engine.predict import predict_paths
+        from pspnet.inference.predict import predict_paths
         tmp = Path(tempfile.mkdtemp())
         img = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()
         Image.fromarray(img).save(tmp / "huge.png", compress_level=1)
@@ -91,10 +91,10 @@ def child(args: argparse.Namespace) -> None:
         with torch.no_grad():
             if args.level == "sliding":
                 from pspnet.data.transforms import normalize
-                from pspnet.engine.sliding import sliding_window
+                from pspnet.inference.sliding import sliding_window
                 logits = sliding_window(model, normalize(img), crop, args.stride_rate)
             else:
-                from pspnet.engine.inference import predict_logits
+                from pspnet.inference.testtime import predict_logits
                 logits = predict_logits(model, img, mode="sliding", crop_size=crop, stride_rate=args.stride_rate)
             label = logits.argmax(1)
         shape = list(label.shape)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pspnet.config import load_config
 from pspnet import cpu
-from pspnet.engine.train import Trainer
+from pspnet.training.trainer import Trainer
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 

@@ -13,9 +13,9 @@ import torch
 
 from pspnet import bench, cpu
 from pspnet.config import load_config
-from pspnet.engine import fast
-from pspnet.engine.fast import prepare_for_inference, resolve_inference_precision
-from pspnet.engine.train import Trainer, resolve_precision
+from pspnet.inference import fast
+from pspnet.inference.fast import prepare_for_inference, resolve_inference_precision
+from pspnet.training.trainer import Trainer, resolve_precision
 from pspnet.errors import ConfigError
 from pspnet.models import PSPNet, PSPNetConfig
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from pspnet.config import load_config
-from pspnet.engine.train import Trainer, load_checkpoint, train
+from pspnet.training.trainer import Trainer, load_checkpoint, train
 from pspnet.errors import TrainingError
 
 from folder_data import make_folder_dataset

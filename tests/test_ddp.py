@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from pspnet.config import load_config
-from pspnet.engine.train import train
+from pspnet.training.trainer import train
 from pspnet.models.weights import read_state_dict
 
 from folder_data import make_folder_dataset

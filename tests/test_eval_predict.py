@@ -14,9 +14,9 @@ from torch import nn
 from pspnet.cli import main
 from pspnet.data.datasets import build_dataset, dataset_info
 from pspnet.data.transforms import normalize
-from pspnet.engine.evaluate import evaluate, format_table
-from pspnet.engine.inference import predict_logits, prepare_model
-from pspnet.engine.predict import predict_paths
+from pspnet.inference.evaluate import evaluate, format_table
+from pspnet.inference.testtime import predict_logits, prepare_model
+from pspnet.inference.predict import predict_paths
 from pspnet.errors import DataError, WeightsError
 from pspnet.models import pspnet_resnet18
 from pspnet.models.weights import save_weights
@@ -222,18 +222,18 @@ def test_default_weights(tmp_path, tiny_model, monkeypatch, capsys):
 
 def test_precision_goes_through_fast_module_when_present(monkeypatch, tiny_model):
     calls = []
-    fake = types.ModuleType("pspnet.engine.fast")
+    fake = types.ModuleType("pspnet.inference.fast")
 
     def prepare_for_inference(model, precision="auto", backend="torch", compile=False):
         calls.append(precision)
         return model
     fake.prepare_for_inference = prepare_for_inference
-    monkeypatch.setitem(sys.modules, "pspnet.engine.fast", fake)
+    monkeypatch.setitem(sys.modules, "pspnet.inference.fast", fake)
     runner, used = prepare_model(tiny_model, "bf16")
     assert calls == ["bf16"] and runner is tiny_model and used == "bf16"
     runner, used = prepare_model(tiny_model, "fp32")
     assert calls == ["bf16"] and used == "fp32"  # fp32 is the plain model
-    monkeypatch.setitem(sys.modules, "pspnet.engine.fast", None)  # module absent -> fp32 with a warning
+    monkeypatch.setitem(sys.modules, "pspnet.inference.fast", None)  # module absent -> fp32 with a warning
     runner, used = prepare_model(tiny_model, "bf16")
     assert runner is tiny_model and used == "fp32"
 

@@ -1,4 +1,4 @@
-"""The factored PPM head (pspnet.engine.factored_head) computes the same function as PSPNet's
+"""The factored PPM head (pspnet.inference.factored_head) computes the same function as PSPNet's
 PPM + 3x3 head convolution: checked in float64 against the plain modules for several pyramids,
 pooling modes, upsampling conventions and feature-map sizes (smaller than the bins included)."""
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pspnet.engine.factored_head import FactoredPPMHead, interpolation_matrix, shifted_interpolation_matrices
-from pspnet.engine.fast import FastPSPNet, fold_batchnorm, onednn_available, prepare_for_inference
+from pspnet.inference.factored_head import FactoredPPMHead, interpolation_matrix, shifted_interpolation_matrices
+from pspnet.inference.fast import FastPSPNet, fold_batchnorm, onednn_available, prepare_for_inference
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.ppm import PyramidPoolingModule
 

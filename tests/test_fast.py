@@ -1,4 +1,4 @@
-"""Fast inference (pspnet.engine.fast): folding is exact, lower precisions keep the labels, backends agree.
+"""Fast inference (pspnet.inference.fast): folding is exact, lower precisions keep the labels, backends agree.
 
 Tiny models only (PSPNet-18 with a narrow head, 48-80 px images); no timing assertions.
 """
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from pspnet import cpu
-from pspnet.engine import fast
-from pspnet.engine.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, onednn_available,
+from pspnet.inference import fast
+from pspnet.inference.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, onednn_available,
                                 prepare_for_inference, resolve_inference_precision)
 from pspnet.errors import ConfigError, PSPNetError
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss

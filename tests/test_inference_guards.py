@@ -38,7 +38,7 @@ def test_release_checkpoint_with_other_class_count_is_refused(tmp_path, capsys):
 
 def test_same_class_count_release_checkpoint_still_loads(tmp_path):
     from pspnet.config import load_config
-    from pspnet.models.pretrained import load_for_inference
+    from pspnet.inference.loading import load_for_inference
     ckpt = _release_checkpoint(tmp_path / "train_epoch_200.pth", 11)
     model, _ = load_for_inference(ckpt, load_config(str(REPO / "configs/camvid/pspnet_r18_cpu.yaml"), []), "cpu")
     assert model.config.num_classes == 11
@@ -69,7 +69,7 @@ def test_predict_uses_recorded_settings_unless_overridden(tmp_path, capsys, monk
     weights = _tiny_weights(tmp_path / "w.safetensors", {"base_size": 48, "flip": True})
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     seen = []
-    import pspnet.engine.predict as predict_mod
+    import pspnet.inference.predict as predict_mod
     real = predict_mod.predict_logits
 
     def spy(*args, **kwargs):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pspnet.engine.inference import predict_logits, release_resize_shape
+from pspnet.inference.testtime import predict_logits, release_resize_shape
 from pspnet.models import PSPNet, PSPNetConfig
 
 cv2 = pytest.importorskip("cv2")
@@ -147,7 +147,7 @@ def test_release_resize_shape(h, w, base, scale):
 
 def test_tiny_image_refused_for_every_runner(model):
     """A 3x3 image is refused before any base-size resize, by the plain model and a prepared runner."""
-    from pspnet.engine.fast import prepare_for_inference
+    from pspnet.inference.fast import prepare_for_inference
     from pspnet.errors import DataError
     x = torch.full((1, 3, 3, 3), 128.0)
     for runner in (model, prepare_for_inference(model, precision="fp32")):

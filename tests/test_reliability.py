@@ -24,8 +24,8 @@ from pspnet import cli
 from pspnet.config import load_config
 from pspnet.data.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from pspnet.data.io import MAX_PIXELS, read_image, read_label
-from pspnet.engine.inference import predict_logits
-from pspnet.engine.train import Trainer, train
+from pspnet.inference.testtime import predict_logits
+from pspnet.training.trainer import Trainer, train
 from pspnet.errors import DataError, TrainingError
 from pspnet.models import PSPNet, PSPNetConfig
 
@@ -153,7 +153,7 @@ def test_label_problems_name_the_file_and_the_fix(tmp_path):
 def test_too_small_image_for_the_augmentation(tmp_path):
     """A 1-pixel-wide image scaled by < 1 has no pixel left: OpenCV's assertion becomes a DataError."""
     from pspnet.data.transforms import TrainTransform
-    from pspnet.engine.train import BAD_SEP, SeededAugment
+    from pspnet.training.trainer import BAD_SEP, SeededAugment
     (tmp_path / "tiny.png").write_bytes(png_bytes(rand_image(1, 1)))
     (tmp_path / "tiny_gt.png").write_bytes(png_bytes(rand_label(1, 1)))
     (tmp_path / "ok.png").write_bytes(png_bytes(rand_image(32, 32)))
@@ -238,7 +238,7 @@ def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys)
 
 
 def test_evaluate_stops_or_skips_and_lists(tmp_path):
-    from pspnet.engine.evaluate import evaluate
+    from pspnet.inference.evaluate import evaluate
     data = make_folder(tmp_path / "data", n=2, bad=BAD_FILES)
     ds = build_dataset("folder", data, "train", info=INFO3)
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def test_evaluate_stops_or_skips_and_lists(tmp_path):
 
 
 def test_predict_reports_a_bad_file_and_goes_on(tmp_path):
-    from pspnet.engine.predict import predict_paths
+    from pspnet.inference.predict import predict_paths
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "a_good.png").write_bytes(png_bytes(rand_image()))

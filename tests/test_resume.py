@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pspnet.config import load_config
-from pspnet.engine.train import load_checkpoint, train
+from pspnet.training.trainer import load_checkpoint, train
 from pspnet.models.weights import read_state_dict
 
 from folder_data import make_folder_dataset

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pspnet.config import load_config
-from pspnet.engine.train import EpochSampler, Trainer, load_checkpoint, poly_lr, train
+from pspnet.training.trainer import EpochSampler, Trainer, load_checkpoint, poly_lr, train
 from pspnet.errors import ConfigError, TrainingError
 from pspnet.models.weights import read_state_dict
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pspnet.config import load_config
 from pspnet.data.datasets.camvid import CLASS_NAMES as CAMVID_CLASSES, PALETTE as CAMVID_PALETTE
-from pspnet.engine.train import Trainer
+from pspnet.training.trainer import Trainer
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import read_state_dict, save_weights
 

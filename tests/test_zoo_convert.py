@@ -19,7 +19,8 @@ import torch
 
 from pspnet.errors import WeightsError
 from pspnet.models import PSPNet, PSPNetConfig
-from pspnet.models.weights import check_config_dict, convert, load_weights
+from pspnet.models.convert import convert
+from pspnet.models.weights import check_config_dict, load_weights
 
 DATA = Path(__file__).parent / "data"
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import cpu
-from .engine.fast import prepare_for_inference
+from .inference.fast import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
 
 __all__ = ["machine_info", "format_machine", "time_calls", "build_model", "MODES", "make_runner",
@@ -191,7 +191,7 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     step time does not depend on pixel values. Precisions alternate step by step.
     """
     from .data.transforms import normalize
-    from .engine.train import resolve_precision
+    from .training.trainer import resolve_precision
     from .models import PSPNetLoss
     images, labels = _training_batch(crop, batch, num_classes, root)
     torch.manual_seed(0)

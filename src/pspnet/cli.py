@@ -11,7 +11,7 @@ from .errors import ConfigError, PSPNetError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .engine.train import train
+    from .training.trainer import train
     cfg = load_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []))
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                    max_iters=args.max_iters)
@@ -72,7 +72,7 @@ def _read_names(text: str | None) -> list[str] | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
-    from .models.weights import convert
+    from .models.convert import convert
     names, palette = _read_names(args.class_names), None
     if args.dataset:
         from .data.datasets import dataset_info
@@ -158,9 +158,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from .errors import ConfigError
     from .data.datasets import build_dataset, dataset_info
-    from .engine.evaluate import evaluate, format_table
-    from .models.pretrained import load_for_inference
-    from .models.weights import atomic_write
+    from .inference.evaluate import evaluate, format_table
+    from .inference.loading import load_for_inference
+    from .files import atomic_write
     cfg = None
     if args.config:
         from .config import load_config
@@ -211,8 +211,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
     """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``."""
-    from .engine.inference import predict_logits, prepare_model
-    from .engine.plots import plot_prediction_grid
+    from .inference.testtime import predict_logits, prepare_model
+    from .plots import plot_prediction_grid
     runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"))
     keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate", "protocol")
     rows = []
@@ -225,8 +225,8 @@ def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .data.palettes import default_palette
-    from .engine.predict import predict_paths
-    from .models.pretrained import load_for_inference
+    from .inference.predict import predict_paths
+    from .inference.loading import load_for_inference
     model, meta = load_for_inference(args.weights, None, args.device)
     n = model.config.num_classes
     names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
@@ -249,7 +249,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .export import check_onnx, check_torchscript, export_onnx, export_torchscript, format_check
-    from .models.pretrained import load_for_inference
+    from .inference.loading import load_for_inference
     model, meta = load_for_inference(args.weights, None, "cpu")
     kw = {"class_names": meta.get("class_names"), "palette": meta.get("palette")}
     if args.format == "onnx":
@@ -325,7 +325,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if "cm" in what:
         results["confusion_matrix"] = bench.bench_confusion()
     if args.out:
-        from .models.weights import atomic_write
+        from .files import atomic_write
         text = json.dumps(results, indent=2)
         atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
         print(f"results: {args.out}")

@@ -2,9 +2,9 @@
 
 1. generate procedural street scenes (:mod:`pspnet.data.synthetic`) as a ``folder`` dataset;
 2. train a small PSPNet (dilated ResNet-18, paper recipe: SGD, poly LR, 10x head LR, aux loss 0.4)
-   with :func:`pspnet.engine.train.train`;
-3. evaluate it on held-out scenes with :func:`pspnet.engine.evaluate.evaluate` (mIoU table);
-4. write colour and overlay predictions with :func:`pspnet.engine.predict.predict_paths`, the
+   with :func:`pspnet.training.trainer.train`;
+3. evaluate it on held-out scenes with :func:`pspnet.inference.evaluate.evaluate` (mIoU table);
+4. write colour and overlay predictions with :func:`pspnet.inference.predict.predict_paths`, the
    training curves, the weights (``model.safetensors``, usable by ``pspnet predict``) and the
    metrics (``metrics.json``) to one output folder.
 
@@ -115,9 +115,9 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
     """Run the demo; returns a summary (mIoU, baseline, timings, paths) also written to ``summary.json``."""
     from .data.datasets import build_dataset, dataset_info
     from .data.synthetic import CLASSES, PALETTE, SyntheticSpec, write_dataset
-    from .engine.evaluate import evaluate, format_table
-    from .engine.predict import predict_paths
-    from .engine.train import train
+    from .inference.evaluate import evaluate, format_table
+    from .inference.predict import predict_paths
+    from .training.trainer import train
     from .models.weights import load_weights, save_weights
 
     s = settings or (QUICK if quick else FULL)

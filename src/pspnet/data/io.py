@@ -18,6 +18,7 @@ Decisions (see docs/data.md, "Image modes"):
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 
 MAX_PIXELS = 20_000 * 20_000  # huge but bounded: larger images are refused as possible decompression bombs
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _EXIF_ORIENTATION = 0x0112
 
 
+@contextmanager
+def _pil_pixel_limit(limit: int):
+    """PIL's decompression-bomb limit raised to ours while one file is opened, and restored after:
+    importing pspnet leaves PIL's setting alone, and our own check below names the file."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(limit, before or 0)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, before decoding
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:

@@ -14,15 +14,10 @@ ImageNet-normalised floats on the training device, which keeps worker-to-main tr
 from __future__ import annotations
 
 import os
+from typing import Callable, Sequence
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home at import
-
-from typing import Callable, Sequence  # noqa: E402
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +25,13 @@ MEAN_255 = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-cv2.setNumThreads(0)  # DataLoader workers provide the parallelism
+
+def _albumentations():
+    """albumentations, imported on first use; it checks PyPI for updates on import unless told not
+    to, and a training run must never phone home (set here, where it is needed, not at import)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+    return albumentations
 
 
 class TrainTransform:
@@ -46,7 +47,9 @@ class TrainTransform:
         smin, smax = float(scale[0]), float(scale[1])
         if not 0 < smin <= smax:
             raise ValueError(f"scale range must satisfy 0 < min <= max, got {scale!r}")
-        ops: list[A.BasicTransform] = []
+        import cv2
+        A = _albumentations()
+        ops: list = []
         if (smin, smax) != (1.0, 1.0):
             # INTER_NEAREST_EXACT, not INTER_NEAREST: OpenCV's plain nearest resize samples pixel
             # corners and shifts the label by up to one pixel (about +0.46 px on average) against

@@ -2,7 +2,7 @@
 
 Like torchvision's ``WeightsEnum``, an entry keeps together what belongs together: the file(s) and
 their checksums, the dataset and its classes, the published mIoU and the test protocol behind it,
-and how the file converts (the zoo's layout; :func:`pspnet.models.weights.convert` does the work).
+and how the file converts (the zoo's layout; :func:`pspnet.models.convert.convert` does the work).
 
 Where every fact comes from (nothing here is measured by us):
 

@@ -19,8 +19,8 @@ What can go wrong, and what is left on disk:
   published checksum that was cut short): :class:`CorruptDownloadError` and the download is deleted.
 
 Only a verified file is renamed from ``.part`` to its name, and the converted ``.safetensors`` is
-written atomically (:func:`pspnet.models.weights.atomic_write`), so nothing that looks finished is
-ever half-written or unverified. Checkpoints are untrusted: :func:`pspnet.models.weights.convert`
+written atomically (:func:`pspnet.files.atomic_write`), so nothing that looks finished is
+ever half-written or unverified. Checkpoints are untrusted: :func:`pspnet.models.convert.convert`
 reads them with ``torch.load(..., weights_only=True)``.
 
 Cache (``$PSPNET_HOME``, default ``~/.cache/pspnet``): ``downloads/<name>/<file>`` (the zoo's
@@ -165,7 +165,11 @@ def _is_html(content_type: str) -> bool:
 
 
 def _open(url: str, offset: int, timeout: float):
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        __version__ = version("pspnet")
+    except PackageNotFoundError:  # a source checkout that is not installed
+        __version__ = "dev"
     headers = {"User-Agent": f"pspnet/{__version__} (+https://github.com/hszhao/semseg)",
                "Accept-Encoding": "identity"}
     if offset:
@@ -316,7 +320,7 @@ def _add_metadata(src: Path, dst: Path, extra: dict[str, Any]) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..models.weights import atomic_write
+    from ..files import atomic_write
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -334,7 +338,8 @@ def download(target: str, *, sha256: Sequence[str] | None = None, out: str | os.
     URLs to use instead of the entry's URLs (a mirror, or the original release's files fetched by
     hand from its Google Drive folder). ``out``: where to write the converted file (default: the
     cache, so that ``--weights NAME`` finds it)."""
-    from ..models.weights import convert, remove_stale_temp_files
+    from ..files import remove_stale_temp_files
+    from ..models.convert import convert
     entries = list(entries if entries is not None else catalogue())
     entry = find_entry(target, entries)
     is_url = bool(_SCHEME.match(target))

@@ -150,25 +150,50 @@ class PSPNet(nn.Module):
             raise DataError(f"PSPNet expects a normalised float image, got dtype {x.dtype}")
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.layer0, self.layer1, self.layer2, self.layer3, self.layer4) for p in m.parameters()]
+        return [p for m in self.stages for p in m.parameters()]
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The new layers (PPM, classifier, aux head) that train at 10x the base LR."""
         mods = [self.ppm, self.cls] + ([self.aux] if self.aux is not None else [])
         return [p for m in mods for p in m.parameters()]
 
+    # ---------------------------------------------------------------- structural API (timm-style)
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        """The backbone stages ``layer0`` (stem) .. ``layer4``, in order."""
+        return (self.layer0, self.layer1, self.layer2, self.layer3, self.layer4)
+
+    @property
+    def head(self) -> nn.Sequential:
+        """The classifier head up to (not including) the final 1x1 classifier: 3x3 conv, BN, ReLU, dropout."""
+        return self.cls[:-1]
+
+    def get_classifier(self) -> nn.Conv2d:
+        """The final 1x1 convolution (``cls.4``), the only layer that depends on the class count."""
+        return self.cls[-1]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features ``(layer3, layer4)`` at the output stride (the aux head reads layer3, Sec. 3.4)."""
+        x = self.layer2(self.layer1(self.layer0(x)))
+        c3 = self.layer3(x)
+        return c3, self.layer4(c3)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pyramid pooling (Sec. 3.3) and the classifier on layer4 features: logits at the output stride."""
+        return self.cls(self.ppm(features))
+
+    def upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """Logits bilinearly resized to the input's ``size`` (the model's ``align_corners``)."""
+        return F.interpolate(logits, size, mode="bilinear", align_corners=self.config.align_corners)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             self.check_input(x)
         size = x.shape[-2:]
-        x = self.layer2(self.layer1(self.layer0(x)))
-        x_aux = self.layer3(x)
-        x = self.layer4(x_aux)
-        x = self.cls(self.ppm(x))
-        out = F.interpolate(x, size, mode="bilinear", align_corners=self.config.align_corners)
+        c3, c4 = self.forward_features(x)
+        out = self.upsample(self.forward_head(c4), size)
         if self.training and self.aux is not None:
-            aux = F.interpolate(self.aux(x_aux), size, mode="bilinear", align_corners=self.config.align_corners)
-            return out, aux
+            return out, self.upsample(self.aux(c3), size)
         return out
 
 

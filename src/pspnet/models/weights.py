@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..files import atomic_write
 from .pspnet import PSPNet, PSPNetConfig
 
 log = logging.getLogger(__name__)
@@ -33,49 +32,10 @@ CLASSIFIER_KEYS = ("cls.4.", "aux.4.")
 DEEP_STEM_MAP = {"conv1.": "layer0.0.", "bn1.": "layer0.1.", "conv2.": "layer0.3.", "bn2.": "layer0.4.",
                  "conv3.": "layer0.6.", "bn3.": "layer0.7."}
 SHALLOW_STEM_MAP = {"conv1.": "layer0.0.", "bn1.": "layer0.1."}
-
-
-# ----------------------------------------------------------------------------------------- writing
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:
-    """Delete ``.<name>.*.tmp`` files that :func:`atomic_write` left when its process was killed
-    (SIGKILL, power loss) mid-write; call it when a writer of ``folder/<name>`` starts."""
-    removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f".{name}.*.tmp"):
-            try:
-                tmp.unlink()
-                removed.append(tmp)
-            except OSError:
-                pass
-    return removed
-
-
 INT8_SCALE_SUFFIX = ".int8_scale"
 
 
+# ----------------------------------------------------------------------------------------- writing
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: ``weight ~= q * scale[:, None, ...]``."""
     w = weight.detach().float().reshape(weight.shape[0], -1)
@@ -433,99 +393,3 @@ def load_weights(path: str | Path, num_classes: int | None = None, **config_over
     return model, {"class_names": names, "palette": [tuple(c) for c in palette] if palette else None,
                    "config": config.to_dict(), **{k: v for k, v in meta.items()
                                                   if k not in ("config", "class_names", "palette")}}
-
-
-# ----------------------------------------------------------------------------------------- converting
-def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """What a state dict tells about the model it came from: depth, stem, classes, head widths.
-
-    Works on the original release, ImageNet backbones (either stem) and our own files; a field that
-    cannot be read from the tensors (output stride, PPM bins) is left out.
-    """
-    from .resnet import RESNET_LAYERS, Bottleneck
-    state = to_pspnet_keys(state)
-    out: dict[str, Any] = {}
-    stem = state.get("layer0.0.weight")
-    if stem is not None and stem.dim() == 4:
-        out["deep_stem"] = "layer0.6.weight" in state or stem.shape[-1] == 3
-    bottleneck = "layer1.0.conv3.weight" in state
-    counts = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-    for depth, (block, blocks) in RESNET_LAYERS.items():
-        if tuple(blocks) == counts and (block is Bottleneck) == bottleneck:
-            out["depth"] = depth
-    if "cls.4.weight" in state:
-        out["num_classes"] = int(state["cls.4.weight"].shape[0])
-        out["head_channels"] = int(state["cls.4.weight"].shape[1])
-        out["aux"] = "aux.4.weight" in state
-        if out["aux"]:
-            out["aux_channels"] = int(state["aux.4.weight"].shape[1])
-    return out
-
-
-def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palette=None,
-            dtype: torch.dtype | None = None, **overrides: Any) -> dict[str, Any]:
-    """Any supported weight file -> our safetensors format (``pspnet convert``).
-
-    The model config is taken from the file's metadata (our files and checkpoints) or read from its
-    tensors (:func:`infer_config`); ``overrides`` (``depth``, ``num_classes``, ``deep_stem``,
-    ``output_stride``, ...) win over both. A full model (it has ``cls.*``) must fit exactly, apart
-    from classifiers of a different class count, which are re-initialised; an ImageNet backbone fills
-    ``layer0..4`` and the PPM and heads start from their initialisation. Returns a report with the
-    config and the loaded / new / re-initialised keys.
-
-    ``src`` may also be an mmsegmentation PSPNet checkpoint, or a list of two files, a CSAILVision
-    encoder and decoder (:mod:`pspnet.models.zoo`); their conventions (stem widths, contracted
-    dilation, head widths, align_corners), class names, palette, preprocessing and test protocol
-    (``test_settings``) go into the written file. A file of no known layout is refused with a list
-    of the key prefixes that were recognised and those that were not.
-    """
-    from .zoo import check_known_layout, from_zoo
-    paths = [src] if isinstance(src, (str, os.PathLike)) else list(src)
-    if not 1 <= len(paths) <= 2:
-        raise WeightsError(f"convert takes one checkpoint, or a CSAILVision encoder + decoder pair; got {len(paths)} files")
-    src = paths[0] if len(paths) == 1 else " + ".join(map(str, paths))
-    loaded = [read_state_dict(p) for p in paths]
-    zoo = from_zoo(paths, [st for st, _ in loaded])
-    if zoo is not None:
-        state, meta, zoo_cfg = zoo.state, {}, zoo.config
-    else:
-        state, meta = loaded[0]
-        check_known_layout(str(src), state)
-        state, zoo_cfg = to_pspnet_keys(state), {}
-    inferred = infer_config(state)
-    base = dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
-    cfg = {**inferred, **base, **zoo_cfg, **{k: v for k, v in overrides.items() if v is not None}}
-    full_model = any(k.startswith("cls.") for k in state)
-    if "num_classes" not in cfg:
-        raise WeightsError(f"{src}: the file has no classifier (an ImageNet backbone?); give the number of "
-                           f"classes of the model to build (--num-classes K)")
-    if "depth" not in cfg:
-        raise WeightsError(f"{src}: cannot tell the ResNet depth from the tensors; give --depth")
-    try:
-        config = PSPNetConfig.from_dict(cfg)
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f"{src}: cannot build the model: {e}") from None
-    model = PSPNet(config)
-    report = load_into(model, state, source=str(src), strict=full_model, backbone_only=not full_model,
-                       reinit_classifier=overrides.get("num_classes") is not None)
-    if class_names is None and isinstance(meta.get("class_names"), list) \
-            and len(meta["class_names"]) == config.num_classes:
-        class_names = meta["class_names"]
-    if zoo is not None and class_names is None and zoo.class_names and len(zoo.class_names) == config.num_classes:
-        class_names = zoo.class_names
-    if zoo is not None and palette is None and zoo.palette and len(zoo.palette) == config.num_classes:
-        palette = zoo.palette
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise WeightsError(f"{len(class_names)} class names given for a model with {config.num_classes} classes")
-    if palette is None and isinstance(meta.get("palette"), list) and len(meta["palette"]) == config.num_classes:
-        palette = meta["palette"]
-    if palette is None:
-        from ..data.palettes import default_palette
-        palette = default_palette(config.num_classes)
-    kind = (zoo.kind if zoo is not None else "pspnet" if meta.get("config") else "original-release" if full_model
-            else "imagenet-deep-stem" if config.deep_stem else "imagenet-torchvision")
-    save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype,
-                 extra={"converted_from": " + ".join(Path(p).name for p in paths), "source_kind": kind,
-                        **(zoo.meta if zoo is not None else {})})
-    return {"config": config.to_dict(), "source_kind": kind, "inferred": inferred,
-            "notes": zoo.notes if zoo is not None else [], **report}

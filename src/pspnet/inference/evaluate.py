@@ -1,5 +1,5 @@
 """Evaluate a model on a labelled dataset: the paper's mean IoU and pixel accuracy (Zhao et al.
-2017, Sec. 4-5), with the test-time modes of :mod:`pspnet.engine.inference`.
+2017, Sec. 4-5), with the test-time modes of :mod:`pspnet.inference.testtime`.
 
 Predictions are made at each image's full resolution (the label's), so the numbers are those of
 the original labels, never of resized ones. The result is a JSON-ready dict; classes absent from
@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
-from .inference import model_device, predict_logits, prepare_model
+from .testtime import model_device, predict_logits, prepare_model
 
 log = logging.getLogger("pspnet.evaluate")
 
@@ -44,9 +44,9 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
     ``"settings"``, ``"num_images"``, ``"seconds"``, ``"bad_files": [{index, path, error}]}``.
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
-    is raised. ``protocol``: test-time averaging (:data:`pspnet.engine.inference.PROTOCOLS`; the
+    is raised. ``protocol``: test-time averaging (:data:`pspnet.inference.testtime.PROTOCOLS`; the
     original release's by default). ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
-    ``pspnet.engine.fast.prepare_for_inference`` when that module is available.
+    ``pspnet.inference.fast.prepare_for_inference`` when that module is available.
     """
     if mode == "sliding" and crop_size is None:
         raise ConfigError("sliding-window evaluation needs a crop size, e.g. crop_size=(713, 713)")

@@ -48,7 +48,7 @@ def plot_prediction_grid(rows: Sequence[tuple[Any, Any, Any]], palette: Sequence
     import numpy as np
     from matplotlib.patches import Patch
 
-    from ..data.palettes import colorize
+    from .data.palettes import colorize
     fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.1 * len(rows) + 0.8), squeeze=False)
     for r, (image, gt, pred) in enumerate(rows):
         panels = (np.asarray(image), colorize(np.asarray(gt), palette, ignore_index),

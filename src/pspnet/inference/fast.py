@@ -507,7 +507,7 @@ class _ConvAddReLU(nn.Module):
 
 class _FactoredExport(nn.Module):
     """A folded, exportable PSPNet whose PPM + head convolution run as a
-    :class:`~pspnet.engine.factored_head.FactoredPPMHead` with plain ops, for the fixed-shape
+    :class:`~pspnet.inference.factored_head.FactoredPPMHead` with plain ops, for the fixed-shape
     graphs of the onnxruntime backend (the interpolation matrices become constants of the graph)."""
 
     def __init__(self, net: PSPNet) -> None:
@@ -715,7 +715,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         onednn: fuse conv+bias(+add)+ReLU into oneDNN primitives with pre-packed weights (torch
             backend, eager); default: where available.
         factor_head: compute the pyramid levels' share of the 3x3 head convolution at the levels'
-            own resolution (:mod:`pspnet.engine.factored_head`; same function, about a fifth less
+            own resolution (:mod:`pspnet.inference.factored_head`; same function, about a fifth less
             work for PSPNet-50 at 473x473), on the torch backend's fused oneDNN path and on the
             onnxruntime backend.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.

@@ -2,7 +2,7 @@
 
 Each input image is predicted at its own size (mixed sizes and any PIL mode: L, RGBA, P,
 16-bit, ...; see :func:`pspnet.data.io.read_image`) with the test-time modes of
-:mod:`pspnet.engine.inference`, and written as
+:mod:`pspnet.inference.testtime`, and written as
 
 - ``<stem>_label.png``: class indices (8-bit, mode ``L``; 16-bit when there are more than 256 classes);
 - ``<stem>_color.png``: the classes in the palette's colours;
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..data.datasets.base import IMAGE_EXTS
 from ..data.io import read_image
 from ..errors import DataError, PSPNetError
-from .inference import predict_logits, prepare_model
+from .testtime import predict_logits, prepare_model
 
 log = logging.getLogger("pspnet.predict")
 

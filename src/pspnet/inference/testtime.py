@@ -8,7 +8,7 @@ horizontally flipped image. Any image size works (no ``8n + 1`` rule): the model
 bilinearly resized back to each variant's input and then to the image's size.
 
 ``model`` may be any callable mapping a normalised float batch to logits: a PSPNet, or what
-``pspnet.engine.fast.prepare_for_inference`` returns (which has a ``.device``).
+``pspnet.inference.fast.prepare_for_inference`` returns (which has a ``.device``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def model_device(model) -> torch.device:
 
 def prepare_model(model, precision: str = "fp32", backend: str = "torch"):
     """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend; for
-    another precision or backend the callable of ``pspnet.engine.fast.prepare_for_inference`` (fp32
+    another precision or backend the callable of ``pspnet.inference.fast.prepare_for_inference`` (fp32
     with a warning if that module is not installed)."""
     if isinstance(model, nn.Module):
         model.eval()
@@ -66,7 +66,7 @@ def prepare_model(model, precision: str = "fp32", backend: str = "torch"):
     try:
         from .fast import prepare_for_inference
     except ImportError:
-        log.warning("precision %r needs pspnet.engine.fast, which is not available; running fp32", precision)
+        log.warning("precision %r needs pspnet.inference.fast, which is not available; running fp32", precision)
         return model, "fp32"
     runner = prepare_for_inference(model, precision=precision, backend=backend)
     return runner, getattr(runner, "precision", precision)

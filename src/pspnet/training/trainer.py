@@ -38,9 +38,10 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
-from ..models.weights import atomic_write, load_into, read_state_dict, remove_stale_temp_files, save_weights, unwrap
+from ..files import atomic_write, remove_stale_temp_files
+from ..models.weights import load_into, read_state_dict, save_weights, unwrap
 from . import distributed as dist_utils
-from .inference import predict_logits
+from ..inference.testtime import predict_logits
 
 log = logging.getLogger("pspnet.train")
 
@@ -237,6 +238,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise TrainingError(f"{path}: not a pspnet training checkpoint (expected keys 'model', 'iteration'); "
                             f"to start from weights only, set train.pretrained={path}")
     return ckpt
+
+
+def _single_threaded_opencv(worker_id: int) -> None:
+    """DataLoader workers provide the parallelism: OpenCV's own threads in each worker would only
+    oversubscribe the cores (set in the worker, so the user's process keeps its setting)."""
+    cv2.setNumThreads(0)
 
 
 @dataclass
@@ -501,7 +508,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
         return DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler,
                           num_workers=d.workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if d.workers else None, generator=gen)
+                          persistent_workers=False, prefetch_factor=4 if d.workers else None, generator=gen,
+                          worker_init_fn=_single_threaded_opencv if d.workers else None)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -613,7 +621,7 @@ class Trainer:
 
     def _plot(self) -> None:
         try:
-            from .plots import plot_training_curves
+            from ..plots import plot_training_curves
             plot_training_curves(self.history, self.out / "curves.png")
         except Exception as e:  # a plot must never fail a run
             log.warning("could not draw training curves: %s", e)

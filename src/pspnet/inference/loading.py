@@ -1,0 +1,56 @@
+"""Load a weight file for ``pspnet eval``/``predict``/``export``: our files build themselves from the
+config they carry; the original release's files are built from a run config's model section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import WeightsError
+from ..models.pretrained import default_weights_path
+
+__all__ = ["load_for_inference"]
+
+
+def _has_config(path: Path) -> bool:
+    """Whether a weight file carries its model config (safetensors: read from the header only)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return "config" in (f.metadata() or {})
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
+    from ..models.weights import read_state_dict
+    return "config" in read_state_dict(path)[1]
+
+
+def load_for_inference(weights: str | Path | None = None, config=None, device: str | None = None):
+    """``(model in eval mode on device, metadata)`` for ``pspnet eval/predict/export``.
+
+    ``weights=None`` is the packaged CamVid model. A file that carries its config (ours, our
+    checkpoints) builds itself; a file without one (the original release) is built from
+    ``config`` (a :class:`pspnet.config.Config`: its model section and dataset's class count).
+    ``device``: ``cpu``, ``cuda``, ... (default: CUDA when available).
+    """
+    import torch
+
+    from ..models.pspnet import PSPNet, PSPNetConfig
+    from ..models.weights import load_into, load_weights, read_state_dict
+    path = Path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if _has_config(path):
+        model, meta = load_weights(path)
+    else:
+        if config is None:
+            raise WeightsError(f"{path}: the file carries no model config; pass --config with the model section it "
+                               f"was trained with, or convert it first with 'pspnet convert'")
+        from ..data.datasets import dataset_info
+        num_classes = config.model.num_classes or len(config.data.class_names or ()) or \
+            dataset_info(config.data.dataset).num_classes
+        model = PSPNet(PSPNetConfig.from_dict(config.model_kwargs(num_classes)))
+        state, meta = read_state_dict(path)
+        load_into(model, state, source=str(path), strict=True)
+        meta = {"class_names": None, "palette": None, "config": model.config.to_dict()}
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev).eval(), meta
