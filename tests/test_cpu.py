@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pspnet import bench, cpu
+from pspnet.cpu import resolve_inference_precision, resolve_precision
 from pspnet.config import load_config
 from pspnet.inference import fast
-from pspnet.inference.fast import prepare_for_inference, resolve_inference_precision
-from pspnet.training.trainer import Trainer, resolve_precision
+from pspnet.inference.fast import prepare_for_inference
+from pspnet.training.trainer import Trainer
 from pspnet.errors import ConfigError
 from pspnet.models import PSPNet, PSPNetConfig
 

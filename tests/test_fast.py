@@ -14,8 +14,9 @@ from torch import nn
 
 from pspnet import cpu
 from pspnet.inference import fast
+from pspnet.cpu import resolve_inference_precision
 from pspnet.inference.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, onednn_available,
-                                prepare_for_inference, resolve_inference_precision)
+                                prepare_for_inference)
 from pspnet.errors import ConfigError, PSPNetError
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 

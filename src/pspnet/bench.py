@@ -191,7 +191,6 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     step time does not depend on pixel values. Precisions alternate step by step.
     """
     from .data.transforms import normalize
-    from .training.trainer import resolve_precision
     from .models import PSPNetLoss
     images, labels = _training_batch(crop, batch, num_classes, root)
     torch.manual_seed(0)
@@ -204,7 +203,7 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(precision: str) -> float:
-        dtype = resolve_precision(precision, torch.device("cpu"))
+        dtype = cpu.resolve_precision(precision, torch.device("cpu"))
         t = time.perf_counter()
         x = normalize(images).contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)

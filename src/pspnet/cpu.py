@@ -1,5 +1,6 @@
 """CPU feature detection in one place: the instruction-set flags that pick defaults (native bf16 via
-avx512_bf16 or AMX) and that benchmarks report, and whether PyTorch's oneDNN fused convolutions run.
+avx512_bf16 or AMX) and that benchmarks report, whether PyTorch's oneDNN fused convolutions run, and
+the precision ``auto`` resolves to for training (autocast) and inference, which follows from them.
 
 ``PSPNET_CPU_FLAGS`` replaces the flags read from ``/proc/cpuinfo`` (names separated by spaces or
 commas; an empty value is a CPU with none of them), so one machine can take another's code paths:
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
-           "has_bf16", "has_amx", "onednn_available"]
+           "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision"]
 
 FLAGS_ENV = "PSPNET_CPU_FLAGS"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic: bf16 autocast / inference pays off
@@ -80,3 +81,35 @@ def onednn_available(device: torch.device | str = "cpu") -> bool:
     return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
             and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """bf16 arithmetic runs natively on ``device`` (a GPU that supports it, a CPU with :func:`has_bf16`)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return has_bf16()
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Training autocast dtype: fp16 on CUDA, bf16 on CPUs with native bf16 support, else None (fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if _native_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
+def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """Inference precision: ``auto`` -> ``bf16`` where the CPU has native bf16 (avx512_bf16 / AMX) or on
+    a GPU that supports it, else ``fp32``; any other value is returned as it is (the caller checks it).
+
+    int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
+    labels (docs/benchmarks.md).
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if _native_bf16(torch.device(device)) else "fp32"

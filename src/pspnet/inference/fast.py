@@ -40,7 +40,7 @@ from .factored_head import FactoredPPMHead, factorable_head_conv, split_head_con
 
 log = logging.getLogger("pspnet.fast")
 
-__all__ = ["PRECISIONS", "BACKENDS", "fuse_conv_bn", "fold_batchnorm", "resolve_inference_precision",
+__all__ = ["PRECISIONS", "BACKENDS", "fuse_conv_bn", "fold_batchnorm",
            "prepare_for_inference", "FastPSPNet", "OneDNNConv", "onednn_available", "OnnxRuntimePSPNet",
            "TorchInt8PSPNet", "argmax_agreement"]
 
@@ -124,23 +124,6 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     left = sum(isinstance(m, _BN) for m in model.modules())
     log.debug("folded %d BatchNorm layers into convolutions (%d left)", n, left)
     return model
-
-
-# ----------------------------------------------------------------------------------------- precision
-def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``auto`` -> ``bf16`` where the CPU has native bf16 (avx512_bf16 / AMX) or on a GPU, else ``fp32``.
-
-    int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
-    labels (docs/benchmarks.md).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu.has_bf16() else "fp32"
 
 
 def _check_pspnet(model: nn.Module) -> PSPNet:
@@ -728,7 +711,9 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     net = _check_pspnet(model)
     device = next(net.parameters()).device
-    precision = resolve_inference_precision(precision, device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = cpu.resolve_inference_precision(precision, device)
     folded = fold_batchnorm(net)
     if backend == "onnxruntime":
         if device.type != "cpu":

@@ -183,19 +183,6 @@ def set_train_mode(model: nn.Module, cfg: Config) -> None:
             m.eval()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: fp16 on CUDA, bf16 on CPUs with native bf16 support, else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu.has_bf16() else None
-
-
 # --------------------------------------------------------------------------- state
 def rng_state() -> dict[str, Any]:
     """This process's RNG states (torch CPU, CUDA when in use, Python, NumPy) for exact resume."""
@@ -386,7 +373,7 @@ class Trainer:
         if self.dist.enabled:
             # DDP copies rank 0's initial weights to every rank; dropout masks should differ per rank
             torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
-        self.amp_dtype = resolve_precision(t.precision, self.device)
+        self.amp_dtype = cpu.resolve_precision(t.precision, self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
