@@ -242,7 +242,7 @@ def test_good_file_downloads_converts_and_predicts_with_weights_name(server, rel
     def fake_load(weights, *a, **k):
         seen.append(Path(weights))
         raise SystemExit(0)
-    monkeypatch.setattr("pspnet.models.pretrained.load_for_inference", fake_load)
+    monkeypatch.setattr("pspnet.inference.loading.load_for_inference", fake_load)
     for argv in (["eval", "--weights", "tiny-release", "--dataset", "camvid", "--data-root", str(tmp_path)],
                  ["export", "--weights", "tiny-release", "--out", str(tmp_path / "m.onnx")]):
         with pytest.raises(SystemExit):
