@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from pspnet.config import load_config
-from pspnet.training.trainer import Trainer, load_checkpoint, train
+from pspnet.training.state import load_checkpoint
+from pspnet.training.trainer import Trainer, train
 from pspnet.errors import TrainingError
 
 from folder_data import make_folder_dataset

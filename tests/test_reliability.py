@@ -153,7 +153,7 @@ def test_label_problems_name_the_file_and_the_fix(tmp_path):
 def test_too_small_image_for_the_augmentation(tmp_path):
     """A 1-pixel-wide image scaled by < 1 has no pixel left: OpenCV's assertion becomes a DataError."""
     from pspnet.data.transforms import TrainTransform
-    from pspnet.training.trainer import BAD_SEP, SeededAugment
+    from pspnet.training.sampler import BAD_SEP, SeededAugment
     (tmp_path / "tiny.png").write_bytes(png_bytes(rand_image(1, 1)))
     (tmp_path / "tiny_gt.png").write_bytes(png_bytes(rand_label(1, 1)))
     (tmp_path / "ok.png").write_bytes(png_bytes(rand_image(32, 32)))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pspnet.config import load_config
-from pspnet.training.trainer import load_checkpoint, train
+from pspnet.training.state import load_checkpoint
+from pspnet.training.trainer import train
 from pspnet.models.weights import read_state_dict
 
 from folder_data import make_folder_dataset

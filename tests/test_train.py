@@ -14,7 +14,10 @@ import torch
 from torch import nn
 
 from pspnet.config import load_config
-from pspnet.training.trainer import EpochSampler, Trainer, load_checkpoint, poly_lr, train
+from pspnet.training.sampler import EpochSampler
+from pspnet.training.schedule import poly_lr
+from pspnet.training.state import load_checkpoint
+from pspnet.training.trainer import Trainer, train
 from pspnet.errors import ConfigError, TrainingError
 from pspnet.models.weights import read_state_dict
 

@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from pspnet.config import load_config
-from pspnet.training.trainer import Trainer, load_checkpoint
+from pspnet.training.state import load_checkpoint
+from pspnet.training.trainer import Trainer
 from pspnet.errors import PSPNetError, WeightsError
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import load_into, load_weights, read_state_dict, save_weights

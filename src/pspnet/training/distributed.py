@@ -16,7 +16,6 @@ from ..errors import TrainingError
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -53,10 +52,11 @@ def setup(device: str | None = None) -> DistInfo:
             raise TrainingError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: launch distributed training "
                                 f"with torchrun (see docs/training.md)")
         dist.init_process_group("nccl" if want_cuda else "gloo")
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, dev)
 
 
 def cleanup() -> None:
+    """Leave the process group (if any), so a later run in this process can start its own."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -78,12 +78,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         values = values.clone()
         dist.all_reduce(values)
-    return values
-
-
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    if is_initialized():
-        values = all_reduce_sum(values) / dist.get_world_size()
     return values
 
 

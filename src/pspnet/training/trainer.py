@@ -1,236 +1,43 @@
-"""Training PSPNet the paper's way (Sec. 4.1), from one CPU to many GPUs/machines with DDP.
+"""One training run: the loop that ties the data order, the schedule, the checkpoints and the logs
+together, single process or one rank of a ``torchrun`` job (Sec. 4.1 recipe, auxiliary loss weight 0.4).
 
-Recipe: SGD (momentum 0.9, weight decay 1e-4), base LR 0.01 with the new layers (PPM, classifier,
-aux head) at 10x, "poly" decay ``(1 - it/max_it)^0.9`` per iteration, auxiliary loss weight 0.4,
-ignore label 255. Launch with ``torchrun --nproc_per_node N -m pspnet.cli train ...`` for DDP.
-
-Determinism and exact resume: the sample order of each epoch and the augmentation of each
-sample are functions of (seed, epoch, position), so a run resumed from a checkpoint at iteration
-k continues exactly as the uninterrupted run would, and N DDP ranks see together the same global
-batches as one process with N times the batch.
+Launch with ``torchrun --nproc_per_node N -m pspnet.cli train ...`` for DDP. A run resumed from
+``last.pt`` at iteration k continues exactly as the uninterrupted run would (:mod:`.sampler`,
+:mod:`.state`), and N ranks train like one process with N times the batch (:meth:`Trainer._loss_scales`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
-import random
 import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import cv2
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import cpu
 from ..config import TEST_SETTING_KEYS, Config, dump_config
 from ..data.datasets import build_dataset, dataset_info
-from ..data.transforms import TrainTransform, normalize, to_tensors
+from ..data.transforms import TrainTransform, normalize
 from ..errors import ConfigError, DataError, TrainingError
+from ..files import remove_stale_temp_files
+from ..inference.testtime import predict_logits
 from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
-from ..files import atomic_write, remove_stale_temp_files
 from ..models.weights import load_into, read_state_dict, save_weights, unwrap
 from . import distributed as dist_utils
-from ..inference.testtime import predict_logits
+from .runlog import RunLogger
+from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
+from .schedule import build_optimizer, freeze, poly_lr, set_train_mode
+from .state import (CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything,
+                    seed_rank)
 
 log = logging.getLogger("pspnet.train")
-
-CHECKPOINT_NAME = "last.pt"
-
-
-# --------------------------------------------------------------------------- data order & seeding
-class EpochSampler(Sampler):
-    """Yields ``(index, sample_seed)`` for this rank: a permutation seeded by (seed, epoch), split
-    across ranks as ``perm[rank::world]``, starting at ``start`` samples into the rank's share.
-
-    Only full global batches (``batch_size`` x ``world_size`` samples) are drawn, so global batch
-    ``s`` is the set of permutation positions ``[s*B*W, (s+1)*B*W)`` whatever the number of ranks:
-    N ranks together see exactly the batches one process with N times the batch sees.
-    """
-
-    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 batch_size: int = 1) -> None:
-        self.length, self.seed, self.rank, self.world, self.shuffle = length, seed, rank, world_size, shuffle
-        self.batch_size = batch_size
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def per_rank(self) -> int:
-        return (self.length // (self.world * self.batch_size)) * self.batch_size
-
-    def __len__(self) -> int:
-        return max(0, self.per_rank() - self.start)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
-        positions = range(self.rank, self.per_rank() * self.world, self.world)
-        for j, pos in enumerate(positions):
-            if j < self.start:
-                continue
-            # the seed depends on the global position, so DDP and single-process runs agree
-            yield int(perm[pos]), (self.seed * 7_919 + self.epoch * 1_000_003 + pos) % (2 ** 31)
-
-
-BAD_SEP = "\x1e"  # separates skipped-file messages inside one sample (messages may contain newlines)
-
-
-class SeededAugment(Dataset):
-    """Applies the training augmentation with a per-sample seed from :class:`EpochSampler`.
-
-    With ``skip_bad`` an unreadable sample is replaced by the next readable one (deterministically)
-    and items are ``(image, label, skipped)``, ``skipped`` being the DataError messages joined by
-    :data:`BAD_SEP`: the report travels with the batch, so files skipped inside DataLoader worker
-    processes reach the main process, which counts and lists them.
-    """
-
-    def __init__(self, base, transform: TrainTransform, skip_bad: bool = False) -> None:
-        self.base, self.transform, self.skip_bad = base, transform, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
-        skipped: list[str] = []
-        for attempt in range(len(self.base)):
-            try:
-                image, label = self._augmented((index + attempt) % len(self.base), seed)
-                break
-            except DataError as e:
-                if not self.skip_bad:
-                    raise
-                skipped.append(str(e))
-        else:
-            raise DataError(f"every one of the {len(self.base)} training samples failed to load, e.g. {skipped[0]}")
-        image, label = to_tensors(image, label)
-        return (image, label, BAD_SEP.join(skipped)) if self.skip_bad else (image, label)
-
-    def _augmented(self, index: int, seed: int):
-        image, label = self.base.load(index)
-        self.transform.seed(seed)
-        try:
-            return self.transform(image, label)
-        except (cv2.error, ValueError) as e:  # e.g. a 1-pixel-wide image scaled by 0.5 has no pixel left
-            pairs = getattr(self.base, "pairs", None)
-            name = pairs[index][0] if pairs else f"training item {index}"
-            raise DataError(f"{name}: the training augmentation failed on this {image.shape[1]}x{image.shape[0]} "
-                            f"image ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}); is it too small?"
-                            ) from None
-
-
-def worker_error(e: DataError) -> DataError:
-    """A DataError re-raised by a DataLoader worker carries the worker's whole traceback as its
-    message; keep only our own message (which names the file and the problem)."""
-    text = str(e)
-    if "Original Traceback" not in text or "DataError: " not in text:
-        return e
-    return DataError(text.rsplit("DataError: ", 1)[1].strip())
-
-
-# --------------------------------------------------------------------------- optimisation
-def poly_lr(base_lr: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
-    """Poly schedule with optional linear warm-up."""
-    if warmup and it < warmup:
-        return base_lr * (it + 1) / warmup
-    return base_lr * (1 - min(it, max_it - 1) / max_it) ** power
-
-
-def build_optimizer(model: PSPNet, cfg: Config) -> torch.optim.SGD:
-    t = cfg.train
-    groups = []
-    backbone = [p for p in model.backbone_parameters() if p.requires_grad]
-    head = [p for p in model.head_parameters() if p.requires_grad]
-    if backbone:
-        groups.append({"params": backbone, "lr": t.lr, "lr_mult": 1.0, "name": "backbone"})
-    groups.append({"params": head, "lr": t.lr * t.head_lr_mult, "lr_mult": t.head_lr_mult, "name": "head"})
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-def freeze(model: PSPNet, backbone: bool, bn: bool) -> None:
-    """Transfer learning: freeze the backbone's weights and/or every BatchNorm's statistics."""
-    if backbone:
-        for p in model.backbone_parameters():
-            p.requires_grad_(False)
-    if bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                for p in m.parameters():
-                    p.requires_grad_(False)
-
-
-def set_train_mode(model: nn.Module, cfg: Config) -> None:
-    model.train()
-    if cfg.train.freeze_bn or cfg.train.freeze_backbone:
-        inner = unwrap(model)
-        frozen_bn = [m for m in inner.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
-            if cfg.train.freeze_bn else \
-            [m for layer in (inner.layer0, inner.layer1, inner.layer2, inner.layer3, inner.layer4)
-             for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in frozen_bn:
-            m.eval()
-
-
-# --------------------------------------------------------------------------- state
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (torch CPU, CUDA when in use, Python, NumPy) for exact resume."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic  # fixed crop sizes: let cuDNN pick the fastest kernels
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``)."""
-    from ..models.weights import _load_pickle
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"{path}: checkpoint not found (--resume expects the last.pt of a run's output_dir)")
-    ckpt = _load_pickle(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "iteration" not in ckpt:
-        raise TrainingError(f"{path}: not a pspnet training checkpoint (expected keys 'model', 'iteration'); "
-                            f"to start from weights only, set train.pretrained={path}")
-    return ckpt
-
-
-def _single_threaded_opencv(worker_id: int) -> None:
-    """DataLoader workers provide the parallelism: OpenCV's own threads in each worker would only
-    oversubscribe the cores (set in the worker, so the user's process keeps its setting)."""
-    cv2.setNumThreads(0)
 
 
 @dataclass
@@ -245,69 +52,38 @@ class TrainResult:
     interrupted: bool = False  # stopped by SIGINT/SIGTERM after saving last.pt
 
 
-CSV_COLUMNS = ("kind", "iter", "epoch", "loss", "loss_main", "loss_aux", "lr", "mIoU", "mAcc", "allAcc", "time")
-
-
-class RunLogger:
-    """``log.jsonl`` (every field), ``log.csv`` (scalar columns) and optional TensorBoard, rank 0 only."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
-        self.out, self.enabled, self.writer = out, enabled, None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError(f"train.tensorboard=true needs the 'tensorboard' package ({e}); install it with "
-                                  f"'pip install tensorboard' or set train.tensorboard=false (log.jsonl, log.csv "
-                                  f"and curves.png are written either way)") from None
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        csv_path = self.out / "log.csv"
-        new = not csv_path.exists()
-        with open(csv_path, "a", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(CSV_COLUMNS)
-            w.writerow(["" if record.get(c) is None else record.get(c) for c in CSV_COLUMNS])
-        if self.writer is not None:
-            step = record["iter"]
-            for k, v in record.items():
-                if k not in ("kind", "iter", "epoch", "time") and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"{record['kind']}/{k}", v, step)
-            self.writer.flush()
-
-    def rewrite(self, history: list[dict[str, Any]]) -> None:
-        """On resume: the logs hold exactly the checkpoint's history (drops records written after it)."""
-        if not self.enabled:
-            return
-        for name in ("log.jsonl", "log.csv"):
-            (self.out / name).unlink(missing_ok=True)
-        writer, self.writer = self.writer, None
-        for record in history:
-            self.write(record)
-        self.writer = writer
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# --------------------------------------------------------------------------- main loop
 class Trainer:
-    """One training run of a :class:`Config`, single process or one rank of a ``torchrun`` job."""
+    """One training run of a :class:`Config`, single process or one rank of a ``torchrun`` job.
+
+    Building it sets up the process (device, DDP, seeds, output folder), then the data, the model,
+    the optimisation and, with ``resume``, the checkpoint's state, in this order: the model's random
+    initialisation draws from the seeded RNG, and a resumed run overwrites what was drawn.
+    """
 
     def __init__(self, cfg: Config, *, resume: str | Path | None = None, device: str | None = None,
                  progress: bool = True, max_iters: int | None = None) -> None:
         self.cfg, self.progress = cfg, progress
-        t, d = cfg.train, cfg.data
+        t = cfg.train
         if t.accumulate > t.batch_size:
             raise ConfigError(f"train.accumulate={t.accumulate} splits a batch into micro-batches but "
                               f"train.batch_size={t.batch_size} is smaller; use accumulate <= batch_size")
+        self._setup_process(device)
+        self._build_data()
+        self._plan_iterations(max_iters)
+        self._build_model()
+        self._build_optimisation()
+        self.iteration, self.best_miou, self.history = 0, None, []
+        self._last_loss: float | None = None
+        self._stop_requested = False
+        if resume:
+            self._restore(resume)
+        self.sampler = EpochSampler(len(self.train_set), seed=t.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size, batch_size=t.batch_size)
+
+    # ---------------------------------------------------------------- building
+    def _setup_process(self, device: str | None) -> None:
+        """Device and DDP group, threads, seeds, the output folder and the logs."""
+        t = self.cfg.train
         self.dist = dist_utils.setup(device)
         self.device = self.dist.device
         if t.threads:
@@ -319,9 +95,12 @@ class Trainer:
             for stale in remove_stale_temp_files(self.out, (CHECKPOINT_NAME, "final.safetensors", "best.safetensors")):
                 log.warning("removed %s, left by a writer that was killed mid-write", stale)
         self.bad_files: dict[str, str] = {}  # data.skip_bad: first message per skipped file
-        self.logger = RunLogger(self.out, self.dist.is_main, t.tensorboard)
+        self.logger = RunLogger(self.out, enabled=self.dist.is_main, tensorboard=t.tensorboard)
 
-        self.info = dataset_info(d.dataset, cfg.model.num_classes, d.class_names)
+    def _build_data(self) -> None:
+        """The augmented training set and the optional validation set."""
+        d = self.cfg.data
+        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names)
         if d.class_names:
             self.info.class_names = tuple(d.class_names)
         base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
@@ -334,16 +113,20 @@ class Trainer:
                 self.val_set = build_dataset(d.dataset, d.root, d.val_split, list_file=d.val_list, info=self.info,
                                              check_files=not d.skip_bad)
             except DataError as e:
-                if t.val_every:
+                if self.cfg.train.val_every:
                     raise
                 if self.dist.is_main:
                     log.warning("no validation set: %s", e)
 
+    def _plan_iterations(self, max_iters: int | None) -> None:
+        """Iterations per epoch (full global batches only), the run's length and where this call stops."""
+        d, t = self.cfg.data, self.cfg.train
         per_step = t.batch_size * self.dist.world_size
-        if len(base) < per_step:
-            raise DataError(f"{d.root}: {len(base)} training images but one step needs {per_step} "
+        n = len(self.train_set)
+        if n < per_step:
+            raise DataError(f"{d.root}: {n} training images but one step needs {per_step} "
                             f"(train.batch_size x processes); lower train.batch_size")
-        self.iters_per_epoch = len(base) // per_step  # drop_last: every step has a full batch
+        self.iters_per_epoch = n // per_step  # drop_last: every step has a full batch
         if t.iters:
             self.max_iters = t.iters
         elif t.epochs:
@@ -352,9 +135,12 @@ class Trainer:
             raise ConfigError("the config sets neither train.iters nor train.epochs; set one, e.g. train.iters=1000")
         self.stop_at = min(self.max_iters, max_iters) if max_iters else self.max_iters
 
+    def _build_model(self) -> None:
+        """The PSPNet for the dataset's classes, from ``train.pretrained`` when set, frozen as configured."""
+        cfg, t = self.cfg, self.cfg.train
         num_classes = cfg.model.num_classes or self.info.num_classes
         if num_classes != self.info.num_classes:
-            raise TrainingError(f"model.num_classes={num_classes} but dataset {d.dataset} has "
+            raise TrainingError(f"model.num_classes={num_classes} but dataset {cfg.data.dataset} has "
                                 f"{self.info.num_classes} classes")
         if t.class_weights is not None and len(t.class_weights) != num_classes:
             raise ConfigError(f"train.class_weights has {len(t.class_weights)} values but the model has "
@@ -368,39 +154,35 @@ class Trainer:
                 log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), t.pretrained, len(report["new"]))
         if self.dist.enabled and cfg.model.norm in ("bn", "syncbn"):
             model = convert_sync_batchnorm(model, self.device.type)
-        freeze(model, t.freeze_backbone, t.freeze_bn)  # after the conversion, which makes new parameters
+        freeze(model, backbone=t.freeze_backbone, bn=t.freeze_bn)  # after the conversion, which makes new parameters
         model.to(self.device)
         if self.dist.enabled:
-            # DDP copies rank 0's initial weights to every rank; dropout masks should differ per rank
-            torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
-        self.amp_dtype = cpu.resolve_precision(t.precision, self.device)
+            seed_rank(t.seed, self.dist.rank)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build_optimizer(model, cfg)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=False) if self.dist.enabled else model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = PSPNetLoss(t.aux_weight, d.ignore_index, t.class_weights,
-                                    ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None).to(self.device)
 
-        self.iteration, self.best_miou, self.history = 0, None, []
-        self._last_loss: float | None = None
-        if resume:
-            self._restore(resume)
-        self.sampler = EpochSampler(len(base), seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size,
-                                    batch_size=t.batch_size)
-        self._stop_requested = False
+    def _build_optimisation(self) -> None:
+        """Precision, SGD groups, the DDP wrapper, the fp16 gradient scaler and the loss."""
+        t = self.cfg.train
+        self.amp_dtype = cpu.resolve_precision(t.precision, self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=False) if self.dist.enabled else self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.criterion = PSPNetLoss(t.aux_weight, self.cfg.data.ignore_index, t.class_weights,
+                                    ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None).to(self.device)
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, rng_ranks: list[Any]) -> dict[str, Any]:
+        """Everything a resumed run needs, and the class names and palette its weights will carry."""
         state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_miou": self.best_miou,
                  "rng": rng_ranks[0], "config": unwrap(self.model).config.to_dict(),
                  "run_config": self.cfg.model_dump(mode="json"), "class_names": list(self.info.class_names),
                  "palette": [list(c) for c in self.info.palette], "history": self.history,
-                 "world_size": self.dist.world_size}
+                 "world_size": self.dist.world_size, "bad_files": dict(self.bad_files)}
         if len(rng_ranks) > 1:
             state["rng_ranks"] = rng_ranks
         return state
@@ -410,15 +192,8 @@ class Trainer:
         rng_ranks = dist_utils.gather_objects(rng_state())
         if not self.dist.is_main:
             return None
-        path = self.out / name
-        state = self._state(rng_ranks)
-        state["bad_files"] = dict(self.bad_files)
-        try:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
-        except OSError as e:
-            raise TrainingError(f"{path}: could not write the checkpoint ({e}); the previous {name}, if any, is "
-                                f"unchanged. Free disk space and resume with --resume {path}") from None
-        return path
+        save_checkpoint(self.out / name, self._state(rng_ranks))
+        return self.out / name
 
     def _restore(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path)
@@ -436,17 +211,11 @@ class Trainer:
         self.bad_files.update(ckpt.get("bad_files") or {})
         train_recs = [r for r in self.history if r.get("kind") == "train"]
         self._last_loss = train_recs[-1]["loss"] if train_recs else None
-        ranks = ckpt.get("rng_ranks")
-        if ranks is not None and len(ranks) == self.dist.world_size:
-            set_rng_state(ranks[self.dist.rank])
-        else:
-            set_rng_state(ckpt["rng"])
-            if self.dist.enabled:
-                torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.iteration)
-            if self.dist.world_size != int(ckpt.get("world_size", 1)) and self.dist.is_main:
-                log.warning("%s was written by %s process(es), this run has %d: the data order is the same "
-                            "but dropout masks will differ from an uninterrupted run", path,
-                            ckpt.get("world_size", 1), self.dist.world_size)
+        same_world = restore_rng(ckpt, rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.train.seed)
+        if not same_world and self.dist.is_main:
+            log.warning("%s was written by %s process(es), this run has %d: the data order is the same "
+                        "but dropout masks will differ from an uninterrupted run", path,
+                        ckpt.get("world_size", 1), self.dist.world_size)
         self.logger.rewrite(self.history)
         if self.dist.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
@@ -487,16 +256,10 @@ class Trainer:
         return lines
 
     # ---------------------------------------------------------------- loop
-    def _loader(self, epoch: int, start: int) -> DataLoader:
+    def _loader(self, epoch: int, start: int):
         d, t = self.cfg.data, self.cfg.train
-        self.sampler.set_epoch(epoch, start * t.batch_size)
-        # its own generator: creating an iterator must not draw from the global RNG (dropout), or a
-        # run resumed mid-epoch would see other dropout masks than the uninterrupted run
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-        return DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler,
-                          num_workers=d.workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if d.workers else None, generator=gen,
-                          worker_init_fn=_single_threaded_opencv if d.workers else None)
+        return epoch_loader(self.train_set, self.sampler, epoch=epoch, start=start, batch_size=t.batch_size,
+                            seed=t.seed, workers=d.workers, pin_memory=self.device.type == "cuda")
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
