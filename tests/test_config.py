@@ -11,7 +11,9 @@ import yaml
 from pspnet import cli
 from pspnet.config import Config, apply_overrides, dump_config, load_config
 from pspnet.data.datasets import DATASETS, dataset_info
-from pspnet.errors import ConfigError
+from pspnet.errors import ConfigError, WeightsError
+from pspnet.models.pspnet import CONFIG_FIELDS, PSPNetConfig
+from pspnet.models.weights import check_config_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
@@ -173,3 +175,61 @@ def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
     for key in same:  # every tensor but the classifiers must fit
         assert getattr(kitti.model, key) == getattr(camvid.model, key), key
     assert kitti.train.freeze_bn
+
+
+# ------------------------------------------------------------------------- one schema for the model
+
+
+def _edges(f):
+    """(allowed, refused) values at the edges of a model field's schema: its bounds, choices or type."""
+    if f.choices is not None:
+        return list(f.choices), [7 if f.kind is int else "nope"]
+    if f.kind is bool:
+        return [True, False], ["maybe"]
+    lo, hi = f.range
+    below = lo - 1 if f.kind is int else lo - 0.5
+    above = hi + 1 if f.kind is int else hi
+    inside = [lo, hi] if not f.open_above else [lo, hi - 0.01]
+    if not f.sequence:
+        return inside, [below, above] + ([] if f.open_above else [hi * 2])
+    n_lo, n_hi = f.length
+    allowed = [[v] * n_hi for v in inside] if f.name == "stem_channels" else [[v] for v in inside] + [[lo] * n_hi]
+    return allowed, [[below] * n_hi, [above], [], [lo] * (n_hi + 1)]
+
+
+FIELDS = list(CONFIG_FIELDS.values())
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
+def test_one_schema_bounds_the_model_config_the_weight_files_and_the_run_config(tmp_path, f) -> None:
+    """Every model field's bounds come from PSPNetConfig's schema: a value just outside them is refused
+    by PSPNetConfig, by the check of a weight file's metadata and by a YAML run config, each naming
+    the field; a value on the edge is accepted by all three. A new bound changes all three."""
+    allowed, refused = _edges(f)
+    for value in allowed:
+        PSPNetConfig(**{f.name: value})
+        check_config_dict({f.name: value}, "w.safetensors")
+        assert getattr(load_config(write(tmp_path, {"model": {f.name: value}})).model, f.name) == value
+    for value in refused:
+        with pytest.raises(ValueError, match=f.name):
+            PSPNetConfig(**{f.name: value})
+        with pytest.raises(WeightsError, match=rf"w\.safetensors: invalid model config.*{f.name}"):
+            check_config_dict({f.name: value}, "w.safetensors")
+        with pytest.raises(ConfigError, match=rf"'model\.{f.name}(\.\d+)?'"):
+            load_config(write(tmp_path, {"model": {f.name: value}}))
+
+
+def test_the_run_config_and_the_cli_take_defaults_and_choices_from_the_schema() -> None:
+    section = Config().model
+    for f in FIELDS:
+        default = list(f.default) if f.sequence and f.default is not None else f.default
+        assert getattr(section, f.name) == (None if f.name == "num_classes" else default), f.name
+    convert = cli.build_parser()._subparsers._group_actions[0].choices["convert"]
+    choices = {a.dest: tuple(a.choices) for a in convert._actions if a.choices}
+    assert choices == {"depth": CONFIG_FIELDS["depth"].choices, "output_stride": CONFIG_FIELDS["output_stride"].choices,
+                       "norm": CONFIG_FIELDS["norm"].choices}
+
+
+def test_cross_field_checks_reach_the_run_config(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"stem_channels must be one positive width for the 7x7 stem"):
+        load_config(write(tmp_path, {"model": {"deep_stem": False, "stem_channels": [32, 32, 64]}}))

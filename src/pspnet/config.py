@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import ConfigError
+from .labels import IGNORE_INDEX
+from .models.pspnet import CONFIG_FIELDS, PSPNetConfig
+from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
            "recorded_test_settings", "TEST_SETTING_KEYS"]
@@ -24,31 +27,48 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class ModelSection(_Section):
-    """Fields of :class:`pspnet.models.PSPNetConfig`."""
-    num_classes: int | None = Field(None, ge=1, description="default: the dataset's class count")
-    depth: Literal[18, 34, 50, 101, 152] = 50
-    output_stride: Literal[8, 16] = 8
-    deep_stem: bool = True
-    bins: list[int] = [1, 2, 3, 6]
-    pool: Literal["avg", "max"] = "avg"
-    norm: Literal["bn", "syncbn", "gn"] = "bn"
-    aux: bool = True
-    head_channels: int = Field(512, ge=1)
-    aux_channels: int = Field(256, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    align_corners: bool = True
-    stem_channels: list[int] | None = Field(None, description="stem widths (deep: 3, 7x7: 1); null: 64-64-128 / 64")
-    contract_dilation: bool = False
-    basic_conv2_dilated: bool = True
-    ppm_channels: int | None = Field(None, ge=1, description="PPM branch width; null: in_channels / len(bins)")
+def _model_field(f: FieldSpec) -> tuple[Any, Any]:
+    """A pydantic field (annotation, FieldInfo) with the bounds of a :class:`PSPNetConfig` field.
 
-    @field_validator("bins")
-    @classmethod
-    def _bins_positive(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError("bins must be a non-empty list of positive integers")
-        return v
+    Values are coerced as pydantic does for YAML (``"8"`` is 8); the bounds are the schema's.
+    Sequences are lists here (what YAML gives and ``model_dump`` writes back).
+    """
+    kind: Any = Literal[f.choices] if f.choices is not None else f.kind  # type: ignore[valid-type]
+    bounds: dict[str, Any] = {}
+    if f.range is not None:
+        bounds = {"ge": f.range[0], ("lt" if f.open_above else "le"): f.range[1]}
+    if f.sequence:
+        annotation: Any = list[Annotated[kind, Field(**bounds)]]  # type: ignore[valid-type]
+        lengths = {"min_length": f.length[0], "max_length": f.length[1]} if f.length else {}
+        info = Field(None if f.default is None else list(f.default), description=f.help, **lengths)
+    else:
+        annotation, info = kind, Field(f.default, description=f.help, **bounds)
+    return (annotation | None if f.nullable else annotation), info
+
+
+def _check_model(section: Any) -> Any:
+    """What only the whole section can tell (the stem's widths against its kind), as PSPNetConfig says it."""
+    values = section.model_dump()
+    values["num_classes"] = values["num_classes"] or 1  # left to the dataset: any valid count will do
+    try:
+        PSPNetConfig.from_dict(values)
+    except ValueError as e:
+        raise ValueError(f"model: {e}") from None
+    return section
+
+
+def _model_section() -> type[_Section]:
+    """The ``model`` section: every :class:`PSPNetConfig` field with its default and bounds
+    (:data:`~pspnet.models.pspnet.CONFIG_FIELDS`), except that ``num_classes`` may be left to the dataset."""
+    fields = {name: _model_field(f) for name, f in CONFIG_FIELDS.items()}
+    lo, hi = CONFIG_FIELDS["num_classes"].range  # type: ignore[misc]
+    fields["num_classes"] = (int | None, Field(None, ge=lo, le=hi, description="default: the dataset's class count"))
+    return create_model("ModelSection", __base__=_Section, __module__=__name__,
+                        __doc__="Fields of :class:`pspnet.models.PSPNetConfig`, built from its schema.",
+                        __validators__={"_whole_section": model_validator(mode="after")(_check_model)}, **fields)
+
+
+ModelSection = _model_section()
 
 
 def _square(v: Any) -> Any:
@@ -70,7 +90,7 @@ class DataSection(_Section):
     rotate: float = Field(10.0, ge=0, le=180)
     blur: bool = True
     flip: bool = True
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     workers: int = Field(2, ge=0)
     skip_bad: bool = False
 
@@ -130,7 +150,6 @@ class EvalSection(_Section):
     flip: bool = False
     protocol: Literal["release", "logit-average"] = Field(
         "release", description="test-time averaging: the original release's tool/test.py, or pspnet 0.1's")
-    batch_size: int = Field(1, ge=1)
 
     _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
 
@@ -168,7 +187,6 @@ class Config(_Section):
     def model_kwargs(self, num_classes: int) -> dict[str, Any]:
         d = self.model.model_dump()
         d["num_classes"] = d["num_classes"] or num_classes
-        d["bins"] = tuple(d["bins"])
         return d
 
 

@@ -1,33 +1,39 @@
-"""Normalisation layer choice: BatchNorm (default), SyncBatchNorm (DDP) or GroupNorm (tiny batches)."""
+"""Normalisation layers: BatchNorm (default), BatchNorm synchronised under DDP, or GroupNorm (tiny batches).
+
+A model is always built with the plain layers of :data:`NORM_LAYERS`; synchronising BatchNorm is a
+property of a distributed run, not of the model, so the trainer swaps every BatchNorm for a
+synchronised one when it runs under DDP (:func:`convert_sync_batchnorm`). The name ``syncbn``
+says that intent in a config (the original release's ``sync_bn``); it builds what ``bn`` builds,
+and the state-dict keys are the same.
+"""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Literal
+from typing import Callable
 
 from torch import nn
 
-NormName = Literal["bn", "syncbn", "gn"]
-NORM_NAMES = ("bn", "syncbn", "gn")
-
 
 def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups (halved until they divide ``channels``)."""
     while channels % groups:
         groups //= 2
     return nn.GroupNorm(groups, channels)
 
 
-def make_norm(name: str) -> Callable[[int], nn.Module]:
-    """Return a factory ``channels -> layer`` for the named normalisation."""
-    if name == "bn":
-        return nn.BatchNorm2d
-    if name == "syncbn":
-        # Plain BatchNorm at build time; the trainer converts it for the device in use
-        # (:func:`convert_sync_batchnorm`), so a model built on CPU still runs single-process.
-        return nn.BatchNorm2d
-    if name == "gn":
-        return partial(_group_norm, groups=32)
-    raise ValueError(f"norm must be one of {NORM_NAMES}, got {name!r}")
+NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
+    "bn": nn.BatchNorm2d,
+    "syncbn": nn.BatchNorm2d,  # built plain; convert_sync_batchnorm synchronises it under DDP (as "bn")
+    "gn": _group_norm,
+}
+NORM_NAMES = tuple(NORM_LAYERS)
+
+
+def norm_layer(name: str) -> Callable[[int], nn.Module]:
+    """The build-time layer ``channels -> module`` of a norm name (:data:`NORM_LAYERS`)."""
+    if name not in NORM_LAYERS:
+        raise ValueError(f"norm must be one of {list(NORM_NAMES)}, got {name!r}")
+    return NORM_LAYERS[name]
 
 
 class CPUSyncBatchNorm2d(nn.BatchNorm2d):

@@ -9,7 +9,7 @@ rule): logits are upsampled bilinearly to the input's height and width.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -17,65 +17,59 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
-from .norm import NORM_NAMES, make_norm
+from .norm import NORM_NAMES, norm_layer
 from .ppm import PyramidPoolingModule
 from .resnet import RESNET_LAYERS, ResNet
+from .schema import describe, problems, spec
 
-__all__ = ["PSPNetConfig", "PSPNet", "build_pspnet", "pspnet_resnet18", "pspnet_resnet34",
+__all__ = ["PSPNetConfig", "CONFIG_FIELDS", "PSPNet", "check_image_batch", "build_pspnet", "pspnet_resnet18", "pspnet_resnet34",
            "pspnet_resnet50", "pspnet_resnet101", "pspnet_resnet152"]
 
 
 @dataclass
 class PSPNetConfig:
-    """Everything needed to rebuild a PSPNet; stored inside our weight files."""
+    """Everything needed to rebuild a PSPNet; stored inside our weight files.
 
-    num_classes: int = 19
-    depth: int = 50
-    output_stride: int = 8
-    deep_stem: bool = True
-    bins: tuple[int, ...] = (1, 2, 3, 6)
-    pool: str = "avg"
-    norm: str = "bn"
-    aux: bool = True
-    head_channels: int = 512
-    aux_channels: int = 256
-    dropout: float = 0.1
-    align_corners: bool = True
+    The one definition of the model's fields: each one's type, default (the original release's),
+    bounds and help text are declared here (:func:`~pspnet.models.schema.spec`), and
+    :data:`CONFIG_FIELDS` is what weight-file metadata, the run config's ``model`` section and the
+    CLI's choices are checked against. The bounds of the widths keep an untrusted file from making
+    us allocate terabytes (``head_channels=10**9``).
+    """
+
+    num_classes: int = spec(19, "classes of the classifier", range=(1, 65536))
+    depth: int = spec(50, "ResNet depth", choices=tuple(RESNET_LAYERS))
+    output_stride: int = spec(8, "backbone output stride: 8 (paper, dilated layer3 and layer4) or 16",
+                              choices=(8, 16))
+    deep_stem: bool = spec(True, "three 3x3 stem convolutions (the original release) instead of one 7x7")
+    bins: tuple[int, ...] = spec((1, 2, 3, 6), "pyramid pooling bin sizes (Sec. 3.3)", range=(1, 64),
+                                 length=(1, 16))
+    pool: str = spec("avg", "pooling of the pyramid levels", choices=("avg", "max"))
+    norm: str = spec("bn", "normalisation layers: BatchNorm (synchronised under DDP), the same named syncbn, "
+                           "or GroupNorm", choices=NORM_NAMES)
+    aux: bool = spec(True, "auxiliary head on layer3 (Sec. 3.4), used in training only")
+    head_channels: int = spec(512, "width of the classifier head's 3x3 convolution", range=(1, 16384))
+    aux_channels: int = spec(256, "width of the auxiliary head's 3x3 convolution", range=(1, 16384))
+    dropout: float = spec(0.1, "Dropout2d rate before both classifiers", range=(0.0, 1.0), open_above=True)
+    align_corners: bool = spec(True, "bilinear upsampling convention of the logits")
     # Conventions of other model zoos (mmsegmentation, CSAILVision); the defaults are the original
     # release's. None: the stem's usual widths (deep 64-64-128, 7x7 64) / in_channels // len(bins).
-    stem_channels: tuple[int, ...] | None = None
-    contract_dilation: bool = False
-    basic_conv2_dilated: bool = True
-    ppm_channels: int | None = None
+    stem_channels: tuple[int, ...] | None = spec(
+        None, "stem widths (deep: 3, 7x7: 1); null: 64-64-128 / 64", range=(1, 4096), length=(1, 3))
+    contract_dilation: bool = spec(False, "the first block of a dilated stage uses half its dilation")
+    basic_conv2_dilated: bool = spec(True, "a BasicBlock's second 3x3 convolution is dilated too")
+    ppm_channels: int | None = spec(None, "PPM branch width; null: in_channels / len(bins)", range=(1, 16384))
 
     def __post_init__(self) -> None:
-        self.bins = tuple(int(b) for b in self.bins)
+        found = problems(CONFIG_FIELDS, asdict(self))
+        if not found and self.stem_channels is not None and len(self.stem_channels) != (3 if self.deep_stem else 1):
+            want = "three positive widths for the deep" if self.deep_stem else "one positive width for the 7x7"
+            found.append(f"stem_channels must be {want} stem (or null), got {list(self.stem_channels)!r}")
+        if found:
+            raise ValueError("invalid PSPNet config: " + "; ".join(found))
+        self.bins = tuple(self.bins)
         if self.stem_channels is not None:
             self.stem_channels = tuple(self.stem_channels)
-        problems = []
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            problems.append(f"num_classes must be a positive integer, got {self.num_classes!r}")
-        if self.depth not in RESNET_LAYERS:
-            problems.append(f"depth must be one of {sorted(RESNET_LAYERS)}, got {self.depth!r}")
-        if self.output_stride not in (8, 16):
-            problems.append(f"output_stride must be 8 or 16, got {self.output_stride!r}")
-        if self.pool not in ("avg", "max"):
-            problems.append(f"pool must be 'avg' or 'max', got {self.pool!r}")
-        if self.norm not in NORM_NAMES:
-            problems.append(f"norm must be one of {NORM_NAMES}, got {self.norm!r}")
-        if not self.bins or min(self.bins) < 1:
-            problems.append(f"bins must be positive integers, got {self.bins!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.stem_channels is not None and (
-                len(self.stem_channels) != (3 if self.deep_stem else 1)
-                or not all(isinstance(c, int) and c >= 1 for c in self.stem_channels)):
-            want = "three positive widths for the deep" if self.deep_stem else "one positive width for the 7x7"
-            problems.append(f"stem_channels must be {want} stem (or null), got {list(self.stem_channels)!r}")
-        if self.ppm_channels is not None and (not isinstance(self.ppm_channels, int) or self.ppm_channels < 1):
-            problems.append(f"ppm_channels must be a positive integer or null, got {self.ppm_channels!r}")
-        if problems:
-            raise ValueError("invalid PSPNet config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,11 +80,15 @@ class PSPNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PSPNetConfig":
-        known = {f.name for f in fields(cls)}
+        known = set(CONFIG_FIELDS)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PSPNet config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**d)
+
+
+CONFIG_FIELDS = describe(PSPNetConfig)
+"""Name -> :class:`~pspnet.models.schema.FieldSpec` of every :class:`PSPNetConfig` field, in order."""
 
 
 class PSPNet(nn.Module):
@@ -108,7 +106,7 @@ class PSPNet(nn.Module):
         elif kwargs:
             raise TypeError("pass either a PSPNetConfig or keyword arguments, not both")
         self.config = config
-        norm = make_norm(config.norm)
+        norm = norm_layer(config.norm)
         backbone = ResNet(config.depth, deep_stem=config.deep_stem, output_stride=config.output_stride,
                           norm=config.norm, stem_channels=config.stem_channels,
                           contract_dilation=config.contract_dilation,
@@ -138,16 +136,8 @@ class PSPNet(nn.Module):
         return self.config.output_stride
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Reject what the network cannot segment, with the fix (a :class:`DataError`, a ValueError)."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise DataError(f"PSPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise DataError(f"input of {h}x{w} pixels is too small: PSPNet with output stride "
-                             f"{self.config.output_stride} needs at least {self.min_input_size}x"
-                             f"{self.min_input_size}; upsample or pad the image first")
-        if not x.is_floating_point():
-            raise DataError(f"PSPNet expects a normalised float image, got dtype {x.dtype}")
+        """Reject what the network cannot segment, with the fix (:func:`check_image_batch`)."""
+        check_image_batch(x, self.min_input_size)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.stages for p in m.parameters()]
@@ -195,6 +185,24 @@ class PSPNet(nn.Module):
         if self.training and self.aux is not None:
             return out, self.upsample(self.aux(c3), size)
         return out
+
+
+def check_image_batch(x: torch.Tensor, output_stride: int, *, normalised: bool = True) -> None:
+    """The one input check of PSPNet, of every prepared inference runner and of ``predict_logits``
+    (which checks the 0-255 image before a resize to the base size hides a too-small one).
+
+    Raises :class:`DataError` (a ValueError) naming the fix for anything but an ``N x 3 x H x W``
+    batch, for an image smaller than one feature-map cell at ``output_stride`` and, with
+    ``normalised``, for a batch that is not a (normalised) float tensor.
+    """
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise DataError(f"PSPNet expects an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if min(h, w) < output_stride:
+        raise DataError(f"input of {h}x{w} pixels is too small: PSPNet with output stride {output_stride} "
+                        f"needs at least {output_stride}x{output_stride}; upsample or pad the image first")
+    if normalised and not x.is_floating_point():
+        raise DataError(f"PSPNet expects a normalised float image, got dtype {x.dtype}")
 
 
 def _head(in_ch: int, hidden: int, num_classes: int, dropout: float, norm) -> nn.Sequential:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .norm import NormName, make_norm
+from .norm import norm_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "RESNET_LAYERS"]
@@ -121,7 +121,7 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, depth: int = 50, *, deep_stem: bool = True, output_stride: int = 8,
-                 norm: NormName = "bn", num_classes: int | None = None,
+                 norm: str = "bn", num_classes: int | None = None,
                  stem_channels: Sequence[int] | None = None, contract_dilation: bool = False,
                  basic_conv2_dilated: bool = True) -> None:
         super().__init__()
@@ -133,7 +133,7 @@ class ResNet(nn.Module):
                              f"{'s' if deep_stem else ''} for {'the deep 3x3' if deep_stem else 'the 7x7'} stem, "
                              f"got {list(stem)}")
         block, counts = RESNET_LAYERS[depth]
-        norm_fn = make_norm(norm)
+        norm_fn = norm_layer(norm)
         self.depth, self.deep_stem, self.output_stride = depth, deep_stem, output_stride
         self.stem_channels, self.contract_dilation = stem, contract_dilation
         self.basic_conv2_dilated = basic_conv2_dilated
@@ -222,8 +222,3 @@ resnet50 = _builder(50)
 resnet101 = _builder(101)
 resnet152 = _builder(152)
 
-
-def conv_channels(depth: int) -> Sequence[int]:
-    """Channels of layer3 and layer4 outputs for a depth (aux head and PPM inputs)."""
-    block, _ = RESNET_LAYERS[depth]
-    return 256 * block.expansion, 512 * block.expansion

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..files import atomic_write
-from .pspnet import PSPNet, PSPNetConfig
+from .pspnet import CONFIG_FIELDS, PSPNet, PSPNetConfig
+from .schema import problems
 
 log = logging.getLogger(__name__)
 
@@ -302,50 +303,16 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     return {"loaded": sorted(loadable), "reinitialised": reinit, "new": new}
 
 
-# A weight file's config is untrusted: it is checked field by field (type and a sane range) before a
-# model is built from it, so that e.g. head_channels=10**9 cannot make us allocate terabytes.
-_CONFIG_LIMITS: dict[str, tuple[type, Any]] = {
-    "num_classes": (int, (1, 65536)), "depth": (int, None), "output_stride": (int, None),
-    "deep_stem": (bool, None), "bins": (list, (1, 64)), "pool": (str, None), "norm": (str, None),
-    "aux": (bool, None), "head_channels": (int, (1, 16384)), "aux_channels": (int, (1, 16384)),
-    "dropout": (float, (0.0, 1.0)), "align_corners": (bool, None),
-    "stem_channels": (list, (1, 4096)), "contract_dilation": (bool, None), "basic_conv2_dilated": (bool, None),
-    "ppm_channels": (int, (1, 16384)),
-}
-_CONFIG_NULLABLE = {"stem_channels", "ppm_channels"}  # null: the original release's widths
-
-
 def check_config_dict(cfg: Mapping[str, Any], source: str) -> None:
-    """Raise :class:`WeightsError` unless ``cfg`` has only known keys with values of the right type and range."""
-    problems = []
-    for key, value in cfg.items():
-        if key not in _CONFIG_LIMITS:
-            problems.append(f"unknown key {key!r}")
-            continue
-        kind, bounds = _CONFIG_LIMITS[key]
-        if value is None and key in _CONFIG_NULLABLE:
-            continue
-        if kind is bool:
-            ok = isinstance(value, bool)
-        elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif kind is list:
-            ok = (isinstance(value, (list, tuple)) and 0 < len(value) <= 16
-                  and all(isinstance(b, int) and not isinstance(b, bool) for b in value))
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            problems.append(f"{key}={value!r} has the wrong type (expected {kind.__name__})")
-            continue
-        if bounds is not None:
-            lo, hi = bounds
-            vals = value if kind is list else [value]
-            if any(not lo <= v <= hi for v in vals) or (kind is float and value >= hi):
-                problems.append(f"{key}={value!r} is outside the allowed range {lo}..{hi}")
-    if problems:
-        raise WeightsError(f"{source}: invalid model config in metadata: " + "; ".join(problems))
+    """Raise :class:`WeightsError` unless ``cfg`` has only known keys with values of the right type and range.
+
+    A weight file's config is untrusted: it is checked field by field against the model's schema
+    (:data:`~pspnet.models.pspnet.CONFIG_FIELDS`, strict types) before a model is built from it, so
+    that e.g. ``head_channels=10**9`` cannot make us allocate terabytes.
+    """
+    found = problems(CONFIG_FIELDS, cfg)
+    if found:
+        raise WeightsError(f"{source}: invalid model config in metadata: " + "; ".join(found))
 
 
 def load_weights(path: str | Path, num_classes: int | None = None, **config_overrides: Any
