@@ -105,7 +105,7 @@ def _voc_tree(root: Path, ids_train, ids_val, labels: dict[str, np.ndarray]):
     (voc / "ImageSets/Segmentation").mkdir(parents=True)
     (voc / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in ids_train))
     (voc / "ImageSets/Segmentation/val.txt").write_text("".join(f"{i}\n" for i in ids_val))
-    from pspnet.data.palettes import default_palette
+    from pspnet.labels import default_palette
     for i, lbl in labels.items():
         save(voc / "JPEGImages" / f"{i}.jpg", rgb(len(i)))
         save_palette_png(voc / "SegmentationClass" / f"{i}.png", lbl, list(default_palette(256)))

@@ -173,7 +173,7 @@ def test_fuzz_colour_decoding(rgb, colours):
 @given(label=shape2.flatmap(lambda s: arrays(np.int64, s, elements=st.integers(-10**6, 10**6))),
        n=st.integers(1, 256))
 def test_fuzz_colorize(label, n):
-    from pspnet.data.palettes import default_palette
+    from pspnet.labels import default_palette
     out = colorize(label, default_palette(n))
     assert out.shape == (*label.shape, 3) and out.dtype == np.uint8
 

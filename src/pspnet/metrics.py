@@ -33,6 +33,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from .labels import IGNORE_INDEX
+
 __all__ = ["ConfusionMatrix", "SegmentationMetrics", "Absent"]
 
 Absent = Literal["nan", "zero"]
@@ -77,7 +79,7 @@ class ConfusionMatrix:
 
     _CPU_CHUNK = 1 << 18
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255,
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
                  device: torch.device | str | None = None) -> None:
         if not isinstance(num_classes, int) or not 1 <= num_classes <= 46000:
             raise ValueError(f"num_classes must be an integer in [1, 46000], got {num_classes!r}")

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_255 = tuple(round(m * 255) for m in IMAGENET_MEAN)
@@ -42,7 +44,7 @@ class TrainTransform:
     """
 
     def __init__(self, crop_size: Sequence[int], scale: Sequence[float] = (0.5, 2.0), rotate: float = 10.0,
-                 blur: bool = True, flip: bool = True, ignore_index: int = 255) -> None:
+                 blur: bool = True, flip: bool = True, ignore_index: int = IGNORE_INDEX) -> None:
         ch, cw = int(crop_size[0]), int(crop_size[1])
         smin, smax = float(scale[0]), float(scale[1])
         if not 0 < smin <= smax:
@@ -76,8 +78,6 @@ class TrainTransform:
         out = self.pipeline(image=image, mask=label)
         return out["image"], out["mask"]
 
-
-train_transform = TrainTransform
 
 
 def identity_transform(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

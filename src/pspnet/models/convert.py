@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import WeightsError
+from ..labels import default_palette
 from .pspnet import PSPNet, PSPNetConfig
 from .weights import load_into, read_state_dict, save_weights, to_pspnet_keys
 from .zoo import check_known_layout, from_zoo
@@ -100,6 +101,8 @@ def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palett
         raise WeightsError(f"{len(class_names)} class names given for a model with {config.num_classes} classes")
     if palette is None and isinstance(meta.get("palette"), list) and len(meta["palette"]) == config.num_classes:
         palette = meta["palette"]
+    if palette is None:
+        palette = default_palette(config.num_classes)
     kind = (zoo.kind if zoo is not None else "pspnet" if meta.get("config") else "original-release" if full_model
             else "imagenet-deep-stem" if config.deep_stem else "imagenet-torchvision")
     save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype,

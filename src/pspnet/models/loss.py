@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PSPNetLoss", "IGNORE_INDEX"]
+from ..labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
+__all__ = ["PSPNetLoss"]
 
 
 class PSPNetLoss(nn.Module):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..palettes import default_palette
+from ...labels import IGNORE_INDEX, default_palette
 from .base import DatasetInfo
 
 CLASS_NAMES = (
@@ -41,9 +41,9 @@ SPLITS = {"train": "training", "training": "training", "val": "validation", "val
 
 
 def ade20k_info() -> DatasetInfo:
-    # 0 -> 255 (ignore), k -> k - 1: the lookup table is "minus one, wrapping 0 to 255".
-    lut = (np.arange(256, dtype=np.int64) - 1).astype(np.uint8)
-    return DatasetInfo("ade20k", CLASS_NAMES, default_palette(len(CLASS_NAMES)), id_to_train=lut)
+    lut = np.arange(-1, 255, dtype=np.int64)  # k -> k - 1
+    lut[0] = IGNORE_INDEX  # "other objects"
+    return DatasetInfo("ade20k", CLASS_NAMES, default_palette(len(CLASS_NAMES)), id_to_train=lut.astype(np.uint8))
 
 
 def ade20k_pairs(root: str | Path, split: str) -> list:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
+from ...labels import IGNORE_INDEX
 from .base import DatasetInfo, lut_from_mapping, read_list_file, stems_of_split
 
 CLASS_NAMES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car", "pedestrian",
@@ -25,7 +26,7 @@ CLASS_NAMES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "f
 PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (0, 0, 192), (128, 128, 0),
            (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
 
-# The 32 original CamVid colours, grouped into the 11 SegNet classes (255: void / ignored).
+# The 32 original CamVid colours, grouped into the 11 SegNet classes (void: ignored).
 COLOR_32_TO_11: dict[tuple[int, int, int], int] = {
     (128, 128, 128): 0,                                   # Sky
     (0, 128, 64): 1, (128, 0, 0): 1, (64, 192, 0): 1,     # Bridge, Building, Wall
@@ -41,7 +42,7 @@ COLOR_32_TO_11: dict[tuple[int, int, int], int] = {
     (64, 64, 0): 9, (192, 128, 64): 9, (64, 0, 192): 9,   # Pedestrian, Child, CartLuggagePram
     (64, 128, 64): 9,                                     # Animal
     (0, 128, 192): 10, (192, 0, 192): 10,                 # Bicyclist, MotorcycleScooter
-    (0, 0, 0): 255,                                       # Void
+    (0, 0, 0): IGNORE_INDEX,                              # Void
 }
 
 

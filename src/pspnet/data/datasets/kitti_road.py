@@ -14,11 +14,12 @@ import re
 from pathlib import Path
 
 from ...errors import DataError
+from ...labels import IGNORE_INDEX
 from .base import DatasetInfo, stems_of_split
 
 CLASS_NAMES = ("not_road", "road")
 PALETTE = ((255, 0, 0), (255, 0, 255))
-COLOR_TO_TRAIN = {(255, 0, 0): 0, (255, 0, 255): 1, (0, 0, 0): 255}
+COLOR_TO_TRAIN = {(255, 0, 0): 0, (255, 0, 255): 1, (0, 0, 0): IGNORE_INDEX}
 
 _GT_NAME = re.compile(r"^(?P<cat>[a-z]+)_road_(?P<num>\d+)$")
 
