@@ -84,14 +84,10 @@ def demo_config(data_root: Path, run_dir: Path, s: DemoSettings, class_weights: 
         eval=EvalSection())
 
 
-def pixel_counts(dataset, num_classes: int):
-    """Labelled pixels per class over a dataset (numpy int64 array)."""
-    import numpy as np
-    counts = np.zeros(num_classes, np.int64)
-    for i in range(len(dataset)):
-        _, label = dataset.load(i)
-        counts += np.bincount(label[label < num_classes].ravel(), minlength=num_classes)[:num_classes]
-    return counts
+def pixel_counts(dataset):
+    """Labelled pixels per class over a dataset (numpy int64 array), as ``pspnet data check`` counts them."""
+    from .data.check import check_dataset
+    return check_dataset(dataset, progress=False).class_pixels
 
 
 def balanced_weights(counts) -> list[float]:
@@ -103,9 +99,9 @@ def balanced_weights(counts) -> list[float]:
     return [round(float(np.sqrt(med / f)), 3) if f > 0 else 1.0 for f in freq]
 
 
-def majority_miou(dataset, num_classes: int) -> float:
+def majority_miou(dataset) -> float:
     """mIoU of always predicting the most frequent class: the 'chance' baseline of the demo."""
-    counts = pixel_counts(dataset, num_classes)
+    counts = pixel_counts(dataset)
     present = int((counts > 0).sum())
     return float(counts.max() / counts.sum() / present)
 
@@ -137,7 +133,7 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
     # 2. training
     t0 = time.perf_counter()
     info = dataset_info("folder", len(CLASSES), CLASSES, PALETTE)
-    class_w = balanced_weights(pixel_counts(build_dataset("folder", data_root, "train", info=info), len(CLASSES)))
+    class_w = balanced_weights(pixel_counts(build_dataset("folder", data_root, "train", info=info)))
     cfg = demo_config(data_root, out / "run", s, class_w)
     echo(f"[2/4] training PSPNet (ResNet-18, output stride {s.output_stride}) for {s.iters} iterations of "
          f"{s.batch_size} crops of {s.crop}x{s.crop}; class weights "
@@ -156,7 +152,7 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
     t0 = time.perf_counter()
     val = build_dataset("folder", data_root, "val", info=info)
     results = evaluate(model, val, num_classes=len(CLASSES), class_names=CLASSES, progress=False)
-    baseline = majority_miou(val, len(CLASSES))
+    baseline = majority_miou(val)
     timings["eval_s"] = time.perf_counter() - t0
     (out / "metrics.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     echo(f"[3/4] evaluated on {len(val)} held-out scenes ({timings['eval_s']:.1f} s):")
