@@ -22,8 +22,8 @@ from .ppm import PyramidPoolingModule
 from .resnet import RESNET_LAYERS, ResNet
 from .schema import describe, problems, spec
 
-__all__ = ["PSPNetConfig", "CONFIG_FIELDS", "PSPNet", "check_image_batch", "build_pspnet", "pspnet_resnet18", "pspnet_resnet34",
-           "pspnet_resnet50", "pspnet_resnet101", "pspnet_resnet152"]
+__all__ = ["PSPNetConfig", "CONFIG_FIELDS", "PSPNet", "check_image_batch", "build_pspnet", "pspnet_resnet18",
+           "pspnet_resnet34", "pspnet_resnet50", "pspnet_resnet101", "pspnet_resnet152"]
 
 
 @dataclass
