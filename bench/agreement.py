@@ -20,7 +20,7 @@ import torch
 
 from pspnet import bench
 from pspnet.data.datasets import build_dataset, dataset_info
-from pspnet.inference.fast import prepare_for_inference
+from pspnet.inference.prepare import prepare_for_inference
 from pspnet.inference.testtime import predict_logits
 from pspnet.metrics import ConfusionMatrix
 from pspnet.models.weights import load_weights

@@ -14,8 +14,8 @@ import torch
 from pspnet import bench, cpu
 from pspnet.cpu import resolve_inference_precision, resolve_precision
 from pspnet.config import load_config
-from pspnet.inference import fast
-from pspnet.inference.fast import prepare_for_inference
+from pspnet.inference import onednn
+from pspnet.inference.prepare import prepare_for_inference
 from pspnet.training.trainer import Trainer
 from pspnet.errors import ConfigError
 from pspnet.models import PSPNet, PSPNetConfig
@@ -122,14 +122,14 @@ def test_onednn_branch_can_be_switched_off(monkeypatch):
     with torch.no_grad():
         ref = model(x)
     for available in ([True, False] if cpu.onednn_available() else [False]):
-        monkeypatch.setattr(fast, "onednn_available", lambda device="cpu", _a=available: _a)
+        monkeypatch.setattr(onednn, "onednn_available", lambda device="cpu", _a=available: _a)
         prepared = prepare_for_inference(model, "fp32")
         assert prepared.onednn is available
-        assert any(isinstance(m, fast.OneDNNConv) for m in prepared.modules()) is available
+        assert any(isinstance(m, onednn.OneDNNConv) for m in prepared.modules()) is available
         with torch.no_grad():
             torch.testing.assert_close(prepared(x), ref, rtol=1e-4, atol=1e-4)
     # asking for oneDNN where it is absent is a clear error, not a silent fallback
-    monkeypatch.setattr(fast, "onednn_available", lambda device="cpu": False)
+    monkeypatch.setattr(onednn, "onednn_available", lambda device="cpu": False)
     with pytest.raises(ConfigError, match="onednn=True needs"):
         prepare_for_inference(model, "fp32", onednn=True)
 

@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,7 +13,9 @@ from pspnet.cli import main
 from pspnet.data.datasets import build_dataset, dataset_info
 from pspnet.data.transforms import normalize
 from pspnet.inference.evaluate import evaluate, format_table
-from pspnet.inference.testtime import predict_logits, prepare_model
+from pspnet.inference import prepare
+from pspnet.inference.prepare import prepare_model
+from pspnet.inference.testtime import predict_logits
 from pspnet.inference.predict import predict_paths
 from pspnet.errors import DataError, WeightsError
 from pspnet.models import pspnet_resnet18
@@ -220,22 +220,17 @@ def test_default_weights(tmp_path, tiny_model, monkeypatch, capsys):
     assert (tmp_path / "o" / "im_label.png").is_file()
 
 
-def test_precision_goes_through_fast_module_when_present(monkeypatch, tiny_model):
+def test_precision_goes_through_prepare_for_inference(monkeypatch, tiny_model):
     calls = []
-    fake = types.ModuleType("pspnet.inference.fast")
 
     def prepare_for_inference(model, precision="auto", backend="torch", compile=False):
         calls.append(precision)
         return model
-    fake.prepare_for_inference = prepare_for_inference
-    monkeypatch.setitem(sys.modules, "pspnet.inference.fast", fake)
+    monkeypatch.setattr(prepare, "prepare_for_inference", prepare_for_inference)
     runner, used = prepare_model(tiny_model, "bf16")
     assert calls == ["bf16"] and runner is tiny_model and used == "bf16"
     runner, used = prepare_model(tiny_model, "fp32")
     assert calls == ["bf16"] and used == "fp32"  # fp32 is the plain model
-    monkeypatch.setitem(sys.modules, "pspnet.inference.fast", None)  # module absent -> fp32 with a warning
-    runner, used = prepare_model(tiny_model, "bf16")
-    assert runner is tiny_model and used == "fp32"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")

@@ -10,7 +10,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from pspnet.inference.factored_head import FactoredPPMHead, interpolation_matrix, shifted_interpolation_matrices
-from pspnet.inference.fast import FastPSPNet, fold_batchnorm, onednn_available, prepare_for_inference
+from pspnet.cpu import onednn_available
+from pspnet.inference.fast import FastPSPNet
+from pspnet.inference.folding import fold_batchnorm
+from pspnet.inference.prepare import prepare_for_inference
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.ppm import PyramidPoolingModule
 

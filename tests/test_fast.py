@@ -1,4 +1,4 @@
-"""Fast inference (pspnet.inference.fast): folding is exact, lower precisions keep the labels, backends agree.
+"""Fast inference (pspnet.inference.prepare and the paths behind it): folding is exact, lower precisions keep the labels, backends agree.
 
 Tiny models only (PSPNet-18 with a narrow head, 48-80 px images); no timing assertions.
 """
@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from pspnet import cpu
-from pspnet.inference import fast
-from pspnet.cpu import resolve_inference_precision
-from pspnet.inference.fast import (FastPSPNet, argmax_agreement, fold_batchnorm, fuse_conv_bn, onednn_available,
-                                prepare_for_inference)
+from pspnet.cpu import onednn_available, resolve_inference_precision
+from pspnet.export import make_exportable
+from pspnet.inference import onnxruntime as ort_backend
+from pspnet.inference.fast import FastPSPNet
+from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
+from pspnet.inference.prepare import argmax_agreement, prepare_for_inference
 from pspnet.errors import ConfigError, PSPNetError
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 
@@ -254,12 +256,12 @@ def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(t
     model = _tiny().eval()  # untrained: every folded bias is zero
     x = torch.randn(1, 3, 48, 64)
     src, dst = tmp_path / "m.onnx", tmp_path / "m_int8.onnx"
-    fast._export_onnx(fast._exportable(fold_batchnorm(model)), x, src)
+    ort_backend._export_onnx(make_exportable(fold_batchnorm(model)), x, src)
     graph = onnx.load(str(src))
     inits = {i.name for i in graph.graph.initializer}
     shared = [n for n in graph.graph.node if n.op_type == "Identity" and n.input[0] in inits]
     assert shared, "the exporter no longer shares equal initializers; this test checks nothing"
-    fast._quantize_static(src, dst, [x], tuple(x.shape))
+    ort_backend._quantize_static(src, dst, [x], tuple(x.shape))
     q = onnx.load(str(dst))
     producers = {o: n.op_type for n in q.graph.node for o in n.output}
     convs = [n for n in q.graph.node if n.op_type == "Conv"]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import cpu
-from .inference.fast import prepare_for_inference
+from .inference.prepare import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
 
 __all__ = ["machine_info", "format_machine", "time_calls", "build_model", "MODES", "make_runner",

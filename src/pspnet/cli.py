@@ -211,7 +211,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
     """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``."""
-    from .inference.testtime import predict_logits, prepare_model
+    from .inference.prepare import prepare_model
+    from .inference.testtime import predict_logits
     from .plots import plot_prediction_grid
     runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"))
     keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate", "protocol")

@@ -17,7 +17,8 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
-from .testtime import model_device, predict_logits, prepare_model
+from .prepare import prepare_model
+from .testtime import model_device, predict_logits
 
 log = logging.getLogger("pspnet.evaluate")
 
@@ -46,7 +47,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
     is raised. ``protocol``: test-time averaging (:data:`pspnet.inference.testtime.PROTOCOLS`; the
     original release's by default). ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
-    ``pspnet.inference.fast.prepare_for_inference`` when that module is available.
+    :func:`pspnet.inference.prepare.prepare_for_inference`.
     """
     if mode == "sliding" and crop_size is None:
         raise ConfigError("sliding-window evaluation needs a crop size, e.g. crop_size=(713, 713)")

@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..data.datasets.base import IMAGE_EXTS
 from ..data.io import read_image
 from ..errors import DataError, PSPNetError
-from .testtime import predict_logits, prepare_model
+from .prepare import prepare_model
+from .testtime import predict_logits
 
 log = logging.getLogger("pspnet.predict")
 
@@ -103,7 +104,7 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 def _palette_array(palette, num_classes: int) -> np.ndarray:
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     if len(pal) < num_classes:
-        from ..data.palettes import default_palette
+        from ..labels import default_palette
         pal = np.concatenate([pal, np.asarray(default_palette(num_classes)[len(pal):], dtype=np.uint8)])
     return pal
 

@@ -8,12 +8,11 @@ horizontally flipped image. Any image size works (no ``8n + 1`` rule): the model
 bilinearly resized back to each variant's input and then to the image's size.
 
 ``model`` may be any callable mapping a normalised float batch to logits: a PSPNet, or what
-``pspnet.inference.fast.prepare_for_inference`` returns (which has a ``.device``).
+``pspnet.inference.prepare.prepare_for_inference`` returns (which has a ``.device``).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -22,8 +21,7 @@ from torch.nn import functional as F
 
 from ..data.transforms import normalize
 from ..errors import DataError
-
-log = logging.getLogger("pspnet.inference")
+from ..models.pspnet import check_image_batch
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
@@ -55,23 +53,6 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model, precision: str = "fp32", backend: str = "torch"):
-    """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend; for
-    another precision or backend the callable of ``pspnet.inference.fast.prepare_for_inference`` (fp32
-    with a warning if that module is not installed)."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    if precision == "fp32" and backend == "torch":
-        return model, "fp32"
-    try:
-        from .fast import prepare_for_inference
-    except ImportError:
-        log.warning("precision %r needs pspnet.inference.fast, which is not available; running fp32", precision)
-        return model, "fp32"
-    runner = prepare_for_inference(model, precision=precision, backend=backend)
-    return runner, getattr(runner, "precision", precision)
-
-
 PROTOCOLS = ("release", "logit-average")
 """Test-time averaging: ``release`` reproduces the original release's ``tool/test.py``;
 ``logit-average`` is pspnet 0.1's older procedure (see :func:`predict_logits`)."""
@@ -94,15 +75,6 @@ def min_input_size(model) -> int:
         return size
     config = getattr(model, "config", None)
     return int(getattr(config, "output_stride", 1))
-
-
-def check_image_size(model, h: int, w: int) -> None:
-    """Refuse an image smaller than the model's minimum, whatever the backend or precision, before
-    any resizing hides it (a 3x3 image upsampled to the base size is not a segmentation)."""
-    need = min_input_size(model)
-    if min(h, w) < need:
-        raise DataError(f"input of {h}x{w} pixels is too small: this model (output stride {need}) needs at "
-                        f"least {need}x{need}; upsample or pad the image first")
 
 
 @torch.no_grad()
@@ -132,8 +104,9 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | N
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive numbers, got {list(scales)!r}")
+    # before any resizing hides it (a 3x3 image upsampled to the base size is not a segmentation)
+    check_image_batch(images, min_input_size(model), normalised=False)
     h, w = images.shape[-2:]
-    check_image_size(model, h, w)
     if images.is_floating_point() and not bool(torch.isfinite(images).all()):
         raise DataError(f"input images hold {int((~torch.isfinite(images)).sum())} NaN/inf values; "
                         f"predict_logits expects finite 0-255 pixel values")

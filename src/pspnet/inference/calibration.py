@@ -1,0 +1,58 @@
+"""Calibration images for static int8 quantisation (the torch PT2E path and the ONNX Runtime one).
+
+Static quantisation fixes each activation's int8 range from the values seen on a few
+representative images (ONNX Runtime's ``quantize_static`` with ``CalibrationMethod.MinMax``, the
+observers of PyTorch's PT2E ``prepare_pt2e``). Both paths build one graph per input shape, so the
+calibration batches are normalised like the model's input, then resized and tiled to that shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from ..data.transforms import normalize
+
+log = logging.getLogger("pspnet.fast")
+
+__all__ = ["calibration_batches", "or_first_batch", "resized"]
+
+
+def _as_float_batch(x: torch.Tensor) -> torch.Tensor:
+    """A normalised float ``N x 3 x H x W`` batch from one image or a batch, uint8 (normalised here)
+    or already normalised float."""
+    x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x[None]
+    if not x.is_floating_point():  # uint8 image(s): normalise like the model's input
+        x = normalize(x)
+    return x.float()
+
+
+def calibration_batches(calibration: Iterable[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """The calibration images as normalised float batches (``None`` when none were given)."""
+    return None if calibration is None else [_as_float_batch(c) for c in calibration]
+
+
+def or_first_batch(calibration: list[torch.Tensor] | None, x: torch.Tensor) -> list[torch.Tensor]:
+    """The calibration batches, or (with a warning) the first input batch when none were given."""
+    if calibration:
+        return calibration
+    log.warning("int8 without calibration images: calibrating on the first input batch; pass "
+                "calibration=[...] (a few dozen representative images) for better accuracy")
+    return [x]
+
+
+def resized(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Calibration batches resized to the graph's ``H x W`` and split/tiled to its batch size."""
+    out = []
+    for c in calibration:
+        c = _as_float_batch(c)
+        if tuple(c.shape[-2:]) != tuple(shape[-2:]):
+            c = F.interpolate(c, size=tuple(shape[-2:]), mode="bilinear", align_corners=True)
+        for i in range(c.shape[0]):
+            out.append(c[i:i + 1].expand(shape[0], -1, -1, -1).contiguous())
+    return out

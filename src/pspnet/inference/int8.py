@@ -1,0 +1,108 @@
+"""int8 PSPNet on the torch backend: PyTorch 2 export quantisation (PT2E) with torchao's
+``X86InductorQuantizer``, lowered by inductor to oneDNN int8 convolutions (VNNI / AMX).
+
+The recipe is torchao's (``torchao.quantization.pt2e``: ``torch.export`` -> ``prepare_pt2e`` ->
+calibrate -> ``convert_pt2e`` -> ``torch.compile`` with ``freezing``): static per-channel int8
+weights and per-tensor uint8 activations calibrated on the given images. The 1x1 classifier stays
+fp32, like on every other fast path. torchao is optional (``pip install torchao``); the ONNX Runtime
+backend is the other int8 path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, PSPNetError
+from ..models.pspnet import PSPNet, check_image_batch
+from .calibration import calibration_batches, or_first_batch, resized
+from .compiled import frozen_compile_context
+
+__all__ = ["TorchInt8PSPNet"]
+
+
+class _ReLU(nn.Module):
+    """``torch.relu`` as a module: one graph partition per call. A shared ``nn.ReLU`` (the ResNet
+    blocks apply ``self.relu`` twice) makes the PT2E quantizer see one partition with two outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _replace_relu(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, _ReLU())
+        else:
+            _replace_relu(child)
+
+
+class _PlainForward(nn.Module):
+    """PSPNet's eval forward (features, head, upsampling) with no input checks or autocast regions,
+    for ``torch.export``."""
+
+    def __init__(self, net: PSPNet) -> None:
+        super().__init__()
+        self.net = net
+        _replace_relu(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, features = self.net.forward_features(x)
+        return self.net.upsample(self.net.forward_head(features), x.shape[-2:])
+
+
+class TorchInt8PSPNet(nn.Module):
+    """int8 PSPNet through PT2E (module docstring). One graph per input shape, built on first use."""
+
+    backend = "torch+compile"
+    precision = "int8"
+
+    def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        try:
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
+        except ImportError:
+            raise ConfigError("precision='int8' with backend='torch' needs torchao (pip install torchao), or "
+                              "use backend='onnxruntime' (pspnet predict/eval --backend onnxruntime)") from None
+        self.config = net.config
+        self.plain = _PlainForward(net.cpu().float().eval())
+        # the quantizer names modules by their path in the exported graph ("net.cls.4")
+        classifier = net.get_classifier()
+        self.classifier_name = next(name for name, m in self.plain.named_modules() if m is classifier)
+        self.calibration = calibration_batches(calibration)
+        self.graphs: dict[tuple[int, ...], Any] = {}
+        self.device = torch.device("cpu")
+
+    def _graph(self, x: torch.Tensor):
+        shape = tuple(x.shape)
+        if shape in self.graphs:
+            return self.graphs[shape]
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        quantizer.set_module_name_qconfig(self.classifier_name, None)  # classifier: fp32
+        exported = torch.export.export(self.plain, (x,)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        for c in resized(or_first_batch(self.calibration, x), shape):
+            prepared(c)
+        converted = convert_pt2e(prepared)
+        graph = torch.compile(converted, backend="inductor", dynamic=False)
+        self.graphs[shape] = graph
+        return graph
+
+    def train(self, mode: bool = True) -> "TorchInt8PSPNet":
+        if mode:
+            raise PSPNetError("a model prepared for inference cannot be trained; train the plain PSPNet")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.config.output_stride)
+        x = x.detach().float().cpu().contiguous()
+        with torch.no_grad():
+            graph = self._graph(x)
+            with frozen_compile_context():
+                return graph(x).float()

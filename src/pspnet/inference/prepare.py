@@ -1,0 +1,121 @@
+"""The single entry point of fast inference: :func:`prepare_for_inference` turns a PSPNet into the
+fastest faithful callable for a precision and backend; :func:`prepare_model` is what evaluation,
+prediction and the CLI call (fp32 on the torch backend stays the plain model).
+
+None of the fast paths changes what the network computes in exact arithmetic: BatchNorm folds into
+the convolutions (:mod:`~pspnet.inference.folding`), conv + bias + add + ReLU run as one oneDNN
+primitive (:mod:`~pspnet.inference.onednn`), and the pyramid levels' share of the head's 3x3
+convolution is computed at the levels' own 1x1..6x6 resolution (:mod:`~pspnet.inference.factored_head`,
+about a fifth less work for PSPNet-50 at 473x473); each changes nothing but rounding. bf16 and
+int8 (:mod:`~pspnet.inference.int8`, :mod:`~pspnet.inference.onnxruntime`) lower the arithmetic
+precision only: the final 1x1 classifier and the bilinear upsampling of the logits (Zhao et al.
+2017, Fig. 2(d)) always run in fp32, so near-ties between classes are not decided by rounding.
+
+``precision="auto"`` (:func:`pspnet.cpu.resolve_inference_precision`) is the fastest mode that keeps
+the predictions (argmax agreement with fp32 of at least 99.5% of pixels, mIoU within 0.3 points):
+bf16 on CPUs with native bf16 instructions (avx512_bf16 or AMX), fp32 elsewhere;
+docs/benchmarks.md has the measurements behind this choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .. import cpu
+from ..errors import ConfigError
+from ..models.pspnet import PSPNet
+from ..models.weights import unwrap
+from .compiled import CompiledPSPNet
+from .fast import FastPSPNet
+from .folding import fold_batchnorm
+from .int8 import TorchInt8PSPNet
+from .onnxruntime import OnnxRuntimePSPNet
+
+__all__ = ["PRECISIONS", "BACKENDS", "prepare_for_inference", "prepare_model", "argmax_agreement"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("torch", "onnxruntime")
+_PREPARED = (FastPSPNet, CompiledPSPNet, TorchInt8PSPNet, OnnxRuntimePSPNet)
+
+
+def _plain_pspnet(model: nn.Module) -> PSPNet:
+    """The PSPNet inside ``model`` (DDP / torch.compile wrappers removed); a prepared runner is refused."""
+    net = model if isinstance(model, _PREPARED) else unwrap(model)
+    if isinstance(net, _PREPARED):
+        raise ConfigError("this model is already prepared for inference; pass the plain PSPNet")
+    if not isinstance(net, PSPNet):
+        raise ConfigError(f"prepare_for_inference expects a pspnet.models.PSPNet, got {type(net).__name__}")
+    return net
+
+
+def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
+                          *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
+                          threads: int | None = None, onednn: bool | None = None,
+                          factor_head: bool = True) -> Any:
+    """The fastest faithful form of ``model`` for inference (see the module docstring).
+
+    Args:
+        model: a :class:`~pspnet.models.PSPNet` (not modified; a folded copy is made).
+        precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32``, ``bf16`` or ``int8``.
+        backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``.
+        compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
+            input shape compiles (minutes on a small CPU).
+        channels_last: NHWC activations for the torch backend (oneDNN's native layout).
+        onednn: fuse conv+bias(+add)+ReLU into oneDNN primitives with pre-packed weights (torch
+            backend, eager); default: where available.
+        factor_head: compute the pyramid levels' share of the 3x3 head convolution at the levels'
+            own resolution (:mod:`pspnet.inference.factored_head`; same function, about a fifth less
+            work for PSPNet-50 at 473x473), on the torch backend's fused oneDNN path and on the
+            onnxruntime backend.
+        calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
+        threads: intra-op threads of the onnxruntime backend (default: torch's).
+
+    Returns a callable ``x (N x 3 x H x W normalised float) -> fp32 logits N x C x H x W`` with
+    ``.precision``, ``.backend``, ``.config`` and ``.device``; it checks its input as
+    :meth:`PSPNet.check_input` does.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    net = _plain_pspnet(model)
+    device = next(net.parameters()).device
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = cpu.resolve_inference_precision(precision, device)
+    folded = fold_batchnorm(net)
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ConfigError("backend='onnxruntime' runs on the CPU; move the model to the CPU first")
+        if compile:
+            raise ConfigError("compile=True applies to backend='torch' only")
+        return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads,
+                                 factor_head=factor_head)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
+        return TorchInt8PSPNet(folded, calibration)
+    # compile: inductor packs and fuses itself (from the plain folded modules)
+    fast = FastPSPNet(folded, precision, channels_last=channels_last, onednn=False if compile else onednn,
+                      factor_head=factor_head)
+    return CompiledPSPNet(fast) if compile else fast
+
+
+def prepare_model(model: nn.Module, precision: str = "fp32", backend: str = "torch") -> tuple[Any, str]:
+    """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend, else the
+    callable of :func:`prepare_for_inference`."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    if precision == "fp32" and backend == "torch":
+        return model, "fp32"
+    runner = prepare_for_inference(model, precision=precision, backend=backend)
+    return runner, getattr(runner, "precision", precision)
+
+
+def argmax_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of pixels whose arg-max class is the same in two logit (or label) tensors: the
+    measure behind ``precision="auto"`` (at least 99.5% against fp32)."""
+    la = a.argmax(1) if a.dim() == 4 else a
+    lb = b.argmax(1) if b.dim() == 4 else b
+    return float((la == lb).float().mean())
