@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .errors import PSPNetError
 from .models.pspnet import PSPNet
+from .models.weights import unwrap
 
 log = logging.getLogger("pspnet.export")
 
@@ -75,13 +76,17 @@ class BinPool2d(nn.Module):
         return f"bins={self.bins}, mode={self.mode}"
 
 
-def make_exportable(model: nn.Module) -> PSPNet:
-    """A copy of ``model`` in eval mode whose pyramid pools are :class:`BinPool2d` (same weights)."""
-    from .models.weights import unwrap
+def _pspnet_copy(model: nn.Module) -> PSPNet:
+    """A copy in eval mode of the PSPNet inside ``model`` (DDP / torch.compile wrappers removed)."""
     net = unwrap(model)
     if not isinstance(net, PSPNet):
         raise PSPNetError(f"export expects a pspnet.models.PSPNet, got {type(net).__name__}")
-    net = copy.deepcopy(net).eval()
+    return copy.deepcopy(net).eval()
+
+
+def make_exportable(model: nn.Module) -> PSPNet:
+    """A copy of ``model`` in eval mode whose pyramid pools are :class:`BinPool2d` (same weights)."""
+    net = _pspnet_copy(model)
     for branch in net.ppm.features:
         pool = branch[0]
         if isinstance(pool, nn.AdaptiveAvgPool2d):
@@ -156,10 +161,7 @@ def export_torchscript(model: nn.Module, path: str | Path, *, class_names: Seque
     The metadata is stored as the archive's extra file ``pspnet.json``. ``torch.jit`` is deprecated
     in recent PyTorch but still loads everywhere ``torch.jit.load`` exists (incl. C++ libtorch).
     """
-    from .models.weights import unwrap
-    net = copy.deepcopy(unwrap(model)).eval()
-    if not isinstance(net, PSPNet):
-        raise PSPNetError(f"export expects a pspnet.models.PSPNet, got {type(net).__name__}")
+    net = _pspnet_copy(model)
     device = next(net.parameters()).device
     example = torch.zeros(1, 3, *example_size, device=device)
     with warnings.catch_warnings(), torch.no_grad():
@@ -199,7 +201,6 @@ def check_onnx(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, in
         import onnxruntime as ort
     except ImportError:
         raise PSPNetError("--check of an ONNX export needs onnxruntime: pip install 'pspnet[onnx]'") from None
-    from .models.weights import unwrap
     net = unwrap(model).eval()
     device = next(net.parameters()).device
     opts = ort.SessionOptions()
@@ -219,7 +220,6 @@ def check_onnx(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, in
 def check_torchscript(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]] = DEFAULT_CHECK_SIZES,
                       batch: int = 1, seed: int = 0) -> list[dict[str, Any]]:
     """Load the TorchScript file and compare it with the PyTorch model on every size (as :func:`check_onnx`)."""
-    from .models.weights import unwrap
     net = unwrap(model).eval()
     device = next(net.parameters()).device
     loaded = torch.jit.load(str(path), map_location=device)
