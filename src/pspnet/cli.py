@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .errors import ConfigError, PSPNetError
+from .models.pspnet import CONFIG_FIELDS
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -157,7 +158,8 @@ def _settings_line(settings: dict) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from .errors import ConfigError
-    from .data.datasets import build_dataset, dataset_info
+    from .data.datasets import GENERIC, build_dataset, dataset_info
+    from .labels import IGNORE_INDEX
     from .inference.evaluate import evaluate, format_table
     from .inference.loading import load_for_inference
     from .files import atomic_write
@@ -176,11 +178,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     num_classes = model.config.num_classes
     split = args.split or (d.val_split if d else "val")
     list_file = args.list or (d.val_list if d and not args.split else None)
-    names = (d.class_names if d and d.class_names else None) or meta.get("class_names")
-    info = dataset_info(name, num_classes, names)
-    if d and d.class_names:
-        info.class_names = tuple(d.class_names)
-    if name in ("list", "folder") and meta.get("palette") and len(meta["palette"]) == num_classes:
+    names = d.class_names if d and d.class_names else None
+    if names is None and name in GENERIC:  # the user's own data: the classes the weights name
+        names = meta.get("class_names")
+    info = dataset_info(name, num_classes, names, ignore_index=d.ignore_index if d else IGNORE_INDEX)
+    if name in GENERIC and meta.get("palette") and len(meta["palette"]) == num_classes:
         info.palette = tuple(tuple(c) for c in meta["palette"])  # the user's own data: the model's colours
     if info.num_classes != num_classes:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
@@ -191,7 +193,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             recorded_test_settings(meta, str(args.weights or "the packaged model")))
     print(_settings_line(s))
     sources = s.pop("sources")
-    res = evaluate(model, dataset, num_classes=num_classes, ignore_index=d.ignore_index if d else info.ignore_index,
+    res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
                    absent=args.absent, max_images=args.max_images, **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
@@ -225,7 +227,7 @@ def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .data.palettes import default_palette
+    from .labels import default_palette
     from .inference.predict import predict_paths
     from .inference.loading import load_for_inference
     model, meta = load_for_inference(args.weights, None, args.device)
@@ -380,14 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
                                              "an mmsegmentation pspnet_*.pth, or a CSAILVision pair "
                                              "encoder_epoch_N.pth decoder_epoch_N.pth")
     cv.add_argument("output", help="the .safetensors file to write")
-    cv.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152], help="ResNet depth (default: from the file)")
+    model = CONFIG_FIELDS  # the model's fields: choices and defaults from PSPNetConfig's schema
+    cv.add_argument("--depth", type=int, choices=model["depth"].choices, help="ResNet depth (default: from the file)")
     cv.add_argument("--num-classes", type=int, help="classes of the model (needed for an ImageNet backbone; a "
                                                     "different count re-initialises the classifiers)")
     cv.add_argument("--deep-stem", action=argparse.BooleanOptionalAction, default=None,
                     help="3x3 deep stem (original release) or 7x7 stem (torchvision); default: from the file")
-    cv.add_argument("--output-stride", type=int, choices=[8, 16], help="8 (paper, default) or 16")
-    cv.add_argument("--bins", type=int, nargs="+", help="PPM bins (default 1 2 3 6)")
-    cv.add_argument("--norm", choices=["bn", "syncbn", "gn"], help="normalisation layers (default bn)")
+    cv.add_argument("--output-stride", type=int, choices=model["output_stride"].choices,
+                    help=f"{model['output_stride'].help} (default {model['output_stride'].default})")
+    cv.add_argument("--bins", type=int, nargs="+",
+                    help=f"PPM bins (default {' '.join(map(str, model['bins'].default))})")
+    cv.add_argument("--norm", choices=model["norm"].choices,
+                    help=f"normalisation layers (default {model['norm'].default})")
     cv.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
                     help="bilinear upsampling convention (default: from the file or its zoo)")
     cv.add_argument("--class-names", help="comma-separated names, or @file with one name per line")

@@ -111,6 +111,13 @@ class CheckReport:
         return "\n".join(rows)
 
 
+def class_pixels(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels of each class ``0..num_classes-1`` in a label map (int64); other values (the ignore index,
+    values outside the classes) are not counted."""
+    flat = label.ravel()
+    return np.bincount(flat[flat < num_classes].astype(np.int64), minlength=num_classes)[:num_classes]
+
+
 def _out_of_range(label: np.ndarray, raw: np.ndarray, info: DatasetInfo, lbl_path: Path) -> Problem | None:
     bad = (label >= info.num_classes) & (label != info.ignore_index)
     if not bad.any():
@@ -162,10 +169,8 @@ def check_pair(img_path: Path, lbl_path: Path | None, info: DatasetInfo) -> dict
                 p = _out_of_range(label, raw, info, lbl_path)
                 if p:
                     problems.append(p)
-                flat = label.ravel()
-                counts = np.bincount(flat[flat < info.num_classes].astype(np.int64), minlength=info.num_classes)
-                hist = counts[: info.num_classes].astype(np.int64)
-                ignore = int(np.count_nonzero(flat == info.ignore_index))
+                hist = class_pixels(label, info.num_classes)
+                ignore = int(np.count_nonzero(label == info.ignore_index))
     return {"problems": problems, "size": None if image_hw is None else (image_hw[1], image_hw[0]),
             "hist": hist, "ignore": ignore, "labelled": lbl_path is not None}
 
@@ -208,10 +213,6 @@ def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | 
                  progress: bool = True) -> list[CheckReport]:
     """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it."""
     info = dataset_info(name, num_classes, class_names)
-    if class_names:
-        if len(class_names) != info.num_classes:
-            raise DataError(f"{len(class_names)} class names given but {name} has {info.num_classes} classes")
-        info.class_names = tuple(class_names)
     reports = []
     for split, list_file in splits:
         ds = build_dataset(name, root, split, list_file=list_file, info=info, check_labels=False, check_files=False)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ...errors import DataError
+from ...labels import IGNORE_INDEX
 from ..io import exif_orientation, read_image, read_label
 from ..transforms import Transform, identity_transform, to_tensors
-
-IGNORE = 255
 
 
 @dataclass
@@ -24,7 +23,7 @@ class DatasetInfo:
     name: str
     class_names: Sequence[str]
     palette: Sequence[tuple[int, int, int]]
-    ignore_index: int = IGNORE
+    ignore_index: int = IGNORE_INDEX
     # raw id -> train id lookup table (len 256 or 65536); None = labels are already train ids.
     id_to_train: np.ndarray | None = None
     # colour-coded label files: RGB colour -> train id (unknown colours are an error).
@@ -40,8 +39,32 @@ class DatasetInfo:
         return self.color_to_train is not None and self.id_to_train is None
 
 
+def with_ignore_index(info: DatasetInfo, ignore_index: int) -> DatasetInfo:
+    """``info`` whose labels mark unlabelled pixels ``ignore_index`` instead of the dataset's own value.
+
+    The named datasets' label tables (and VOC's raw object borders) use 255, as the original release
+    does; a run that sets another ignore index gets it from the labels too, so the augmentation's
+    padding, the loss and the metrics all see one value.
+    """
+    if ignore_index == info.ignore_index:
+        return info
+    if 0 <= ignore_index < info.num_classes:
+        raise DataError(f"ignore index {ignore_index} is a class of {info.name} (0..{info.num_classes - 1}); "
+                        f"choose a value outside the classes, e.g. {IGNORE_INDEX}")
+    void = info.ignore_index
+    colors = info.color_to_train and {c: ignore_index if t == void else t for c, t in info.color_to_train.items()}
+    table = info.id_to_train
+    if table is None and colors is None:  # label files hold train ids and the dataset's ignore value
+        table = np.arange(256, dtype=np.uint8)
+    lut = None
+    if table is not None:
+        lut = table.astype(np.uint8 if ignore_index < 256 else np.int32)
+        lut[table == void] = ignore_index
+    return replace(info, ignore_index=ignore_index, id_to_train=lut, color_to_train=colors)
+
+
 def decode_color_label(rgb: np.ndarray, color_to_train: dict[tuple[int, int, int], int], path: Path,
-                       ignore_index: int = IGNORE) -> np.ndarray:
+                       ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Map an H x W x 3 colour-coded label to train ids; an unknown colour names the file and a pixel."""
     code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     colours, inverse = np.unique(code, return_inverse=True)
@@ -117,7 +140,8 @@ class SegmentationDataset(Dataset):
         img_path, lbl_path = self.pairs[index]
         image = read_image(img_path)
         if lbl_path is None:
-            return image, np.full(image.shape[:2], self.info.ignore_index, np.uint8)
+            dtype = np.uint8 if self.info.ignore_index < 256 else np.int32
+            return image, np.full(image.shape[:2], self.info.ignore_index, dtype)
         label = read_mapped_label(lbl_path, self.info)
         if label.shape[:2] != image.shape[:2]:
             raise DataError(size_mismatch_message(img_path, lbl_path, image.shape[:2], label.shape[:2]))
@@ -248,11 +272,9 @@ def stems_of_split(root: Path, split: str, available, no_split_file: str, missin
     return stems
 
 
-def lut_from_mapping(mapping: dict[int, int], size: int = 256, default: int = IGNORE) -> np.ndarray:
+def lut_from_mapping(mapping: dict[int, int], size: int = 256, default: int = IGNORE_INDEX) -> np.ndarray:
     lut = np.full(size, default, dtype=np.uint8 if default < 256 else np.int32)
     for raw, train in mapping.items():
         lut[raw] = train
     return lut
 
-
-LabelMapper = Callable[[np.ndarray], np.ndarray]
