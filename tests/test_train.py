@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from pspnet.config import load_config
+from pspnet.data.datasets import build_dataset, dataset_info
+from pspnet.data.datasets.base import map_label
 from pspnet.training.sampler import EpochSampler
 from pspnet.training.schedule import poly_lr
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer, train
-from pspnet.errors import ConfigError, TrainingError
+from pspnet.errors import ConfigError, DataError, TrainingError
 from pspnet.models.weights import read_state_dict
 
 from folder_data import make_folder_dataset
@@ -251,3 +254,51 @@ def test_tensorboard_event_file(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "tb"
     train(tiny(data, out, "train.tensorboard=true", "train.iters=1"), progress=False)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ------------------------------------------------------------------------------------ ignore index
+def test_a_non_255_ignore_index_trains_exactly_like_255(data: Path, tmp_path: Path) -> None:
+    """The same data with its void pixels written 200 instead of 255, and data.ignore_index=200: the
+    labels, the augmentation's padding, the loss and the metrics all use 200, so the run is the 255
+    run bit for bit. A part that kept 255 (padding, label check, loss) fails or changes the numbers."""
+    relabelled = tmp_path / "data200"
+    for f in data.rglob("*.png"):
+        dst = relabelled / f.relative_to(data)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        arr = np.array(Image.open(f))
+        if f.parent.name == "labels":
+            assert (arr == 255).any() and not (arr == 200).any()
+            arr[arr == 255] = 200
+        Image.fromarray(arr).save(dst)
+    runs = []
+    for root, out, extra in ((data, "r255", ()), (relabelled, "r200", ("data.ignore_index=200",))):
+        runs.append(train(tiny(root, tmp_path / out, "train.val_every=1", *extra), progress=False))
+    a, b = runs
+    assert [r["loss"] for r in a.history if r["kind"] == "train"] == [r["loss"] for r in b.history
+                                                                         if r["kind"] == "train"]
+    assert a.final_metrics["mIoU"] == b.final_metrics["mIoU"] and a.final_metrics["allAcc"] < 1
+    wa, wb = read_state_dict(a.weights)[0], read_state_dict(b.weights)[0]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_named_datasets_read_their_void_as_the_configured_ignore_index(tmp_path: Path) -> None:
+    """CamVid (id table: 11 = void), VOC (train ids with 255 borders) and KITTI road (colour coded,
+    black = void) give the run's ignore index, not their 255, for their unlabelled pixels."""
+    image = np.zeros((2, 3, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(np.array([[0, 5, 11], [11, 10, 1]], np.uint8)).save(tmp_path / "lbl.png")
+    (tmp_path / "train.txt").write_text("img.png lbl.png\n")
+    camvid = build_dataset("camvid", tmp_path, "train", info=dataset_info("camvid", ignore_index=254))
+    assert camvid[0][1].tolist() == [[0, 5, 254], [254, 10, 1]]
+    assert camvid.load(0)[1].dtype == np.uint8
+
+    voc = dataset_info("voc", ignore_index=254)
+    assert map_label(np.array([[0, 20, 255]], np.uint8), voc, tmp_path).tolist() == [[0, 20, 254]]
+    kitti = dataset_info("kitti_road", ignore_index=300)  # beyond uint8: labels widen to int32
+    rgb = np.array([[[255, 0, 255], [255, 0, 0], [0, 0, 0]]], np.uint8)
+    assert map_label(rgb, kitti, tmp_path).tolist() == [[1, 0, 300]]
+    assert dataset_info("camvid").ignore_index == 255  # the default keeps the release's mapping
+    with pytest.raises(DataError, match="ignore index 3 is a class of camvid"):
+        dataset_info("camvid", ignore_index=3)
+    with pytest.raises(DataError, match="negative"):
+        dataset_info("folder", 3, ignore_index=-1)

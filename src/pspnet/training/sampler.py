@@ -8,7 +8,7 @@ batch. Unreadable files (``data.skip_bad``) are replaced deterministically and r
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import torch

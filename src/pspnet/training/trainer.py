@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from .. import cpu
 from ..config import TEST_SETTING_KEYS, Config, dump_config
@@ -34,14 +35,15 @@ from . import distributed as dist_utils
 from .runlog import RunLogger
 from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
 from .schedule import build_optimizer, freeze, poly_lr, set_train_mode
-from .state import (CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything,
-                    seed_rank)
+from .state import CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything, seed_rank
 
 log = logging.getLogger("pspnet.train")
 
 
 @dataclass
 class TrainResult:
+    """Where a run's outputs went, its last validation metrics and its log records."""
+
     output_dir: Path
     iterations: int
     best_miou: float | None
@@ -98,11 +100,9 @@ class Trainer:
         self.logger = RunLogger(self.out, enabled=self.dist.is_main, tensorboard=t.tensorboard)
 
     def _build_data(self) -> None:
-        """The augmented training set and the optional validation set."""
+        """The augmented training set and the optional validation set, labels in ``data.ignore_index``."""
         d = self.cfg.data
-        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names)
-        if d.class_names:
-            self.info.class_names = tuple(d.class_names)
+        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index)
         base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
                              check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
         self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
@@ -256,7 +256,7 @@ class Trainer:
         return lines
 
     # ---------------------------------------------------------------- loop
-    def _loader(self, epoch: int, start: int):
+    def _loader(self, epoch: int, start: int) -> DataLoader:
         d, t = self.cfg.data, self.cfg.train
         return epoch_loader(self.train_set, self.sampler, epoch=epoch, start=start, batch_size=t.batch_size,
                             seed=t.seed, workers=d.workers, pin_memory=self.device.type == "cuda")
