@@ -30,10 +30,8 @@ class EpochSampler(Sampler):
     N ranks together see exactly the batches one process with N times the batch sees.
     """
 
-    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 batch_size: int = 1) -> None:
-        self.length, self.seed, self.rank, self.world, self.shuffle = length, seed, rank, world_size, shuffle
-        self.batch_size = batch_size
+    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, batch_size: int = 1) -> None:
+        self.length, self.seed, self.rank, self.world, self.batch_size = length, seed, rank, world_size, batch_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -47,7 +45,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
+        perm = torch.randperm(self.length, generator=g)
         positions = range(self.rank, self.per_rank() * self.world, self.world)
         for j, pos in enumerate(positions):
             if j < self.start:
