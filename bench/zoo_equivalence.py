@@ -3,7 +3,7 @@
 Not a test: it needs each zoo's code, installed in a separate virtual environment that pspnet never
 depends on (see docs/model.md, "Other zoos"), and is run on purpose:
 
-    PYTHONPATH=src /work/refenv/bin/python bench/zoo_equivalence.py [--record tests/data]
+    PYTHONPATH=src /work/refenv/bin/python bench/zoo_equivalence.py [--record tests/assets]
 
 For each model it builds the zoo's network from the zoo's own code with random weights (convolutions
 He-initialised, BatchNorm affine parameters random, running statistics measured on a random batch
@@ -18,7 +18,7 @@ forward hook on ``decoder.conv_last`` and resized to the input size as that deco
 align_corners=False); the probabilities of the zoo's own forward are compared too.
 
 ``--record DIR`` also writes the zoo models' key / shape lists and convolution geometry (kernel,
-stride, dilation, padding) to DIR, the data that tests/test_zoo_convert.py checks our conversion
+stride, dilation, padding) to DIR, the data that tests/models/test_zoo_convert.py checks our conversion
 against without importing either zoo.
 """
 

@@ -6,7 +6,7 @@ mean, label with ignore), random Gaussian blur, horizontal flip, random crop to 
 
 Built on albumentations (OpenCV kernels, fast; why: docs/data.md); labels are only ever resampled
 with nearest neighbour, so no new label value can appear, and image and label stay aligned
-(tests/test_transforms.py checks both with hypothesis).
+(tests/data/test_transforms.py checks both with hypothesis).
 Images stay uint8 HWC through augmentation; :func:`normalize` turns a uint8 NCHW batch into
 ImageNet-normalised floats on the training device, which keeps worker-to-main traffic 4x smaller.
 """

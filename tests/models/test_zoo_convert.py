@@ -3,7 +3,7 @@
 The zoo-layout checkpoints are made here from our own model: its state dict is renamed to the zoo's
 keys with an inverse mapping written independently of ``pspnet.models.zoo``. What keeps these tests
 honest about the zoos themselves is data recorded from the zoos' own models by
-``bench/zoo_equivalence.py --record tests/data`` (mmsegmentation 1.2.2, mit-semseg 1.0.0):
+``bench/zoo_equivalence.py --record tests/assets`` (mmsegmentation 1.2.2, mit-semseg 1.0.0):
 ``*_keys.tsv`` (every key and shape: stem widths, downsample layers, head widths) and ``*_convs.tsv``
 (kernel, stride, dilation and padding of every convolution: contracted dilation, BasicBlock conv2).
 """
@@ -22,7 +22,7 @@ from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.convert import convert
 from pspnet.models.weights import check_config_dict, load_weights
 
-DATA = Path(__file__).parent / "data"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 # The zoos' conventions, as the zoos' configs state them (mmseg pspnet_r18-d8 / CSAIL resnet50dilated + ppm_deepsup).
 MMSEG_R18 = dict(num_classes=19, depth=18, stem_channels=(32, 32, 64), contract_dilation=True, basic_conv2_dilated=False,
@@ -32,7 +32,7 @@ CSAIL_R50 = dict(num_classes=150, depth=50, stem_channels=(64, 64, 128), contrac
 
 
 def table(name: str) -> list[list[str]]:
-    return [ln.split("\t") for ln in (DATA / name).read_text().splitlines()[1:] if ln]
+    return [ln.split("\t") for ln in (ASSETS / name).read_text().splitlines()[1:] if ln]
 
 
 def shape_str(t: torch.Tensor) -> str:

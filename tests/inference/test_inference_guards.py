@@ -15,7 +15,7 @@ from pspnet.cli import main
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import save_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _release_checkpoint(path: Path, num_classes: int) -> Path:

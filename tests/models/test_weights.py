@@ -15,7 +15,7 @@ from pspnet.models import PSPNet, ResNet, pspnet_resnet18, pspnet_resnet50
 from pspnet.models.weights import (compare_state, load_into, load_weights, read_state_dict, save_weights,
                                    to_pspnet_keys)
 
-HERE = Path(__file__).parent
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def tiny(num_classes: int = 5, **kw) -> PSPNet:
@@ -134,7 +134,7 @@ def test_original_release_checkpoint_loads(tmp_path):
 def test_original_release_layout_of_pspnet50_maps_key_for_key(tmp_path):
     """Keys and shapes only: a PSPNet-50 checkpoint built from the release's key list (tiny on disk)."""
     ref = {}
-    for line in (HERE / "data" / "semseg_pspnet50_keys.tsv").read_text().splitlines()[1:]:
+    for line in (ASSETS / "semseg_pspnet50_keys.tsv").read_text().splitlines()[1:]:
         k, s = line.split("\t")
         shape = tuple(int(x) for x in s.split("x")) if s else ()
         # a broadcast view saves one element of storage, whatever the shape

@@ -14,8 +14,8 @@ from pspnet.models import (PSPNet, PSPNetConfig, PSPNetLoss, ResNet, build_pspne
                            pspnet_resnet50, pspnet_resnet101)
 from pspnet.models.pspnet import pspnet_resnet34, pspnet_resnet152
 
-HERE = Path(__file__).parent
-SHARED = HERE.parent.parent / "shared" / "reference"
+TESTS = Path(__file__).resolve().parents[1]
+SHARED = TESTS.parent.parent / "shared" / "reference"
 
 
 def read_keys(path: Path) -> dict[str, tuple[int, ...]]:
@@ -41,7 +41,7 @@ def small(**kw) -> PSPNet:
 
 
 # ------------------------------------------------------------------ layout of the original release
-@pytest.mark.parametrize("source", [HERE / "data" / "semseg_pspnet50_keys.tsv",
+@pytest.mark.parametrize("source", [TESTS / "assets" / "semseg_pspnet50_keys.tsv",
                                     SHARED / "semseg_pspnet50_keys.tsv"], ids=["tests-copy", "shared"])
 def test_pspnet50_matches_original_layout(source: Path):
     if not source.is_file():

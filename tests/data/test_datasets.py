@@ -46,7 +46,7 @@ def label_of(ds, i: int = 0) -> np.ndarray:
 def test_every_dataset_has_a_fixture_test():
     # each of these names has a fixture test in this file
     names = {"camvid", "camvid32", "cityscapes", "ade20k", "voc", "voc_aug", "kitti_road"}
-    assert set(DATASETS) == names, "a dataset was added or removed: add its fixture test to tests/test_datasets.py"
+    assert set(DATASETS) == names, "a dataset was added or removed: add its fixture test to tests/data/test_datasets.py"
     assert set(GENERIC) == {"list", "folder"}
 
 
