@@ -3,7 +3,7 @@
 Every ``import``/``from ... import`` of ``pspnet`` anywhere in a module (top level or inside a
 function) is an edge. The layers, bottom to top:
 
-    errors, cpu, files, labels  ->  models, data  ->  metrics, plots, config  ->  export  ->  inference
+    errors, cpu, files, labels, distributed  ->  models, data  ->  metrics, plots, config  ->  export  ->  inference
     ->  training, hub  ->  bench, demo  ->  cli
 
 ``models`` uses only the foundation and ``torch``; ``data`` never sees models; ``hub`` uses models.
@@ -20,12 +20,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "pspnet"
 
 # what each part of the package may import from pspnet (besides itself)
-FOUNDATION = {"pspnet.errors", "pspnet.cpu", "pspnet.files", "pspnet.labels"}
+FOUNDATION = {"pspnet.errors", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed"}
 ALLOWED: dict[str, set[str]] = {
     "pspnet.errors": set(),
     "pspnet.cpu": set(),
     "pspnet.files": set(),
     "pspnet.labels": set(),
+    "pspnet.distributed": {"pspnet.errors"},
     "pspnet.models": FOUNDATION - {"pspnet.cpu"},
     "pspnet.data": FOUNDATION - {"pspnet.cpu"},
     "pspnet.metrics": FOUNDATION,

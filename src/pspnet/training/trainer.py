@@ -31,7 +31,7 @@ from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
 from ..models.weights import load_into, read_state_dict, save_weights, unwrap
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 from .runlog import RunLogger
 from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
 from .schedule import build_optimizer, freeze, poly_lr, set_train_mode
