@@ -1,4 +1,5 @@
-"""Typed run configuration: YAML files in ``configs/`` plus ``key=value`` overrides.
+"""Typed run configuration: a YAML file (a path, or the name of a config shipped in the package's
+``configs/`` folder, e.g. ``camvid/pspnet_r18_cpu``) plus ``key=value`` overrides.
 
 Every section is a pydantic model that forbids unknown keys; an unknown or misspelled key is a
 :class:`ConfigError` that suggests the closest valid key (``train.lr`` for ``train.lrr``).
@@ -19,7 +20,10 @@ from .models.pspnet import CONFIG_FIELDS, PSPNetConfig
 from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
-           "recorded_test_settings", "TEST_SETTING_KEYS"]
+           "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "CONFIGS_DIR"]
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs shipped inside the package (package data: they come with every install)."""
 
 
 class _Section(BaseModel):
@@ -84,6 +88,9 @@ class DataSection(_Section):
     train_list: str | None = None
     val_list: str | None = None
     class_names: list[str] | None = None
+    label_map: dict[int, int | Literal["ignore"]] | None = Field(
+        None, description="your own labels ('folder', 'list'): label-file value -> class id or 'ignore', e.g. "
+                          "{255: 1} for 0/255 masks; values not named stay as they are")
     crop_size: tuple[int, int] = (473, 473)
     scale_min: float = Field(0.5, gt=0)
     scale_max: float = Field(2.0, gt=0)
@@ -123,7 +130,9 @@ class TrainSection(_Section):
     aux_weight: float = Field(0.4, ge=0)
     loss: Literal["ce", "ohem"] = "ce"
     ohem_thresh: float = Field(0.7, gt=0, lt=1)
-    class_weights: list[float] | None = None
+    class_weights: list[float] | Literal["auto"] | None = Field(
+        None, description="per-class loss weights, or auto: sqrt(median frequency / frequency) of the training "
+                          "labels' class pixels, computed at the start and stored in the run's config.yaml")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     freeze_backbone: bool = False
     freeze_bn: bool = False
@@ -269,15 +278,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The shipped configs by name (``camvid/pspnet_r18_cpu``: the path under :data:`CONFIGS_DIR` without ``.yaml``)."""
+    return {p.relative_to(CONFIGS_DIR).with_suffix("").as_posix(): p for p in sorted(CONFIGS_DIR.rglob("*.yaml"))}
+
+
+def resolve_config(spec: str | Path) -> Path:
+    """The file of ``--config SPEC``: an existing file, else the shipped config named ``SPEC`` (with or
+    without ``.yaml``), so that a name works from any folder after a plain ``pip install``."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.as_posix().removesuffix(".yaml")
+    if name in shipped:
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"{spec}: config file not found, nor a shipped config of that name{hint} "
+                      f"('pspnet configs' lists the shipped ones)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML config (a path or a shipped config's name, :func:`resolve_config`; the defaults when
+    ``path`` is None) and apply overrides."""
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -290,4 +319,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    raw = cfg.model_dump(mode="json")
+    if raw["data"]["label_map"]:  # JSON mode made the keys strings; YAML keeps them label values
+        raw["data"]["label_map"] = cfg.data.label_map
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -3,7 +3,9 @@
 Each image/label pair is checked on its own and every problem is collected (nothing stops at the
 first): missing files, files that cannot be decoded (or colour labels with an unknown colour),
 image/label size mismatches and label values that are neither a class nor the ignore index.
-The class pixel counts are what class weighting (``train.class_weights``) is computed from.
+Labels that hold only 0 and 255 (binary masks saved as black/white images, read as class 0 and
+ignored pixels) are pointed out with their fix, ``data.label_map={255: 1}``. The class pixel counts
+are what ``train.class_weights: auto`` is computed from (:func:`median_frequency_weights`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..errors import DataError
-from .datasets import DatasetInfo, SegmentationDataset, build_dataset, dataset_info
+from .datasets import DatasetInfo, LabelMap, SegmentationDataset, build_dataset, dataset_info
 from .datasets.base import map_label, size_mismatch_message
 from .io import read_image, read_label
 
@@ -54,6 +56,19 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def hints(self) -> list[str]:
+        """Likely mistakes that are not errors: 0/255 masks read as class 0 and ignored pixels."""
+        info, pixels = self.info, self.class_pixels
+        raw_ids = info.id_to_train is None and info.color_to_train is None  # the files hold class ids as they are
+        if (raw_ids and pixels is not None and info.num_classes >= 2 and info.ignore_index == 255 and pixels[0] > 0
+                and not pixels[1:].any() and self.ignore_pixels > 0 and not any(p.kind == "values" for p in self.problems)):
+            return [(f"every label holds only 0 and 255: class 0 ({info.class_names[0]}) and the ignore index, so "
+                     f"a model trained on them sees one class and learns to predict it everywhere. If these are "
+                     f"binary masks whose 255 means {info.class_names[1]}, map it: data.label_map={{255: 1}} "
+                     f"(in the config's data section, or as the override 'data.label_map={{255: 1}}')")]
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.info.num_classes, np.int64)
         return {
@@ -64,7 +79,7 @@ class CheckReport:
                              for i, (n, c) in enumerate(zip(self.info.class_names, pixels))],
             "ignore_pixels": int(self.ignore_pixels),
             "image_sizes": [{"width": w, "height": h, "images": k} for (w, h), k in self.sizes.most_common()],
-            "unlabelled_images": self.unlabelled,
+            "unlabelled_images": self.unlabelled, "hints": self.hints,
         }
 
     def format(self) -> str:
@@ -91,6 +106,7 @@ class CheckReport:
         if absent and self.class_pixels is not None and self.class_pixels.sum():
             lines.append(f"note: {len(absent)} class(es) have no pixels in this split: {', '.join(absent[:10])}"
                          + (" ..." if len(absent) > 10 else ""))
+        lines += [f"warning: {h}" for h in self.hints]
         lines.append("result: OK" if self.ok else f"result: {len(self.problems)} error(s)")
         return "\n".join(lines)
 
@@ -116,6 +132,19 @@ def class_pixels(label: np.ndarray, num_classes: int) -> np.ndarray:
     values outside the classes) are not counted."""
     flat = label.ravel()
     return np.bincount(flat[flat < num_classes].astype(np.int64), minlength=num_classes)[:num_classes]
+
+
+def median_frequency_weights(pixels: np.ndarray) -> list[float]:
+    """Class weights ``sqrt(median frequency / frequency)`` (median frequency balancing, Eigen & Fergus
+    2015, softened by the square root): ``frequency`` is a class's share of the labelled pixels, the
+    median is over the classes present. Rare classes weigh more than 1, common ones less; a class
+    with no pixels gets 0 (it has nothing to weigh). Rounded to 4 decimals (what the run records)."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    if pixels.sum() <= 0:
+        raise DataError("class weights: the training labels have no labelled pixels (every pixel is ignored)")
+    freq = pixels / pixels.sum()
+    median = float(np.median(freq[freq > 0]))
+    return [round(float(np.sqrt(median / f)), 4) if f > 0 else 0.0 for f in freq]
 
 
 def _out_of_range(label: np.ndarray, raw: np.ndarray, info: DatasetInfo, lbl_path: Path) -> Problem | None:
@@ -210,9 +239,10 @@ def check_dataset(dataset: SegmentationDataset, *, name: str | None = None, spli
 
 def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | None]], *,
                  num_classes: int | None = None, class_names: Sequence[str] | None = None, workers: int = 0,
-                 progress: bool = True) -> list[CheckReport]:
-    """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it."""
-    info = dataset_info(name, num_classes, class_names)
+                 progress: bool = True, label_map: LabelMap | None = None) -> list[CheckReport]:
+    """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it
+    (``label_map``: ``data.label_map``, the user's label values -> classes)."""
+    info = dataset_info(name, num_classes, class_names, label_map=label_map)
     reports = []
     for split, list_file in splits:
         ds = build_dataset(name, root, split, list_file=list_file, info=info, check_labels=False, check_files=False)

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .. import cpu
 from ..config import TEST_SETTING_KEYS, Config, dump_config
-from ..data.datasets import build_dataset, dataset_info
+from ..data.check import check_dataset, median_frequency_weights
+from ..data.datasets import SegmentationDataset, build_dataset, dataset_info
 from ..data.transforms import TrainTransform, normalize
 from ..errors import ConfigError, DataError, TrainingError
 from ..files import remove_stale_temp_files
@@ -102,9 +104,12 @@ class Trainer:
     def _build_data(self) -> None:
         """The augmented training set and the optional validation set, labels in ``data.ignore_index``."""
         d = self.cfg.data
-        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index)
+        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index,
+                                 label_map=d.label_map)
         base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
                              check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
+        if self.cfg.train.class_weights == "auto":
+            self._auto_class_weights(base)
         self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
                                                            d.flip, d.ignore_index), skip_bad=d.skip_bad)
         self.val_set = None
@@ -117,6 +122,23 @@ class Trainer:
                     raise
                 if self.dist.is_main:
                     log.warning("no validation set: %s", e)
+
+    def _auto_class_weights(self, base: SegmentationDataset) -> None:
+        """``train.class_weights: auto``: :func:`~pspnet.data.check.median_frequency_weights` of the training
+        labels' class pixels (each rank counts its share of the files), which replace ``auto`` in this run's
+        config: config.yaml and the checkpoints record the weights used."""
+        mine = dist_utils.shard(base.pairs, self.dist.rank, self.dist.world_size)
+        pixels = np.zeros(self.info.num_classes, np.int64)
+        if mine:
+            pixels = check_dataset(SegmentationDataset(mine, self.info), workers=self.cfg.data.workers,
+                                   progress=self.progress and self.dist.is_main).class_pixels
+        pixels = dist_utils.all_reduce_sum(torch.from_numpy(pixels).to(self.device)).cpu().numpy()
+        weights = median_frequency_weights(pixels)
+        self.cfg = self.cfg.model_copy(deep=True)  # the caller's config keeps its "auto"
+        self.cfg.train.class_weights = weights
+        if self.dist.is_main:
+            log.info("train.class_weights=auto: sqrt(median frequency / frequency) of %d training labels: %s",
+                     len(base), ", ".join(f"{n} {w:g}" for n, w in zip(self.info.class_names, weights)))
 
     def _plan_iterations(self, max_iters: int | None) -> None:
         """Iterations per epoch (full global batches only), the run's length and where this call stops."""

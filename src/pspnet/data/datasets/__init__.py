@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Literal
+
+import numpy as np
 
 from ...errors import DataError
 from ...labels import IGNORE_INDEX, default_palette
@@ -17,7 +20,7 @@ from .kitti_road import kitti_road_info, kitti_road_pairs
 from .voc import voc_aug_info, voc_aug_pairs, voc_info, voc_pairs
 
 __all__ = ["DatasetInfo", "SegmentationDataset", "build_dataset", "dataset_info", "DATASETS", "GENERIC",
-           "read_list_file", "folder_pairs"]
+           "read_list_file", "folder_pairs", "label_table", "LabelMap"]
 
 # name -> (info builder, pairs builder(root, split))
 DATASETS: dict[str, tuple[Callable[[], DatasetInfo], Callable[[Path, str], list]]] = {
@@ -33,25 +36,56 @@ DATASETS: dict[str, tuple[Callable[[], DatasetInfo], Callable[[Path, str], list]
 # (<root>/<split>/images + <root>/<split>/labels matched by file stem); they need num_classes.
 GENERIC = ("list", "folder")
 
+LabelMap = Mapping[int, int | Literal["ignore"]]
+
+
+def label_table(label_map: LabelMap, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The lookup table of a label mapping: label-file value -> class id, ``"ignore"`` -> ``ignore_index``;
+    values the mapping does not name stay as they are (``{255: 1}`` turns 0/255 masks into classes 0/1).
+
+    8-bit (256 entries) when every value fits, else 16-bit label files' 65536 entries.
+    """
+    table: dict[int, int] = {}
+    for raw, target in label_map.items():
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < 65536:
+            raise DataError(f"data.label_map: key {raw!r} is not a label-file value (an integer 0..65535)")
+        if target == "ignore":
+            target = ignore_index
+        if isinstance(target, bool) or not isinstance(target, int) or \
+                not (0 <= target < num_classes or target == ignore_index):
+            raise DataError(f"data.label_map: {raw} -> {target!r} is neither a class (0..{num_classes - 1}) nor "
+                            f"'ignore' (the ignore index {ignore_index})")
+        table[raw] = target
+    small = max(table, default=0) < 256 and num_classes <= 256 and ignore_index < 256
+    lut = np.arange(256 if small else 65536, dtype=np.uint8 if small else np.int32)
+    for raw, target in table.items():
+        lut[raw] = target
+    return lut
+
 
 def generic_info(num_classes: int, class_names=None, palette=None, name: str = "custom",
-                 ignore_index: int = IGNORE_INDEX) -> DatasetInfo:
+                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None) -> DatasetInfo:
     names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
-    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index)
+    lut = label_table(label_map, num_classes, ignore_index) if label_map else None
+    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index, lut)
 
 
 def dataset_info(name: str, num_classes: int | None = None, class_names=None, palette=None, *,
-                 ignore_index: int = IGNORE_INDEX) -> DatasetInfo:
+                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None) -> DatasetInfo:
     """The classes, palette and label mapping of a dataset; unlabelled pixels read as ``ignore_index``
     (the user's own label files hold that value; a named dataset's void is mapped to it).
 
     ``class_names`` (a run config's ``data.class_names``) name a generic dataset's classes, or rename
-    a named dataset's (as many names as it has classes).
+    a named dataset's (as many names as it has classes). ``label_map`` (``data.label_map``) maps the
+    user's own label values (``list``, ``folder``) to classes or ``"ignore"``: :func:`label_table`.
     """
     if ignore_index < 0:
         raise DataError(f"ignore index {ignore_index} is negative; label images hold values >= 0 (default {IGNORE_INDEX})")
+    if label_map and name not in GENERIC:
+        raise DataError(f"data.label_map is for your own labels (datasets {' and '.join(GENERIC)}); {name} maps "
+                        f"its label files itself")
     if name in DATASETS:
         info = with_ignore_index(DATASETS[name][0](), ignore_index)
         if class_names:
@@ -63,7 +97,7 @@ def dataset_info(name: str, num_classes: int | None = None, class_names=None, pa
         num_classes = num_classes or (len(class_names) if class_names else None)
         if not num_classes:
             raise DataError(f"dataset {name!r} needs model.num_classes (or data.class_names) to be set")
-        return generic_info(num_classes, class_names, palette, ignore_index=ignore_index)
+        return generic_info(num_classes, class_names, palette, ignore_index=ignore_index, label_map=label_map)
     raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + list(GENERIC)}")
 
 
