@@ -1,6 +1,6 @@
 """Does the fast inference mode predict the same labels as fp32? Argmax agreement and mIoU on CamVid val.
 
-    python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --root ../shared/data/camvid \
+    python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --data-root ../shared/data/camvid \
         [--precision auto] [--backend torch] [--base-size 240]
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
@@ -31,7 +31,7 @@ MIN_AGREEMENT, MAX_MIOU_DROP = 0.995, 0.3
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", required=True)
-    p.add_argument("--root", required=True, help="CamVid root (train/val/test folders)")
+    p.add_argument("--data-root", "--root", dest="root", required=True, help="CamVid root (train/val/test folders)")
     p.add_argument("--dataset", default="camvid")
     p.add_argument("--split", default="val")
     p.add_argument("--precision", default="auto")

@@ -2,7 +2,7 @@
 
 Run it when the CPU is otherwise idle (numbers from a busy machine mean little):
 
-    python bench/data_throughput.py --root ../shared/data/camvid
+    python bench/data_throughput.py --data-root ../shared/data/camvid
 
 Each configuration iterates "epochs" of ``--epoch-len`` samples for about ``--seconds`` seconds,
 so the cost of starting worker processes at every epoch (``persistent_workers=False``, what a
@@ -58,7 +58,7 @@ def timed(fn, seconds: float) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
+    p.add_argument("--data-root", "--root", dest="root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
     p.add_argument("--split", default="train")
     p.add_argument("--crop", type=int, nargs=2, default=(360, 360), metavar=("H", "W"))
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))

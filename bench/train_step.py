@@ -5,9 +5,9 @@ precisions alternate step by step (fp32, bf16, fp32, ...) so a change in machine
 the result is the median over ``--steps`` steps after ``--warmup`` untimed ones, and the ratio
 fp32 / bf16 (> 1: bf16 is faster). Prints the CPU model and its bf16-related flags.
 
-    python bench/train_step.py                                   # configs/camvid/pspnet_r18_cpu.yaml
+    python bench/train_step.py                                   # camvid/pspnet_r18_cpu
     python bench/train_step.py --steps 20 --batch 8 --crop 192 256 --threads 2
-    python bench/train_step.py --device cuda --config configs/cityscapes/pspnet_r50.yaml --batch 2
+    python bench/train_step.py --device cuda --config cityscapes/pspnet_r50 --batch 2
 
 Without the config's dataset on disk it uses random images of CamVid's size (and says so).
 """
@@ -44,7 +44,7 @@ def synthetic_camvid(root: Path, n: int = 16) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/camvid/pspnet_r18_cpu.yaml")
+    p.add_argument("--config", default="camvid/pspnet_r18_cpu")
     p.add_argument("--steps", type=int, default=10, help="timed steps per precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per precision first")
     p.add_argument("--batch", type=int, help="batch size (default: the config's)")

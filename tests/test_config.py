@@ -1,5 +1,5 @@
 """Config schema: misspelled keys suggest the right one, wrong types say what was expected, and every
-shipped YAML in configs/ validates with the paper's recipe."""
+shipped config (package data, src/pspnet/configs/) validates with the paper's recipe."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import pytest
 import yaml
 
 from pspnet import cli
-from pspnet.config import Config, apply_overrides, dump_config, load_config
+from pspnet.config import CONFIGS_DIR, Config, apply_overrides, dump_config, load_config
 from pspnet.data.datasets import DATASETS, dataset_info
 from pspnet.errors import ConfigError, WeightsError
 from pspnet.models.pspnet import CONFIG_FIELDS, PSPNetConfig
 from pspnet.models.weights import check_config_dict
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
+SHIPPED = sorted(CONFIGS_DIR.rglob("*.yaml"))
 
 
 def write(tmp_path: Path, raw) -> Path:
@@ -131,14 +130,14 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys) -> None:
 
 # ------------------------------------------------------------------------------------ shipped configs
 def test_configs_exist_for_every_dataset_and_backbone() -> None:
-    names = {p.relative_to(CONFIGS).as_posix() for p in SHIPPED}
+    names = {p.relative_to(CONFIGS_DIR).as_posix() for p in SHIPPED}
     for ds in ("cityscapes", "ade20k", "voc", "camvid", "kitti_road"):
         for depth in (18, 50, 101):
             assert f"{ds}/pspnet_r{depth}.yaml" in names
     assert "kitti_road/pspnet_r18_from_camvid.yaml" in names
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(CONFIGS_DIR).as_posix())
 def test_shipped_config_validates(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.data.dataset in DATASETS, f"{path}: dataset {cfg.data.dataset!r} is not a named dataset"
@@ -147,7 +146,7 @@ def test_shipped_config_validates(path: Path) -> None:
     if cfg.train.class_weights is not None:
         assert len(cfg.train.class_weights) == info.num_classes
     assert cfg.train.iters or cfg.train.epochs, f"{path}: no training length"
-    assert path.parent.name in cfg.data.dataset  # configs/voc holds voc_aug, configs/camvid camvid
+    assert path.parent.name in cfg.data.dataset  # voc/ holds voc_aug, camvid/ camvid
     # the paper's optimiser and loss (Sec. 4.1) unless a file says otherwise in a comment
     assert (cfg.train.momentum, cfg.train.power, cfg.train.aux_weight, cfg.data.ignore_index) == (0.9, 0.9, 0.4, 255)
 
@@ -157,7 +156,7 @@ def test_shipped_config_validates(path: Path) -> None:
 ])
 @pytest.mark.parametrize("depth", [50, 101])
 def test_paper_datasets_use_the_original_release_recipe(dataset, crop, epochs, depth) -> None:
-    cfg = load_config(CONFIGS / dataset / f"pspnet_r{depth}.yaml")
+    cfg = load_config(CONFIGS_DIR / dataset / f"pspnet_r{depth}.yaml")
     assert cfg.data.crop_size == crop and cfg.eval.crop_size == crop and cfg.eval.mode == "sliding"
     assert cfg.train.epochs == epochs and cfg.train.batch_size * 8 == 16  # 8 GPUs x 2 = 16
     assert (cfg.train.lr, cfg.train.head_lr_mult, cfg.train.weight_decay) == (0.01, 10, 1e-4)
@@ -167,8 +166,8 @@ def test_paper_datasets_use_the_original_release_recipe(dataset, crop, epochs, d
 
 
 def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
-    kitti = load_config(CONFIGS / "kitti_road" / "pspnet_r18_from_camvid.yaml")
-    camvid = load_config(CONFIGS / "camvid" / "pspnet_r18_cpu.yaml")
+    kitti = load_config(CONFIGS_DIR / "kitti_road" / "pspnet_r18_from_camvid.yaml")
+    camvid = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml")
     assert kitti.data.dataset == "kitti_road" and dataset_info("kitti_road").num_classes == 2
     assert kitti.train.pretrained and kitti.train.pretrained.endswith(".safetensors")
     same = ("depth", "output_stride", "deep_stem", "bins", "pool", "norm", "aux", "head_channels", "aux_channels")

@@ -186,7 +186,7 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
                    aux_channels: int = 128, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Seconds per SGD step (forward with the aux head, loss, backward, update) per precision.
 
-    Defaults follow the CamVid CPU recipe (configs/camvid/pspnet_r18_cpu.yaml). With ``root`` the
+    Defaults follow the CamVid CPU recipe (camvid/pspnet_r18_cpu). With ``root`` the
     batch is real CamVid training crops (the recipe's augmentation), otherwise random pixels; the
     step time does not depend on pixel values. Precisions alternate step by step.
     """
