@@ -13,14 +13,10 @@ import torch
 
 from pspnet import bench, cpu
 from pspnet.cpu import resolve_inference_precision, resolve_precision
-from pspnet.config import load_config
 from pspnet.inference import onednn
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.training.trainer import Trainer
 from pspnet.errors import ConfigError
-from pspnet.models import PSPNet, PSPNetConfig
-
-from folder_data import make_folder_dataset
 
 # flags as /proc/cpuinfo spells them, for the CPUs this project's machines have: a Zen 4 (avx512_bf16,
 # no AMX), a Sapphire Rapids Xeon (AMX and avx512_bf16), an AMX-only set (amx_bf16 alone must be
@@ -33,11 +29,6 @@ AVX2 = "avx2 fma"
 CPUS = {"zen4": (ZEN4, True, False), "xeon-amx": (XEON_AMX, True, True), "amx-only": (AMX_ONLY, True, True),
         "avx512-no-bf16": (AVX512_NO_BF16, False, False), "avx2": (AVX2, False, False),
         "int8-amx-only": ("avx2 amx_tile amx_int8", False, True), "none": ("", False, False)}
-
-
-def _tiny() -> PSPNet:
-    torch.manual_seed(0)
-    return PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux_channels=8)).eval()
 
 
 @pytest.mark.parametrize("name", list(CPUS))
@@ -74,12 +65,12 @@ def test_override_syntax_and_detection(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["xeon-amx", "avx512-no-bf16"])
-def test_auto_inference_runs_the_chosen_precision(monkeypatch, name):
+def test_auto_inference_runs_the_chosen_precision(monkeypatch, name, tiny_pspnet):
     """``prepare_for_inference(model, "auto")`` really builds a bf16 / fp32 network per the CPU
     (bf16 runs in emulation where the CPU lacks it: slower, same code path)."""
     flags, bf16, _ = CPUS[name]
     monkeypatch.setenv(cpu.FLAGS_ENV, flags)
-    model = _tiny()
+    model = tiny_pspnet().eval()
     prepared = prepare_for_inference(model, "auto")
     assert prepared.precision == ("bf16" if bf16 else "fp32")
     body = {p.dtype for n, p in prepared.named_parameters() if not n.startswith("classifier")}
@@ -95,16 +86,13 @@ def test_auto_inference_runs_the_chosen_precision(monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", ["zen4", "avx2"])
-def test_trainer_auto_precision_follows_the_cpu(monkeypatch, tmp_path, name):
+def test_trainer_auto_precision_follows_the_cpu(monkeypatch, tmp_path, name, folder_dataset, tiny_run_config):
     """``train.precision=auto`` trains under bf16 autocast on a bf16 CPU, in fp32 elsewhere (one real
     iteration each, so both paths run here)."""
     flags, bf16, _ = CPUS[name]
     monkeypatch.setenv(cpu.FLAGS_ENV, flags)
-    data = make_folder_dataset(tmp_path / "data", n=4)
-    cfg = load_config(None, [
-        "data.dataset=folder", f"data.root={data}", "data.crop_size=[32,32]", "data.workers=0",
-        "model.num_classes=3", "model.depth=18", "model.head_channels=16", "model.aux_channels=8",
-        "train.iters=1", "train.batch_size=2", "train.precision=auto", f"train.output_dir={tmp_path / 'run'}"])
+    data = folder_dataset(tmp_path / "data", n=4)
+    cfg = tiny_run_config(data, tmp_path / "run", "train.iters=1", "train.precision=auto")
     trainer = Trainer(cfg, progress=False)
     assert trainer.amp_dtype == (torch.bfloat16 if bf16 else None)
     seen: list[torch.dtype] = []
@@ -114,10 +102,10 @@ def test_trainer_auto_precision_follows_the_cpu(monkeypatch, tmp_path, name):
     assert res.iterations == 1 and seen and seen[0] == (torch.bfloat16 if bf16 else torch.float32)
 
 
-def test_onednn_branch_can_be_switched_off(monkeypatch):
+def test_onednn_branch_can_be_switched_off(monkeypatch, tiny_pspnet):
     """``onednn=None`` picks oneDNN fused convolutions where PyTorch has them; forced absent, the
     same call builds the plain folded network with the same output."""
-    model = _tiny()
+    model = tiny_pspnet().eval()
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         ref = model(x)

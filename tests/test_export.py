@@ -13,17 +13,16 @@ from torch.nn import functional as F
 from pspnet.cli import main
 from pspnet.export import (BinPool2d, check_onnx, check_torchscript, export_onnx, export_torchscript, format_check,
                            make_exportable)
-from pspnet.models import pspnet_resnet18
 from pspnet.models.weights import save_weights
 
 SIZES = [(33, 47), (64, 64), (81, 19)]  # odd, square, tall-and-narrow
 
 
-def _tiny(pool="avg", classes=4):
-    torch.manual_seed(0)
-    model = pspnet_resnet18(num_classes=classes, head_channels=16, aux=False, pool=pool).eval()
+def _nontrivial(model):
+    """``model`` in eval mode, with non-trivial BN statistics and logits of order 1-10."""
+    model.eval()
     with torch.no_grad():
-        for m in model.modules():  # non-trivial BN statistics and logits of order 1-10
+        for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
@@ -39,8 +38,8 @@ def test_bin_pool_equals_adaptive_pool(h, w, b):
     assert torch.equal(BinPool2d(b, "max")(x), F.adaptive_max_pool2d(x, b))
 
 
-def test_make_exportable_keeps_the_function():
-    model = _tiny()
+def test_make_exportable_keeps_the_function(tiny_pspnet):
+    model = _nontrivial(tiny_pspnet(4, aux=False))
     exp = make_exportable(model)
     assert all(isinstance(br[0], BinPool2d) for br in exp.ppm.features)
     assert all(isinstance(br[0], torch.nn.AdaptiveAvgPool2d) for br in model.ppm.features)  # original untouched
@@ -50,8 +49,8 @@ def test_make_exportable_keeps_the_function():
 
 
 @pytest.mark.parametrize("pool", ["avg", "max"])
-def test_onnx_one_file_any_size(tmp_path, pool):
-    model = _tiny(pool)
+def test_onnx_one_file_any_size(tmp_path, pool, tiny_pspnet):
+    model = _nontrivial(tiny_pspnet(4, aux=False, pool=pool))
     path = export_onnx(model, tmp_path / "m.onnx", class_names=["a", "b", "c", "d"], example_size=(64, 80))
     inputs = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in inputs] == ["batch", 3, "height", "width"]
@@ -65,8 +64,8 @@ def test_onnx_one_file_any_size(tmp_path, pool):
         assert r["max_abs_logit"] > 5  # logits large enough for the tolerance to mean something
 
 
-def test_torchscript_any_size(tmp_path):
-    model = _tiny()
+def test_torchscript_any_size(tmp_path, tiny_pspnet):
+    model = _nontrivial(tiny_pspnet(4, aux=False))
     path = export_torchscript(model, tmp_path / "m.pt", class_names=["a", "b", "c", "d"])
     results = check_torchscript(model, path, SIZES)
     assert all(r["ok"] and r["max_abs_diff"] < 1e-4 for r in results), results
@@ -75,18 +74,18 @@ def test_torchscript_any_size(tmp_path):
     assert json.loads(json.loads(extra["pspnet.json"])["class_names"]) == ["a", "b", "c", "d"]
 
 
-def test_check_detects_a_wrong_export(tmp_path):
-    model = _tiny()
+def test_check_detects_a_wrong_export(tmp_path, tiny_pspnet):
+    model = _nontrivial(tiny_pspnet(4, aux=False))
     path = export_onnx(model, tmp_path / "m.onnx")
-    other = _tiny()
+    other = _nontrivial(tiny_pspnet(4, aux=False))
     with torch.no_grad():
         other.cls[-1].bias[0] += 5.0  # a different model must fail the check
     results = check_onnx(other, path, SIZES[:1])
     assert not results[0]["ok"] and results[0]["max_abs_diff"] > 1
 
 
-def test_export_command(tmp_path, capsys):
-    model = _tiny()
+def test_export_command(tmp_path, capsys, tiny_pspnet):
+    model = _nontrivial(tiny_pspnet(4, aux=False))
     w = tmp_path / "w.safetensors"
     save_weights(model, w, ["a", "b", "c", "d"])
     rc = main(["export", "--weights", str(w), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--check",

@@ -21,13 +21,11 @@ import torch
 from PIL import Image
 
 from pspnet import cli
-from pspnet.config import load_config
 from pspnet.data.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from pspnet.data.io import MAX_PIXELS, read_image, read_label
 from pspnet.inference.testtime import predict_logits
 from pspnet.training.trainer import Trainer, train
 from pspnet.errors import DataError, TrainingError
-from pspnet.models import PSPNet, PSPNetConfig
 
 INFO3 = DatasetInfo("toy", ("a", "b", "c"), ((0, 0, 0), (255, 0, 0), (0, 255, 0)))
 
@@ -175,23 +173,22 @@ def test_too_small_image_for_the_augmentation(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training / eval / predict
-def make_folder(root: Path, n=6, size=(32, 32), bad: dict[str, bytes] | None = None) -> Path:
-    """``root/train/{images,labels}`` with ``n`` good pairs; ``bad`` maps 'images/x.png' -> bytes to add."""
-    for sub in ("images", "labels"):
-        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (root / "train/images" / f"{i:02d}.png").write_bytes(png_bytes(rand_image(*size, seed=i)))
-        (root / "train/labels" / f"{i:02d}.png").write_bytes(png_bytes(rand_label(*size, seed=i)))
-    for rel, content in (bad or {}).items():
-        (root / "train" / rel).write_bytes(content)
-    return root
+@pytest.fixture
+def make_folder(folder_dataset):
+    """``make_folder(root, n=6, size=(32, 32), bad=None)``: the tiny folder dataset (conftest) with ``n``
+    good pairs in ``root/train``; ``bad`` maps 'images/x.png' -> bytes to add."""
+    def make(root: Path, n: int = 6, size: tuple[int, int] = (32, 32), bad: dict[str, bytes] | None = None) -> Path:
+        folder_dataset(root, n=n, size=size)
+        for rel, content in (bad or {}).items():
+            (root / "train" / rel).write_bytes(content)
+        return root
+    return make
 
 
-def overrides(data: Path, out: Path, workers: int, iters: int = 3) -> list[str]:
-    return ["data.dataset=folder", f"data.root={data}", "data.crop_size=[24,24]", f"data.workers={workers}",
-            "data.val_split=train", "model.num_classes=3", "model.depth=18", "model.head_channels=16",
-            "model.aux_channels=8", f"train.iters={iters}", "train.batch_size=2", "train.precision=fp32",
-            "train.threads=1", f"train.output_dir={out}"]
+def overrides(workers: int, iters: int = 3) -> list[str]:
+    """On top of the tiny run (conftest): 24 px crops, validation on the training split, one thread."""
+    return ["data.crop_size=[24,24]", f"data.workers={workers}", "data.val_split=train", f"train.iters={iters}",
+            "train.threads=1"]
 
 
 BAD_FILES = {"images/90.png": b"", "labels/90.png": png_bytes(rand_label(32, 32)),          # empty image
@@ -199,9 +196,9 @@ BAD_FILES = {"images/90.png": b"", "labels/90.png": png_bytes(rand_label(32, 32)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_training_stops_at_a_bad_file_by_default(tmp_path, workers):
+def test_training_stops_at_a_bad_file_by_default(tmp_path, workers, make_folder, tiny_run_config):
     data = make_folder(tmp_path / "data", bad=BAD_FILES)
-    cfg = load_config(None, overrides(data, tmp_path / "run", workers))
+    cfg = tiny_run_config(data, tmp_path / "run", *overrides(workers))
     with pytest.raises(DataError) as e:
         train(cfg, progress=False)
     msg = str(e.value)
@@ -209,7 +206,7 @@ def test_training_stops_at_a_bad_file_by_default(tmp_path, workers):
     assert "Traceback" not in msg and "worker process" not in msg, f"worker traceback leaked into: {msg}"
 
 
-def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys):
+def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys, make_folder, tiny_run_config, tiny_run_overrides):
     # 7 good pairs + an empty image + a corrupt label + an image without label = 10 samples;
     # batch 2, 5 iterations = one epoch: every sample is drawn once, inside the worker process
     # (no validation set, so only the workers can have met the bad files)
@@ -218,7 +215,7 @@ def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys)
     out = tmp_path / "run"
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("{}\n")
-    rc = cli.main(["train", "-c", str(cfg_file), *overrides(data, out, workers=1, iters=5), "data.val_split=''",
+    rc = cli.main(["train", "-c", str(cfg_file), *tiny_run_overrides(data, out, *overrides(workers=1, iters=5)), "data.val_split=''",
                    "--skip-bad", "--no-progress"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
@@ -231,18 +228,17 @@ def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys)
     assert (out / "final.safetensors").is_file()
 
     # validation during training skips and lists too (here in the main process)
-    cfg = load_config(None, overrides(data, tmp_path / "run2", workers=0) + ["data.skip_bad=true"])
+    cfg = tiny_run_config(data, tmp_path / "run2", *overrides(workers=0), "data.skip_bad=true")
     trainer = Trainer(cfg, progress=False)
     metrics = trainer.validate()
     assert metrics is not None and sorted(Path(k).name for k in trainer.bad_files) == ["90.png", "91.png", "92.png"]
 
 
-def test_evaluate_stops_or_skips_and_lists(tmp_path):
+def test_evaluate_stops_or_skips_and_lists(tmp_path, make_folder, tiny_pspnet):
     from pspnet.inference.evaluate import evaluate
     data = make_folder(tmp_path / "data", n=2, bad=BAD_FILES)
     ds = build_dataset("folder", data, "train", info=INFO3)
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux_channels=8)).eval()
+    model = tiny_pspnet().eval()
     with pytest.raises(DataError, match="90.png"):
         evaluate(model, ds, num_classes=3, progress=False)
     res = evaluate(model, ds, num_classes=3, progress=False, skip_bad=True)
@@ -251,7 +247,7 @@ def test_evaluate_stops_or_skips_and_lists(tmp_path):
     assert "empty" in res["bad_files"][0]["error"]
 
 
-def test_predict_reports_a_bad_file_and_goes_on(tmp_path):
+def test_predict_reports_a_bad_file_and_goes_on(tmp_path, tiny_pspnet):
     from pspnet.inference.predict import predict_paths
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -259,7 +255,7 @@ def test_predict_reports_a_bad_file_and_goes_on(tmp_path):
     (inputs / "b_text.png").write_bytes(b"hello")
     (inputs / "c_truncated.jpg").write_bytes(png_bytes(rand_image(64, 64), fmt="JPEG")[:300])
     (inputs / "d_good.jpg").write_bytes(png_bytes(rand_image(seed=3), fmt="JPEG"))
-    model = PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux_channels=8)).eval()
+    model = tiny_pspnet().eval()
     out = predict_paths(model, [inputs], tmp_path / "out", class_names=INFO3.class_names, palette=INFO3.palette,
                         progress=False)
     assert [Path(p).name for p, _ in out.failed] == ["b_text.png", "c_truncated.jpg"], out.failed
@@ -267,8 +263,8 @@ def test_predict_reports_a_bad_file_and_goes_on(tmp_path):
 
 
 # ----------------------------------------------------------------------------- numerical
-def test_non_finite_input_is_reported():
-    model = PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux_channels=8)).eval()
+def test_non_finite_input_is_reported(tiny_pspnet):
+    model = tiny_pspnet().eval()
     x = torch.full((1, 3, 32, 32), 100.0)
     assert torch.isfinite(predict_logits(model, x)).all()
     for bad in (float("nan"), float("inf"), -float("inf")):
@@ -278,9 +274,9 @@ def test_non_finite_input_is_reported():
             predict_logits(model, y)
 
 
-def test_non_finite_loss_stops_training(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_training(tmp_path, monkeypatch, make_folder, tiny_run_config):
     data = make_folder(tmp_path / "data", n=4)
-    cfg = load_config(None, overrides(data, tmp_path / "run", workers=0, iters=4) + ["data.val_split=''"])
+    cfg = tiny_run_config(data, tmp_path / "run", *overrides(workers=0, iters=4), "data.val_split=''")
     trainer = Trainer(cfg, progress=False)
     real = trainer.criterion.forward
     calls = []
@@ -296,9 +292,9 @@ def test_non_finite_loss_stops_training(tmp_path, monkeypatch):
     assert "lower train.lr" in str(e.value)
 
 
-def test_absurd_learning_rate_diverges_into_a_training_error(tmp_path):
+def test_absurd_learning_rate_diverges_into_a_training_error(tmp_path, make_folder, tiny_run_config):
     data = make_folder(tmp_path / "data", n=4)
-    cfg = load_config(None, overrides(data, tmp_path / "run", workers=0, iters=6) +
-                      ["data.val_split=''", "train.lr=1e30", "train.warmup_iters=0"])
+    cfg = tiny_run_config(data, tmp_path / "run", *overrides(workers=0, iters=6), "data.val_split=''", "train.lr=1e30",
+                          "train.warmup_iters=0")
     with pytest.raises(TrainingError, match=r"loss is (nan|inf)"):
         train(cfg, progress=False)

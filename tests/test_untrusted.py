@@ -22,10 +22,11 @@ from pspnet.config import load_config
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer
 from pspnet.errors import PSPNetError, WeightsError
-from pspnet.models import PSPNet, PSPNetConfig
+from pspnet.models import PSPNet
 from pspnet.models.weights import load_into, load_weights, read_state_dict, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
+# the config of tiny_pspnet(deep_stem=False) (conftest), as weight-file metadata records it
 TINY = dict(num_classes=3, depth=18, head_channels=16, aux_channels=8, deep_stem=False)
 
 
@@ -86,23 +87,11 @@ def test_malicious_weights_refused_by_predict_and_eval_cli(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def _tiny_folder(root: Path) -> Path:
-    for sub in ("images", "labels"):
-        (root / "train" / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / "train/images" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 3, (24, 24), dtype=np.uint8)).save(root / "train/labels" / f"{i}.png")
-    return root
-
-
-def test_malicious_checkpoint_refused_by_trainer_resume_and_cli(tmp_path):
+def test_malicious_checkpoint_refused_by_trainer_resume_and_cli(tmp_path, folder_dataset, tiny_run_overrides):
     marker, (zip_ckpt, legacy) = _evil_files(tmp_path)
-    data = _tiny_folder(tmp_path / "data")
-    overrides = ["data.dataset=folder", f"data.root={data}", "data.crop_size=[16,16]", "data.workers=0",
-                 "data.val_split=''", "model.num_classes=3", "model.depth=18", "model.head_channels=16",
-                 "model.aux_channels=8", "train.iters=1", "train.batch_size=2", "train.precision=fp32",
-                 f"train.output_dir={tmp_path / 'run'}"]
+    data = folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    overrides = tiny_run_overrides(data, tmp_path / "run", "data.crop_size=[16,16]", "data.val_split=''",
+                                   "train.iters=1")
     cfg = load_config(None, overrides)
     with pytest.raises(WeightsError, match="refused"):
         Trainer(cfg, resume=zip_ckpt, progress=False)
@@ -120,10 +109,9 @@ def test_malicious_checkpoint_refused_by_trainer_resume_and_cli(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> tuple[Path, dict]:
+def good(tmp_path_factory, tiny_pspnet) -> tuple[Path, dict]:
     """A valid weight file (tiny PSPNet-18) and its tensors; the tests write damaged copies of it."""
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(**TINY))
+    model = tiny_pspnet(deep_stem=False)
     path = tmp_path_factory.mktemp("good") / "good.safetensors"
     save_weights(model, path, ["a", "b", "c"], [(0, 0, 0), (1, 1, 1), (2, 2, 2)])
     return path, load_file(str(path))
@@ -148,7 +136,7 @@ def test_good_file_loads(tmp_path, good):
     assert meta["class_names"] == ["a", "b", "c"] and model.config.num_classes == 3
 
 
-def test_wrong_shapes_and_dtypes_refused_before_use(tmp_path, good, monkeypatch):
+def test_wrong_shapes_and_dtypes_refused_before_use(tmp_path, good, monkeypatch, tiny_pspnet):
     path, state = good
     used = []
     monkeypatch.setattr(PSPNet, "load_state_dict", lambda self, *a, **k: used.append(1))
@@ -166,7 +154,7 @@ def test_wrong_shapes_and_dtypes_refused_before_use(tmp_path, good, monkeypatch)
             load_weights(out)
         assert key in str(e.value), str(e.value)
         with pytest.raises(WeightsError, match=words):
-            load_into(PSPNet(PSPNetConfig(**TINY)), read_state_dict(out)[0], source=str(out))
+            load_into(tiny_pspnet(deep_stem=False, seed=None), read_state_dict(out)[0], source=str(out))
     assert not used, "load_state_dict was called on a refused file"
 
 
@@ -242,13 +230,12 @@ def test_damaged_weight_files(tmp_path, good):
         read_state_dict(tmp_path / "missing.safetensors")
 
 
-def test_plain_tensor_checkpoints_still_load(tmp_path):
+def test_plain_tensor_checkpoints_still_load(tmp_path, tiny_pspnet):
     """The guard must not refuse honest files: a state_dict and a training-style checkpoint."""
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(**TINY))
+    model = tiny_pspnet(deep_stem=False)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "orig.pth")
     state, _ = read_state_dict(tmp_path / "orig.pth")
-    fresh = PSPNet(PSPNetConfig(**TINY))
+    fresh = tiny_pspnet(deep_stem=False, seed=None)
     load_into(fresh, state)
     for k, v in model.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k

@@ -28,7 +28,6 @@ from pspnet.hub import catalogue as cat
 from pspnet.hub.download import (ChecksumError, CorruptDownloadError, HTMLResponseError, ManualDownloadRequired,
                                  NotFoundError, TruncatedDownloadError, cached_weights_path, download, fetch_file,
                                  resolve_weights)
-from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import load_weights, read_state_dict
 
 N_CLASSES = 3
@@ -117,10 +116,9 @@ def server():
 
 # ------------------------------------------------------------------ a small original-release checkpoint
 @pytest.fixture(scope="module")
-def release_ckpt(tmp_path_factory):
+def release_ckpt(tmp_path_factory, tiny_pspnet):
     """(bytes of a train_epoch_*.pth-style checkpoint, the model it came from)."""
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(num_classes=N_CLASSES, depth=18, head_channels=64, aux_channels=32)).eval()
+    model = tiny_pspnet(N_CLASSES, head_channels=64, aux_channels=32).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -367,12 +365,12 @@ _TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1
              (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
 
 
-def test_csailvision_entry_downloads_and_converts_the_encoder_decoder_pair(server, monkeypatch, tmp_path):
+def test_csailvision_entry_downloads_and_converts_the_encoder_decoder_pair(server, monkeypatch, tmp_path, tiny_pspnet):
     base, files, _ = server
-    torch.manual_seed(1)
-    model = PSPNet(PSPNetConfig(num_classes=N_CLASSES, depth=18, stem_channels=(64, 64, 128), contract_dilation=True,
-                                basic_conv2_dilated=True, ppm_channels=64, head_channels=64, aux_channels=32,
-                                align_corners=False)).eval()
+    # CSAIL's ResNet-18 variant (stem widths, contracted dilation, dilated BasicBlock conv2, PPM width)
+    model = tiny_pspnet(N_CLASSES, seed=1, stem_channels=(64, 64, 128), contract_dilation=True,
+                        basic_conv2_dilated=True, ppm_channels=64, head_channels=64, aux_channels=32,
+                        align_corners=False).eval()
     halves: dict[str, dict] = {"encoder": {}, "decoder": {}}
     for k, v in model.state_dict().items():
         new = next(re.sub(p, r, k) for p, r in _TO_CSAIL if re.match(p, k))

@@ -18,7 +18,6 @@ from pspnet.inference.prepare import prepare_model
 from pspnet.inference.testtime import predict_logits
 from pspnet.inference.predict import predict_paths
 from pspnet.errors import DataError, WeightsError
-from pspnet.models import pspnet_resnet18
 from pspnet.models.weights import save_weights
 
 NAMES = ["sky", "road", "car"]
@@ -65,9 +64,8 @@ def _dataset(root, **kw):
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = pspnet_resnet18(num_classes=3, head_channels=16, aux=False).eval()
+def tiny_model(tiny_pspnet):
+    model = tiny_pspnet(aux=False).eval()
     with torch.no_grad():
         model.cls[-1].weight.normal_(0, 1.0)  # non-trivial predictions
     return model

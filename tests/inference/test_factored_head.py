@@ -14,7 +14,6 @@ from pspnet.cpu import onednn_available
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm
 from pspnet.inference.prepare import prepare_for_inference
-from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.ppm import PyramidPoolingModule
 
 
@@ -83,10 +82,8 @@ def test_factored_head_rejects_a_non_3x3_weight():
 
 @pytest.mark.skipif(not onednn_available(), reason="needs PyTorch's oneDNN fused convolutions")
 @pytest.mark.parametrize("align_corners", [True, False])
-def test_fast_model_uses_the_factored_head_and_matches_the_plain_one(align_corners):
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(num_classes=5, depth=18, head_channels=24, aux_channels=8,
-                                align_corners=align_corners)).eval()
+def test_fast_model_uses_the_factored_head_and_matches_the_plain_one(align_corners, tiny_pspnet):
+    model = tiny_pspnet(5, head_channels=24, align_corners=align_corners).eval()
     _randomise_bn(model, torch.Generator().manual_seed(1))
     x = torch.randn(1, 3, 61, 83)
     fast = prepare_for_inference(model, "fp32")

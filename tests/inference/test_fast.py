@@ -20,91 +20,8 @@ from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
 from pspnet.inference.prepare import argmax_agreement, prepare_for_inference
 from pspnet.errors import ConfigError, PSPNetError
-from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-
-
-def _scenes(n: int, h: int, w: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images of random axis-aligned rectangles; each class has its own colour and
-    texture, and the label of a pixel is the class of the topmost rectangle covering it."""
-    g = torch.Generator().manual_seed(seed)
-    colours = torch.rand(num_classes, 3, generator=g) * 4 - 2
-    labels = torch.zeros(n, h, w, dtype=torch.long)
-    for i in range(n):
-        labels[i] = int(torch.randint(0, num_classes, (1,), generator=g))
-        for _ in range(5):
-            c = int(torch.randint(0, num_classes, (1,), generator=g))
-            y0, x0 = int(torch.randint(0, h - 8, (1,), generator=g)), int(torch.randint(0, w - 8, (1,), generator=g))
-            y1 = y0 + int(torch.randint(8, h // 2 + 9, (1,), generator=g))
-            x1 = x0 + int(torch.randint(8, w // 2 + 9, (1,), generator=g))
-            labels[i, y0:y1, x0:x1] = c
-    images = colours[labels].permute(0, 3, 1, 2).contiguous()
-    stripes = torch.sin(torch.arange(w, dtype=torch.float32) * (labels.float().unsqueeze(1) + 1) * 0.7)
-    images = images + 0.3 * stripes + 0.1 * torch.randn(images.shape, generator=g)
-    return images, labels
-
-
-def _tiny(num_classes: int = 4, **kw) -> PSPNet:
-    torch.manual_seed(0)
-    return PSPNet(PSPNetConfig(num_classes=num_classes, depth=18, head_channels=32, aux_channels=16, **kw))
-
-
-def _fit_stats(model: PSPNet, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Eval-mode accuracy, the smallest share of pixels predicted as any one class, and the median
-    margin between the top two logits, on the given images."""
-    model.eval()
-    with torch.no_grad():
-        logits = model(images)
-    pred = logits.argmax(1)
-    top2 = logits.topk(2, dim=1).values
-    share = torch.bincount(pred.flatten(), minlength=logits.shape[1]).float() / pred.numel()
-    return {"accuracy": float((pred == labels).float().mean()), "min_class_share": float(share.min()),
-            "median_margin": float((top2[:, 0] - top2[:, 1]).median())}
-
-
-# what the fixture's model must reach (a margin above test_trained_ish_model_is_meaningful's 1.0, for slack)
-FIT_GOAL = {"accuracy": 0.75, "min_class_share": 0.02, "median_margin": 1.5}
-
-
-def train_until_meaningful(seed: int = 0, first: int = 30, every: int = 10,
-                           max_steps: int = 150) -> tuple[PSPNet, int, dict[str, float]]:
-    """Full-batch Adam on the 12 training scenes, checked every ``every`` steps from ``first`` on,
-    until :data:`FIT_GOAL` holds; returns (model, steps taken, its statistics). The check makes the
-    result independent of how a CPU rounds: a CPU whose kernels round differently follows another
-    trajectory and may need a few more steps, but ends at a model that meets the same goal (a fixed
-    step count gave a 2-class model on a Xeon with AMX). Full batches: no sampling, a smooth descent."""
-    num_classes = 4
-    torch.manual_seed(seed)
-    model = PSPNet(PSPNetConfig(num_classes=num_classes, depth=18, head_channels=32, aux_channels=16,
-                                output_stride=16))
-    images, labels = _scenes(16, 64, 80, num_classes, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    criterion = PSPNetLoss(0.4, 255)
-    stats: dict[str, float] = {}
-    for step in range(1, max_steps + 1):
-        model.train()
-        loss, _ = criterion(model(images[:12]), labels[:12])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= first and (step - first) % every == 0:
-            stats = _fit_stats(model, images[:12], labels[:12])
-            if all(stats[k] >= v for k, v in FIT_GOAL.items()):
-                return model.eval(), step, stats
-    raise AssertionError(f"not meaningful after {max_steps} steps: {stats} (goal {FIT_GOAL})")
-
-
-@pytest.fixture(scope="module")
-def trained_ish() -> tuple[PSPNet, torch.Tensor, torch.Tensor]:
-    """A PSPNet-18 (output stride 16, narrow head) trained on 12 rectangle scenes until it predicts
-    every class with good accuracy (:func:`train_until_meaningful`): its BatchNorm statistics and
-    weights are learned and its logits have real margins between classes, so agreement between
-    precisions is measured on predictions that depend on the image (a random-weight model's
-    near-uniform logits would make any agreement test meaningless). Scenes 12-15 are held out."""
-    model, _, _ = train_until_meaningful()
-    images, labels = _scenes(16, 64, 80, 4, seed=0)
-    return model, images, labels
 
 
 # ----------------------------------------------------------------------------------------- folding
@@ -129,9 +46,9 @@ def test_fuse_refuses_group_norm():
 
 
 @pytest.mark.parametrize("channels_last,onednn", [(True, None), (True, False), (False, False)])
-def test_folded_fp32_equals_unfolded(trained_ish, channels_last, onednn):
+def test_folded_fp32_equals_unfolded(trained_tiny, channels_last, onednn):
     """Folded (and, by default on CPUs, oneDNN-fused) fp32 network == the original, to fp32 rounding."""
-    model, images, _ = trained_ish
+    model, images, _ = trained_tiny
     fast_model = prepare_for_inference(model, "fp32", channels_last=channels_last, onednn=onednn)
     assert isinstance(fast_model, FastPSPNet) and fast_model.precision == "fp32"
     assert fast_model.onednn == (onednn_available() if onednn is None else onednn)
@@ -149,8 +66,8 @@ def test_folded_fp32_equals_unfolded(trained_ish, channels_last, onednn):
         torch.testing.assert_close(fast_model(small), model(small), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
-def test_fold_batchnorm_copies_and_keeps_group_norm():
-    model = _tiny(norm="gn").eval()
+def test_fold_batchnorm_copies_and_keeps_group_norm(tiny_pspnet):
+    model = tiny_pspnet(4, norm="gn").eval()
     folded = fold_batchnorm(model)
     assert folded is not model
     assert sum(isinstance(m, nn.GroupNorm) for m in folded.modules()) == sum(
@@ -161,10 +78,10 @@ def test_fold_batchnorm_copies_and_keeps_group_norm():
 
 
 # ----------------------------------------------------------------------------------------- bf16
-def test_trained_ish_model_is_meaningful(trained_ish):
+def test_trained_tiny_model_is_meaningful(trained_tiny):
     """The fixture's fp32 predictions follow the labels and are confident (so the agreement tests
     below are not vacuous): accuracy well above chance, several classes, real logit margins."""
-    model, images, labels = trained_ish
+    model, images, labels = trained_tiny
     with torch.no_grad():
         logits = model(images[:12])
     pred = logits.argmax(1)
@@ -176,8 +93,8 @@ def test_trained_ish_model_is_meaningful(trained_ish):
         assert float((model(images[12:]).argmax(1) == labels[12:]).float().mean()) > 0.4
 
 
-def test_bf16_keeps_the_labels(trained_ish):
-    model, images, _ = trained_ish
+def test_bf16_keeps_the_labels(trained_tiny):
+    model, images, _ = trained_tiny
     fast_model = prepare_for_inference(model, "bf16")
     assert fast_model.precision == "bf16"
     dtypes = {name.split(".")[0]: p.dtype for name, p in fast_model.named_parameters()}
@@ -189,18 +106,18 @@ def test_bf16_keeps_the_labels(trained_ish):
     assert argmax_agreement(out, ref) >= 0.99
 
 
-def test_auto_precision_follows_the_cpu(monkeypatch):
+def test_auto_precision_follows_the_cpu(monkeypatch, tiny_pspnet):
     """Both branches on any CPU, flags forced (tests/test_cpu.py covers every place that branches)."""
     monkeypatch.setenv(cpu.FLAGS_ENV, "avx512f avx512_bf16")
     assert resolve_inference_precision("auto") == "bf16"
     monkeypatch.setenv(cpu.FLAGS_ENV, "avx512f")
     assert resolve_inference_precision("auto") == "fp32"
-    assert prepare_for_inference(_tiny().eval(), "auto").precision == "fp32"
+    assert prepare_for_inference(tiny_pspnet(4).eval(), "auto").precision == "fp32"
     assert resolve_inference_precision("int8") == "int8"
 
 
-def test_bad_arguments_raise_clear_errors():
-    model = _tiny().eval()
+def test_bad_arguments_raise_clear_errors(tiny_pspnet):
+    model = tiny_pspnet(4).eval()
     with pytest.raises(ConfigError, match="precision must be one of"):
         prepare_for_inference(model, "fp16")
     with pytest.raises(ConfigError, match="backend must be one of"):
@@ -216,8 +133,8 @@ def test_bad_arguments_raise_clear_errors():
 
 # ----------------------------------------------------------------------------------------- ONNX Runtime
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_onnxruntime_backend_matches_torch(trained_ish):
-    model, images, _ = trained_ish
+def test_onnxruntime_backend_matches_torch(trained_tiny):
+    model, images, _ = trained_tiny
     for factor_head in (True, False):  # the PPM + head conv factored (default) or exported as they are
         ort_model = prepare_for_inference(model, "fp32", backend="onnxruntime", factor_head=factor_head)
         assert ort_model.backend == "onnxruntime" and ort_model.precision == "fp32"
@@ -235,8 +152,8 @@ def test_onnxruntime_backend_matches_torch(trained_ish):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_onnxruntime_int8_runs_and_mostly_agrees(trained_ish):
-    model, images, _ = trained_ish
+def test_onnxruntime_int8_runs_and_mostly_agrees(trained_tiny):
+    model, images, _ = trained_tiny
     q = prepare_for_inference(model, "int8", backend="onnxruntime", calibration=[images[:12]])
     assert q.precision == "int8"
     with torch.no_grad():
@@ -248,12 +165,12 @@ def test_onnxruntime_int8_runs_and_mostly_agrees(trained_ish):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(tmp_path):
+def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(tmp_path, tiny_pspnet):
     """A fresh network folds to many all-zero biases, which the exporter shares through Identity
     nodes; each one must become its own initializer, or the quantiser leaves those convolutions in
     fp32 between dequantise/quantise pairs (slower than the fp32 graph)."""
     import onnx
-    model = _tiny().eval()  # untrained: every folded bias is zero
+    model = tiny_pspnet(4).eval()  # untrained: every folded bias is zero
     x = torch.randn(1, 3, 48, 64)
     src, dst = tmp_path / "m.onnx", tmp_path / "m_int8.onnx"
     ort_backend._export_onnx(make_exportable(fold_batchnorm(model)), x, src)
@@ -269,9 +186,9 @@ def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(t
     assert biases and all(b == "DequantizeLinear" for b in biases), biases
 
 
-def test_int8_torch_backend_keeps_most_labels(trained_ish):
+def test_int8_torch_backend_keeps_most_labels(trained_tiny):
     """PT2E int8 through torchao, a dev dependency: this runs in CI, it does not skip."""
-    model, images, _ = trained_ish
+    model, images, _ = trained_tiny
     q = prepare_for_inference(model, "int8", calibration=[images[:12]])
     assert q.precision == "int8"
     with torch.no_grad():
@@ -281,8 +198,8 @@ def test_int8_torch_backend_keeps_most_labels(trained_ish):
     assert argmax_agreement(out, ref) > 0.9
 
 
-def test_int8_torch_backend_without_torchao_says_what_is_missing(trained_ish, monkeypatch):
-    model, images, _ = trained_ish
+def test_int8_torch_backend_without_torchao_says_what_is_missing(trained_tiny, monkeypatch):
+    model, images, _ = trained_tiny
     # imports fail as if torchao were not installed (submodules too: a cached one would be reused)
     for name in ["torchao", *(n for n in sys.modules if n.startswith("torchao."))]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -12,23 +12,19 @@ import torch
 from PIL import Image
 
 from pspnet.cli import main
-from pspnet.models import PSPNet, PSPNetConfig
+from pspnet.models import PSPNet
 from pspnet.models.weights import save_weights
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _release_checkpoint(path: Path, num_classes: int) -> Path:
-    """A checkpoint in the original release's layout (``state_dict`` with ``module.`` keys, no config)."""
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(num_classes=num_classes, depth=18, head_channels=256, aux_channels=128))
+def _release_checkpoint(path: Path, model: PSPNet) -> Path:
+    """``model`` as a checkpoint in the original release's layout (``state_dict`` with ``module.`` keys, no config)."""
     torch.save({"epoch": 200, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
 
 
-def test_release_checkpoint_with_other_class_count_is_refused(tmp_path, capsys):
-    ckpt = _release_checkpoint(tmp_path / "train_epoch_200.pth", 19)
-    rc = main(["eval", "--config", str(REPO / "configs/camvid/pspnet_r18_cpu.yaml"), "--weights", str(ckpt),
+def test_release_checkpoint_with_other_class_count_is_refused(tmp_path, capsys, tiny_pspnet):
+    ckpt = _release_checkpoint(tmp_path / "train_epoch_200.pth", tiny_pspnet(19, head_channels=256, aux_channels=128))
+    rc = main(["eval", "--config", "camvid/pspnet_r18_cpu", "--weights", str(ckpt),
                "--data-root", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc != 0
@@ -36,27 +32,28 @@ def test_release_checkpoint_with_other_class_count_is_refused(tmp_path, capsys):
     assert "mIoU" not in capsys.readouterr().out  # no metrics table from a random classifier
 
 
-def test_same_class_count_release_checkpoint_still_loads(tmp_path):
+def test_same_class_count_release_checkpoint_still_loads(tmp_path, tiny_pspnet):
     from pspnet.config import load_config
     from pspnet.inference.loading import load_for_inference
-    ckpt = _release_checkpoint(tmp_path / "train_epoch_200.pth", 11)
-    model, _ = load_for_inference(ckpt, load_config(str(REPO / "configs/camvid/pspnet_r18_cpu.yaml"), []), "cpu")
+    ckpt = _release_checkpoint(tmp_path / "train_epoch_200.pth", tiny_pspnet(11, head_channels=256, aux_channels=128))
+    model, _ = load_for_inference(ckpt, load_config("camvid/pspnet_r18_cpu", []), "cpu")
     assert model.config.num_classes == 11
 
 
-def _tiny_weights(path: Path, test_settings=None, **extra) -> Path:
-    torch.manual_seed(0)
-    model = PSPNet(PSPNetConfig(num_classes=3, depth=18, head_channels=16, aux=False))
-    more = dict(extra)
-    if test_settings is not None:
-        more["test_settings"] = test_settings
-    save_weights(model, path, class_names=["a", "b", "c"], extra=more)
-    return path
+@pytest.fixture
+def tiny_weights(tiny_pspnet):
+    """``tiny_weights(path, test_settings)``: a tiny 3-class model without aux head saved to ``path``,
+    recording ``test_settings``."""
+    def write(path: Path, test_settings: dict) -> Path:
+        save_weights(tiny_pspnet(aux=False), path, class_names=["a", "b", "c"],
+                     extra={"test_settings": test_settings})
+        return path
+    return write
 
 
 @pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
-def test_predict_refuses_a_3x3_image_at_every_precision(tmp_path, capsys, precision):
-    weights = _tiny_weights(tmp_path / "w.safetensors", {"base_size": 64})
+def test_predict_refuses_a_3x3_image_at_every_precision(tmp_path, capsys, precision, tiny_weights):
+    weights = tiny_weights(tmp_path / "w.safetensors", {"base_size": 64})
     Image.fromarray(np.full((3, 3, 3), 90, np.uint8)).save(tmp_path / "tiny.png")
     rc = main(["predict", str(tmp_path / "tiny.png"), "--weights", str(weights), "--out", str(tmp_path / "out"),
                "--precision", precision, "--no-progress"])
@@ -65,8 +62,8 @@ def test_predict_refuses_a_3x3_image_at_every_precision(tmp_path, capsys, precis
     assert not list((tmp_path / "out").glob("tiny_*"))
 
 
-def test_predict_uses_recorded_settings_unless_overridden(tmp_path, capsys, monkeypatch):
-    weights = _tiny_weights(tmp_path / "w.safetensors", {"base_size": 48, "flip": True})
+def test_predict_uses_recorded_settings_unless_overridden(tmp_path, capsys, monkeypatch, tiny_weights):
+    weights = tiny_weights(tmp_path / "w.safetensors", {"base_size": 48, "flip": True})
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     seen = []
     import pspnet.inference.predict as predict_mod
@@ -103,10 +100,9 @@ def test_recorded_settings_are_validated(bad, words):
         recorded_test_settings({"test_settings": bad}, "w.safetensors")
 
 
-def test_eval_json_records_settings_and_their_sources(tmp_path, capsys):
-    from folder_data import make_folder_dataset
-    root = make_folder_dataset(tmp_path / "data", splits=("val",), n=2, classes=3)
-    weights = _tiny_weights(tmp_path / "w.safetensors", {"base_size": 40})
+def test_eval_json_records_settings_and_their_sources(tmp_path, capsys, folder_dataset, tiny_weights):
+    root = folder_dataset(tmp_path / "data", splits=("val",), n=2, classes=3)
+    weights = tiny_weights(tmp_path / "w.safetensors", {"base_size": 40})
     rc = main(["eval", "--dataset", "folder", "--data-root", str(root), "--weights", str(weights),
                "--split", "val", "--flip", "--out", str(tmp_path / "m.json"), "--no-progress"])
     assert rc == 0, capsys.readouterr()

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from pspnet.inference.testtime import predict_logits, release_resize_shape
-from pspnet.models import PSPNet, PSPNetConfig
+from pspnet.models import PSPNet
 
 cv2 = pytest.importorskip("cv2")
 
@@ -86,9 +86,8 @@ def release_test(model, image: np.ndarray, classes: int, base_size: int, scales,
 
 
 @pytest.fixture(scope="module")
-def model() -> PSPNet:
-    torch.manual_seed(0)
-    net = PSPNet(PSPNetConfig(num_classes=5, depth=18, head_channels=16, aux=False))
+def model(tiny_pspnet) -> PSPNet:
+    net = tiny_pspnet(5, aux=False)
     with torch.no_grad():
         net.cls[-1].weight.mul_(30)  # sharp, image-dependent probabilities instead of near-uniform ones
     return net.eval()

@@ -33,13 +33,6 @@ def shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def small(**kw) -> PSPNet:
-    """A tiny PSPNet (ResNet-18, thin head) for fast forward passes."""
-    kw.setdefault("head_channels", 32)
-    kw.setdefault("aux_channels", 16)
-    return pspnet_resnet18(num_classes=kw.pop("num_classes", 5), **kw)
-
-
 # ------------------------------------------------------------------ layout of the original release
 @pytest.mark.parametrize("source", [TESTS / "assets" / "semseg_pspnet50_keys.tsv",
                                     SHARED / "semseg_pspnet50_keys.tsv"], ids=["tests-copy", "shared"])
@@ -81,9 +74,9 @@ def test_layout_details_that_the_release_implies():
 
 # ------------------------------------------------------------------ any input size
 @pytest.mark.parametrize("size", [(97, 131), (360, 480), (8, 8), (9, 33)])
-def test_logits_come_back_at_input_size(size):
+def test_logits_come_back_at_input_size(size, tiny_pspnet):
     torch.manual_seed(0)
-    m = small(num_classes=7).eval()
+    m = tiny_pspnet(7).eval()
     with torch.no_grad():
         out = m(torch.randn(1, 3, *size))
     assert out.shape == (1, 7, *size)
@@ -100,14 +93,14 @@ def test_resnet50_on_a_small_odd_input():
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 5, 200), (1, 3, 7, 7)])
-def test_too_small_input_is_rejected_clearly(shape):
-    m = small().eval()
+def test_too_small_input_is_rejected_clearly(shape, tiny_pspnet):
+    m = tiny_pspnet(5).eval()
     with pytest.raises(DataError, match=r"too small.*output stride 8 needs at least 8x8"):
         m(torch.randn(*shape))
 
 
-def test_minimum_size_follows_output_stride():
-    m = small(output_stride=16).eval()
+def test_minimum_size_follows_output_stride(tiny_pspnet):
+    m = tiny_pspnet(5, output_stride=16).eval()
     with pytest.raises(ValueError, match="needs at least 16x16"):  # DataError is a ValueError
         m(torch.randn(1, 3, 15, 40))
     with torch.no_grad():
@@ -117,9 +110,9 @@ def test_minimum_size_follows_output_stride():
 @pytest.mark.parametrize("x, msg", [(torch.randn(3, 32, 32), "N x 3 x H x W"),
                                     (torch.randn(1, 1, 32, 32), "N x 3 x H x W"),
                                     (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "normalised float")])
-def test_wrong_input_kind_is_rejected(x, msg):
+def test_wrong_input_kind_is_rejected(x, msg, tiny_pspnet):
     with pytest.raises(DataError, match=msg):
-        small().eval()(x)
+        tiny_pspnet(5).eval()(x)
 
 
 # ------------------------------------------------------------------ dilated network strategy
@@ -130,8 +123,8 @@ def _features(m: PSPNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("os_, l3_dil, l4_dil", [(8, 2, 4), (16, 1, 2)])
-def test_output_stride(os_, l3_dil, l4_dil):
-    m = small(output_stride=os_).eval()
+def test_output_stride(os_, l3_dil, l4_dil, tiny_pspnet):
+    m = tiny_pspnet(5, output_stride=os_).eval()
     with torch.no_grad():
         x3, x4 = _features(m, torch.randn(1, 3, 64, 96))
         assert x4.shape[-2:] == (64 // os_, 96 // os_)
@@ -227,9 +220,9 @@ def test_invalid_output_stride_is_rejected():
 
 
 # ------------------------------------------------------------------ heads
-def test_aux_output_only_in_training():
+def test_aux_output_only_in_training(tiny_pspnet):
     torch.manual_seed(0)
-    m = small(num_classes=4)
+    m = tiny_pspnet(4)
     x = torch.randn(2, 3, 40, 56)
     m.train()
     out = m(x)
@@ -247,8 +240,8 @@ def test_aux_output_only_in_training():
     assert calls == []  # the auxiliary branch is not even computed at inference
 
 
-def test_no_aux_head_when_disabled():
-    m = small(aux=False).train()
+def test_no_aux_head_when_disabled(tiny_pspnet):
+    m = tiny_pspnet(5, aux=False).train()
     assert m.aux is None and not any(k.startswith("aux.") for k in m.state_dict())
     assert isinstance(m(torch.randn(2, 3, 32, 32)), torch.Tensor)
 
@@ -269,10 +262,10 @@ def test_loss_weights_aux_by_0_4_and_ignores_255():
         ce(main, target, weight=torch.tensor(weights), ignore_index=255).item(), rel=1e-6)
 
 
-def test_training_step_reduces_loss_on_a_fixed_batch():
+def test_training_step_reduces_loss_on_a_fixed_batch(tiny_pspnet):
     """A few SGD steps on one batch must lower the loss: gradients reach every part of the model."""
     torch.manual_seed(0)
-    m = small(num_classes=3, norm="gn").train()
+    m = tiny_pspnet(3, norm="gn").train()
     x = torch.randn(2, 3, 32, 32)
     y = (torch.arange(32)[None, :, None] >= 16).long().expand(2, 32, 32).contiguous()
     loss_fn = PSPNetLoss()
@@ -294,8 +287,8 @@ def test_training_step_reduces_loss_on_a_fixed_batch():
 
 # ------------------------------------------------------------------ variants
 @pytest.mark.parametrize("norm, layer", [("bn", nn.BatchNorm2d), ("syncbn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
-def test_norm_variants_build_and_run(norm, layer):
-    m = small(norm=norm)
+def test_norm_variants_build_and_run(norm, layer, tiny_pspnet):
+    m = tiny_pspnet(5, norm=norm)
     kinds = {type(x) for x in m.modules() if isinstance(x, (nn.BatchNorm2d, nn.GroupNorm))}
     assert kinds == {layer}
     if norm == "gn":  # GroupNorm trains on a single image (BatchNorm cannot: the 1x1 PPM bin)
@@ -303,8 +296,8 @@ def test_norm_variants_build_and_run(norm, layer):
         assert main.shape == (1, 5, 32, 32)
 
 
-def test_groupnorm_groups_divide_channels():
-    m = small(norm="gn")
+def test_groupnorm_groups_divide_channels(tiny_pspnet):
+    m = tiny_pspnet(5, norm="gn")
     for g in (x for x in m.modules() if isinstance(x, nn.GroupNorm)):
         assert g.num_channels % g.num_groups == 0 and g.num_groups <= 32
 
@@ -330,8 +323,8 @@ def test_named_builders_use_their_depth():
 
 
 @pytest.mark.parametrize("deep_stem", [True, False])
-def test_stems(deep_stem):
-    m = small(deep_stem=deep_stem).eval()
+def test_stems(deep_stem, tiny_pspnet):
+    m = tiny_pspnet(5, deep_stem=deep_stem).eval()
     convs = [x for x in m.layer0 if isinstance(x, nn.Conv2d)]
     if deep_stem:
         assert [c.kernel_size for c in convs] == [(3, 3)] * 3
@@ -357,8 +350,8 @@ def test_resnet_stem_forward_equals_layer0():
         torch.testing.assert_close(a, b)
 
 
-def test_ppm_options():
-    m = small(bins=(1, 3), pool="max").eval()
+def test_ppm_options(tiny_pspnet):
+    m = tiny_pspnet(5, bins=(1, 3), pool="max").eval()
     assert [f[0].output_size for f in m.ppm.features] == [1, 3]
     assert isinstance(m.ppm.features[0][0], nn.AdaptiveMaxPool2d)
     assert m.ppm.out_channels == 512 + 2 * 256

@@ -5,13 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pspnet.errors import WeightsError
-from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import INT8_SCALE_SUFFIX, load_weights, quantize_int8, save_weights
-
-
-def _model():
-    torch.manual_seed(0)
-    return PSPNet(PSPNetConfig(num_classes=5, depth=18, head_channels=32, aux_channels=16)).eval()
 
 
 def test_quantize_int8_error_bound():
@@ -22,8 +16,8 @@ def test_quantize_int8_error_bound():
     assert (err <= scale.view(-1, 1, 1, 1) / 2 + 1e-7).all()  # at most half a quantisation step
 
 
-def test_int8_storage_round_trip_without_aux(tmp_path):
-    model = _model()
+def test_int8_storage_round_trip_without_aux(tmp_path, tiny_pspnet):
+    model = tiny_pspnet(5, head_channels=32, aux_channels=16).eval()
     fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
     save_weights(model, fp16, dtype=torch.float16)
     save_weights(model, int8, storage="int8", include_aux=False, class_names=list("abcde"))
@@ -40,9 +34,9 @@ def test_int8_storage_round_trip_without_aux(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["drop_scale", "bad_scale_shape"])
-def test_int8_storage_damaged_file_is_refused(tmp_path, damage):
+def test_int8_storage_damaged_file_is_refused(tmp_path, damage, tiny_pspnet):
     path = tmp_path / "w.safetensors"
-    save_weights(_model(), path, storage="int8")
+    save_weights(tiny_pspnet(5, head_channels=32, aux_channels=16).eval(), path, storage="int8")
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()

@@ -18,12 +18,6 @@ from pspnet.models.weights import (compare_state, load_into, load_weights, read_
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def tiny(num_classes: int = 5, **kw) -> PSPNet:
-    kw.setdefault("head_channels", 32)
-    kw.setdefault("aux_channels", 16)
-    return pspnet_resnet18(num_classes=num_classes, **kw)
-
-
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every float tensor (BN statistics included) distinct random values, so a copy is detectable."""
     g = torch.Generator().manual_seed(seed)
@@ -45,8 +39,8 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 # ------------------------------------------------------------------ our format
-def test_our_format_round_trips_with_metadata(tmp_path):
-    model = randomise(tiny(3, bins=(1, 2, 4), output_stride=16, deep_stem=False)).eval()
+def test_our_format_round_trips_with_metadata(tmp_path, tiny_pspnet):
+    model = randomise(tiny_pspnet(3, bins=(1, 2, 4), output_stride=16, deep_stem=False)).eval()
     path = tmp_path / "model.safetensors"
     names, palette = ["sky", "road", "car"], [(70, 130, 180), (128, 64, 128), (0, 0, 142)]
     save_weights(model, path, class_names=names, palette=palette, extra={"dataset": "demo"})
@@ -72,8 +66,8 @@ def test_our_format_round_trips_with_metadata(tmp_path):
     assert json.loads(raw["config"])["bins"] == [1, 2, 4]
 
 
-def test_save_in_bf16_and_load_back_as_float32(tmp_path):
-    model = randomise(tiny(2))
+def test_save_in_bf16_and_load_back_as_float32(tmp_path, tiny_pspnet):
+    model = randomise(tiny_pspnet(2))
     path = tmp_path / "half.safetensors"
     save_weights(model, path, dtype=torch.bfloat16)
     state, _ = read_state_dict(path)
@@ -84,8 +78,8 @@ def test_save_in_bf16_and_load_back_as_float32(tmp_path):
     torch.testing.assert_close(loaded.cls[4].weight, model.cls[4].weight, rtol=1e-2, atol=1e-2)
 
 
-def test_training_checkpoint_format_loads(tmp_path):
-    model = randomise(tiny(4))
+def test_training_checkpoint_format_loads(tmp_path, tiny_pspnet):
+    model = randomise(tiny_pspnet(4))
     path = tmp_path / "last.pt"
     torch.save({"model": model.state_dict(), "iteration": 7, "config": model.config.to_dict(),
                 "class_names": list("abcd"), "palette": [[1, 2, 3]] * 4}, path)
@@ -94,8 +88,8 @@ def test_training_checkpoint_format_loads(tmp_path):
     assert_same_state(loaded.state_dict(), model.state_dict())
 
 
-def test_bad_metadata_is_reported(tmp_path):
-    model = tiny(3)
+def test_bad_metadata_is_reported(tmp_path, tiny_pspnet):
+    model = tiny_pspnet(3)
     path = tmp_path / "m.safetensors"
     save_weights(model, path, class_names=["a", "b"])  # 2 names for 3 classes
     with pytest.raises(WeightsError, match="2 class names for 3 classes"):
@@ -156,7 +150,7 @@ def test_original_release_layout_of_pspnet50_maps_key_for_key(tmp_path):
 
 # ------------------------------------------------------------------ ImageNet backbones
 @pytest.mark.parametrize("deep_stem", [False, True], ids=["torchvision-7x7", "release-deep-stem"])
-def test_imagenet_backbone_maps_into_layer0(tmp_path, deep_stem):
+def test_imagenet_backbone_maps_into_layer0(tmp_path, deep_stem, tiny_pspnet):
     torch.manual_seed(0)
     backbone = randomise(ResNet(18, deep_stem=deep_stem, output_stride=32, num_classes=10), seed=2)
     sd = backbone.state_dict()
@@ -165,7 +159,7 @@ def test_imagenet_backbone_maps_into_layer0(tmp_path, deep_stem):
     torch.save(sd, path)
     state, _ = read_state_dict(path)
 
-    model = tiny(6, deep_stem=deep_stem)
+    model = tiny_pspnet(6, deep_stem=deep_stem)
     report = load_into(model, state, source=str(path), strict=False)
     msd = model.state_dict()
     pairs = {"conv1.weight": "layer0.0.weight", "bn1.running_var": "layer0.1.running_var",
@@ -188,25 +182,25 @@ def test_imagenet_backbone_maps_into_layer0(tmp_path, deep_stem):
         torch.testing.assert_close(ours, ref.forward_features(x))
 
 
-def test_backbone_with_wrong_stem_names_the_fix(tmp_path):
+def test_backbone_with_wrong_stem_names_the_fix(tmp_path, tiny_pspnet):
     path = tmp_path / "resnet18.pth"
     torch.save(ResNet(18, deep_stem=False).state_dict(), path)
     state, _ = read_state_dict(path)
     with pytest.raises(WeightsError) as e:
-        load_into(tiny(3, deep_stem=True), state, source=str(path), strict=False)
+        load_into(tiny_pspnet(3, deep_stem=True), state, source=str(path), strict=False)
     msg = str(e.value)
     assert "layer0.0.weight: file (64, 3, 7, 7) vs model (64, 3, 3, 3)" in msg
     assert "--no-deep-stem" in msg and str(path) in msg
 
 
 # ------------------------------------------------------------------ mismatches and fine-tuning
-def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
-    state = dict(tiny(4).state_dict())
+def test_mismatch_lists_missing_unexpected_and_misshaped_keys(tiny_pspnet):
+    state = dict(tiny_pspnet(4).state_dict())
     del state["layer3.1.bn2.running_mean"]
     state["layer9.0.conv1.weight"] = torch.zeros(1)
     state["ppm.features.0.1.weight"] = torch.zeros(7, 512, 1, 1)
     with pytest.raises(WeightsError) as e:
-        load_into(tiny(4), state, source="ckpt.pth")
+        load_into(tiny_pspnet(4), state, source="ckpt.pth")
     msg = str(e.value)
     assert msg.startswith("ckpt.pth: weights do not fit the model")
     assert "missing keys (1):\n    layer3.1.bn2.running_mean" in msg
@@ -214,19 +208,18 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
     assert "wrongly shaped keys (1):\n    ppm.features.0.1.weight: file (7, 512, 1, 1) vs model (128, 512, 1, 1)" in msg
 
 
-def test_missing_classifier_is_an_error_when_strict():
-    state = dict(tiny(4).state_dict())
+def test_missing_classifier_is_an_error_when_strict(tiny_pspnet):
+    state = dict(tiny_pspnet(4).state_dict())
     del state["cls.4.weight"]
     with pytest.raises(WeightsError, match=r"missing keys \(1\):\n    cls.4.weight"):
-        load_into(tiny(4), state)
+        load_into(tiny_pspnet(4), state)
 
 
-def test_different_class_count_keeps_the_rest_and_reinitialises_classifiers(tmp_path, caplog):
-    src = randomise(tiny(5), seed=3)
+def test_different_class_count_keeps_the_rest_and_reinitialises_classifiers(tmp_path, caplog, tiny_pspnet):
+    src = randomise(tiny_pspnet(5), seed=3)
     path = tmp_path / "five.safetensors"
     save_weights(src, path, class_names=list("abcde"))
-    torch.manual_seed(1)
-    dst = tiny(3)
+    dst = tiny_pspnet(3, seed=1)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     state, _ = read_state_dict(path)
     with pytest.raises(WeightsError, match="predicts 5 classes but the model was built for 3"):
@@ -286,11 +279,11 @@ def test_corrupt_files_raise_weights_error(tmp_path, content, msg):
             read_state_dict(path)
 
 
-def test_missing_file_and_truncated_safetensors(tmp_path):
+def test_missing_file_and_truncated_safetensors(tmp_path, tiny_pspnet):
     with pytest.raises(WeightsError, match="weight file not found"):
         read_state_dict(tmp_path / "nope.safetensors")
     path = tmp_path / "m.safetensors"
-    save_weights(tiny(2), path)
+    save_weights(tiny_pspnet(2), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="not a valid safetensors file"):

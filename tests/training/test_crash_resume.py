@@ -24,26 +24,21 @@ from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer, train
 from pspnet.errors import TrainingError
 
-from folder_data import make_folder_dataset
-
 ITERS = 12  # 6 images, batch 2: 3 iterations per epoch, so the legs cross epoch boundaries
-OVERRIDES = ["data.dataset=folder", "data.crop_size=[32,32]", "data.workers=0", "data.val_split=''",
-             "model.num_classes=3", "model.depth=18", "model.head_channels=16", "model.aux_channels=8",
-             "model.dropout=0.1", f"train.iters={ITERS}", "train.batch_size=2", "train.precision=fp32",
-             "train.threads=1", "train.log_every=1", "train.ckpt_every=2", "train.lr=0.01",
-             "train.warmup_iters=1"]
+# on top of the tiny run (conftest): dropout on, so the RNG state must be restored too
+CRASHY = ["data.val_split=''", "model.dropout=0.1", f"train.iters={ITERS}", "train.threads=1", "train.ckpt_every=2",
+          "train.lr=0.01", "train.warmup_iters=1"]
 
 
 class Leg:
     """One ``python -m pspnet.cli train`` process writing to ``out``; watches its ``log.jsonl``."""
 
-    def __init__(self, cfg_file: Path, data: Path, out: Path, resume: bool, name: str) -> None:
+    def __init__(self, cfg_file: Path, out: Path, overrides: list[str], resume: bool, name: str) -> None:
         self.out, self.name = out, name
         self.log = out / "log.jsonl"
         self.started = time.time()
         self.stderr_path = out.parent / f"{name}.stderr"
-        cmd = [sys.executable, "-m", "pspnet.cli", "train", "-c", str(cfg_file), f"data.root={data}",
-               f"train.output_dir={out}", *OVERRIDES, "--no-progress"]
+        cmd = [sys.executable, "-m", "pspnet.cli", "train", "-c", str(cfg_file), *overrides, "--no-progress"]
         if resume:
             cmd += ["--resume", str(out / "last.pt")]
         self.stderr = open(self.stderr_path, "w")
@@ -91,36 +86,37 @@ def assert_checkpoint_ok(out: Path, at_most: int) -> int:
     return int(ckpt["iteration"])
 
 
-def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path):
-    data = make_folder_dataset(tmp_path / "data", size=(40, 48))
+def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path, folder_dataset, tiny_run_overrides):
+    data = folder_dataset(tmp_path / "data", size=(40, 48))
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("{}\n")
     out = tmp_path / "crashy"
     out.mkdir()
+    run = tiny_run_overrides(data, out, *CRASHY)
 
     # leg 1: killed at an arbitrary moment after iteration 3 was logged (checkpoint 2 exists)
-    leg = Leg(cfg_file, data, out, resume=False, name="leg1")
+    leg = Leg(cfg_file, out, run, resume=False, name="leg1")
     leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 3, "iteration 3")
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
     assert_checkpoint_ok(out, ITERS)
 
     # leg 2: killed while it writes a checkpoint (its temporary file exists)
-    leg = Leg(cfg_file, data, out, resume=True, name="leg2")
+    leg = Leg(cfg_file, out, run, resume=True, name="leg2")
     leg.wait_until(lambda: bool(tmp_files(out)), "a checkpoint write in progress")
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
     assert_checkpoint_ok(out, ITERS)  # the previous checkpoint survived the interrupted write
 
     # leg 3: killed after iteration 8
-    leg = Leg(cfg_file, data, out, resume=True, name="leg3")
+    leg = Leg(cfg_file, out, run, resume=True, name="leg3")
     leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 8, "iteration 8")
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
     assert_checkpoint_ok(out, ITERS)
 
     # leg 4: SIGINT (Ctrl-C) after iteration 10: the step finishes, a checkpoint is saved, exit code 130
-    leg = Leg(cfg_file, data, out, resume=True, name="leg4")
+    leg = Leg(cfg_file, out, run, resume=True, name="leg4")
     leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 10, "iteration 10")
     leg.proc.send_signal(signal.SIGINT)
     rc = leg.finish()
@@ -134,14 +130,14 @@ def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path):
     # leg 5: a stale temporary file from a crashed writer is cleaned; the run completes
     stale = out / ".last.pt.k1ll3d.tmp"
     stale.write_bytes(b"half a checkpoint")
-    leg = Leg(cfg_file, data, out, resume=True, name="leg5")
+    leg = Leg(cfg_file, out, run, resume=True, name="leg5")
     assert leg.finish(timeout=180) == 0, leg.text()[-3000:]
     assert not tmp_files(out), f"temporary files left behind: {tmp_files(out)}"
     assert load_checkpoint(out / "last.pt")["iteration"] == ITERS
 
     # the uninterrupted reference, in this process with the same config
     ref_out = tmp_path / "reference"
-    cfg = load_config(cfg_file, [f"data.root={data}", f"train.output_dir={ref_out}", *OVERRIDES])
+    cfg = load_config(cfg_file, tiny_run_overrides(data, ref_out, *CRASHY))
     train(cfg, progress=False)
     a, b = load_file(str(ref_out / "final.safetensors")), load_file(str(out / "final.safetensors"))
     assert a.keys() == b.keys()
@@ -149,15 +145,9 @@ def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path):
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:5]}"
 
 
-def _tiny_trainer(tmp_path: Path) -> Trainer:
-    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
-    cfg = load_config(None, [f"data.root={data}", f"train.output_dir={tmp_path / 'run'}", *OVERRIDES,
-                             "data.crop_size=[16,16]"])
-    return Trainer(cfg, progress=False)
-
-
-def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    trainer = _tiny_trainer(tmp_path)
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, folder_dataset, tiny_run_config):
+    data = folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    trainer = Trainer(tiny_run_config(data, tmp_path / "run", *CRASHY, "data.crop_size=[16,16]"), progress=False)
     trainer.iteration = 4
     path = trainer.save_checkpoint()
     before = path.read_bytes()

@@ -23,8 +23,6 @@ from pspnet.config import load_config
 from pspnet.training.trainer import train
 from pspnet.models.weights import read_state_dict
 
-from folder_data import make_folder_dataset
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,8 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    data = make_folder_dataset(tmp_path / "data", n=8, seed=1, channel=1, ignore="random_cols")
+def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Path, folder_dataset) -> None:
+    data = folder_dataset(tmp_path / "data", n=8, seed=1, channel=1, ignore="random_cols")
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "model": {"num_classes": 3, "depth": 18, "head_channels": 32, "aux_channels": 16, "dropout": 0.0,

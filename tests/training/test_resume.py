@@ -13,20 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from pspnet.config import load_config
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import train
 from pspnet.models.weights import read_state_dict
 
-from folder_data import make_folder_dataset
 
-
-def tiny_config(data: Path, out: Path, iters: int, extra: list[str] = ()):
-    return load_config(None, [
-        "data.dataset=folder", f"data.root={data}", "data.crop_size=[32,32]", "data.workers=0",
-        "model.num_classes=3", "model.depth=18", "model.head_channels=32", "model.aux_channels=16",
-        "model.dropout=0.1", f"train.iters={iters}", "train.batch_size=2", "train.precision=fp32",
-        "train.log_every=1", "train.lr=0.01", "train.warmup_iters=1", f"train.output_dir={out}", *extra])
+# on top of the tiny run (conftest): dropout on, so the restored RNG state matters; 4 iterations
+RESUMED = ["model.dropout=0.1", "train.iters=4", "train.lr=0.01", "train.warmup_iters=1"]
 
 
 def assert_same_state(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -40,21 +33,21 @@ def assert_same_state(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_folder_dataset(tmp_path_factory.mktemp("resume_data"), n=6, ignore="top_band")
+def data(tmp_path_factory, folder_dataset) -> Path:
+    return folder_dataset(tmp_path_factory.mktemp("resume_data"), n=6, ignore="top_band")
 
 
-def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_config) -> None:
     # 6 images, batch 2: 3 iterations per epoch; stop at 2 (mid-epoch 0), resume to 4 (epoch 1)
-    full = train(tiny_config(data, tmp_path / "full", 4), progress=False)
+    full = train(tiny_run_config(data, tmp_path / "full", *RESUMED), progress=False)
     assert full.iterations == 4
 
-    first = train(tiny_config(data, tmp_path / "split", 4), progress=False, max_iters=2)
+    first = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False, max_iters=2)
     assert first.iterations == 2
     halfway, _ = read_state_dict(first.weights)
     ckpt = load_checkpoint(tmp_path / "split" / "last.pt")
     assert ckpt["iteration"] == 2
-    second = train(tiny_config(data, tmp_path / "split", 4), progress=False,
+    second = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False,
                    resume=tmp_path / "split" / "last.pt")
     assert second.iterations == 4
 

@@ -24,20 +24,10 @@ from pspnet.training.trainer import Trainer, train
 from pspnet.errors import ConfigError, DataError, TrainingError
 from pspnet.models.weights import read_state_dict
 
-from folder_data import make_folder_dataset
-
-
-def tiny(data: Path, out: Path, *extra: str):
-    return load_config(None, [
-        "data.dataset=folder", f"data.root={data}", "data.crop_size=[32,32]", "data.workers=0",
-        "model.num_classes=3", "model.depth=18", "model.head_channels=32", "model.aux_channels=16",
-        "train.iters=2", "train.batch_size=2", "train.precision=fp32", "train.log_every=1",
-        f"train.output_dir={out}", *extra])
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_folder_dataset(tmp_path_factory.mktemp("train_data"), splits=("train", "val"), n=8, seed=2,
+def data(tmp_path_factory, folder_dataset) -> Path:
+    return folder_dataset(tmp_path_factory.mktemp("train_data"), splits=("train", "val"), n=8, seed=2,
                                ignore="random_rows")
 
 
@@ -74,9 +64,9 @@ def test_poly_lr_with_warmup() -> None:
 
 
 # ------------------------------------------------------------------------------------ whole runs
-def test_run_writes_every_output(data: Path, tmp_path: Path) -> None:
+def test_run_writes_every_output(data: Path, tmp_path: Path, tiny_run_config) -> None:
     out = tmp_path / "run"
-    res = train(tiny(data, out, "train.val_every=1", "train.ckpt_every=1"), progress=False)
+    res = train(tiny_run_config(data, out, "train.val_every=1", "train.ckpt_every=1"), progress=False)
     assert res.iterations == 2 and res.best_miou is not None and res.final_metrics is not None
     for name in ("last.pt", "final.safetensors", "best.safetensors", "log.jsonl", "log.csv", "curves.png",
                  "config.yaml"):
@@ -97,7 +87,7 @@ def test_run_writes_every_output(data: Path, tmp_path: Path) -> None:
     assert load_config(out / "config.yaml").train.iters == 2  # the run's config, re-loadable
 
 
-def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path) -> None:
+def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path, tiny_run_config) -> None:
     """batch 4 in 2 micro-batches of 2 == batch 4 at once. GroupNorm and no dropout, because BatchNorm
     statistics (and dropout masks) of a micro-batch differ from the full batch's by design. The
     images ignore very different numbers of pixels: averaging the two micro-batch means instead of
@@ -105,7 +95,7 @@ def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path)
     extra = ("model.norm=gn", "model.dropout=0", "train.batch_size=4", "train.iters=1")
     updates, losses = [], []
     for name, more in (("full", ()), ("acc", ("train.accumulate=2",))):
-        trainer = Trainer(tiny(data, tmp_path / name, *extra, *more), progress=False)
+        trainer = Trainer(tiny_run_config(data, tmp_path / name, *extra, *more), progress=False)
         init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         res = trainer.fit()
         updates.append({k: trainer.model.state_dict()[k] - init[k] for k in init})
@@ -119,13 +109,13 @@ def test_gradient_accumulation_equals_the_full_batch(data: Path, tmp_path: Path)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_learning_rates_of_real_iterations(data: Path, tmp_path: Path) -> None:
+def test_learning_rates_of_real_iterations(data: Path, tmp_path: Path, tiny_run_config) -> None:
     """Four real iterations: every trainable parameter sits in exactly one SGD group (the backbone's
     or the head's), the groups get base_lr * poly(it) and head_lr_mult * base_lr * poly(it), with
     poly written out here, and SGD applies those rates (first step: momentum buffer = gradient)."""
     base, mult, power, iters, wd = 0.02, 7.0, 1.5, 4, 1e-4
-    trainer = Trainer(tiny(data, tmp_path / "lr", f"train.lr={base}", f"train.head_lr_mult={mult}",
-                           f"train.power={power}", f"train.iters={iters}", f"train.weight_decay={wd}"),
+    trainer = Trainer(tiny_run_config(data, tmp_path / "lr", f"train.lr={base}", f"train.head_lr_mult={mult}",
+                                      f"train.power={power}", f"train.iters={iters}", f"train.weight_decay={wd}"),
                       progress=False)
     model, opt = trainer.model, trainer.optimizer
     named = dict(model.named_parameters())
@@ -171,8 +161,9 @@ def _bn_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny(data, tmp_path / "fb", "train.freeze_backbone=true", "train.iters=1"), progress=False)
+def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_path: Path, tiny_run_config) -> None:
+    cfg = tiny_run_config(data, tmp_path / "fb", "train.freeze_backbone=true", "train.iters=1")
+    trainer = Trainer(cfg, progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = trainer.model.state_dict()
@@ -185,8 +176,9 @@ def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_pa
     assert all(g["name"] == "head" for g in trainer.optimizer.param_groups)
 
 
-def test_freeze_bn_keeps_every_bn_and_trains_the_convolutions(data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny(data, tmp_path / "fbn", "train.freeze_bn=true", "train.iters=1"), progress=False)
+def test_freeze_bn_keeps_every_bn_and_trains_the_convolutions(data: Path, tmp_path: Path, tiny_run_config) -> None:
+    cfg = tiny_run_config(data, tmp_path / "fbn", "train.freeze_bn=true", "train.iters=1")
+    trainer = Trainer(cfg, progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = trainer.model.state_dict()
@@ -199,9 +191,9 @@ def test_freeze_bn_keeps_every_bn_and_trains_the_convolutions(data: Path, tmp_pa
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data: Path, tmp_path: Path,
-                                                                     monkeypatch) -> None:
+                                                                     monkeypatch, tiny_run_config) -> None:
     out = tmp_path / "nan"
-    trainer = Trainer(tiny(data, out, "train.ckpt_every=1", "train.iters=3"), progress=False)
+    trainer = Trainer(tiny_run_config(data, out, "train.ckpt_every=1", "train.iters=3"), progress=False)
     real = trainer.criterion.forward
     calls = []
 
@@ -217,10 +209,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data: Path, 
     assert not (out / "final.safetensors").exists()
 
 
-def test_stop_request_saves_and_returns(data: Path, tmp_path: Path) -> None:
+def test_stop_request_saves_and_returns(data: Path, tmp_path: Path, tiny_run_config) -> None:
     """What SIGINT/SIGTERM do (the handler sets the flag): finish the step, save last.pt, return."""
     out = tmp_path / "stop"
-    trainer = Trainer(tiny(data, out, "train.iters=5"), progress=False)
+    trainer = Trainer(tiny_run_config(data, out, "train.iters=5"), progress=False)
     step = trainer._step
 
     def step_then_signal(*args):
@@ -234,30 +226,30 @@ def test_stop_request_saves_and_returns(data: Path, tmp_path: Path) -> None:
     assert not (out / "final.safetensors").exists()
 
 
-def test_config_problems_found_before_training(data: Path, tmp_path: Path) -> None:
+def test_config_problems_found_before_training(data: Path, tmp_path: Path, tiny_run_config) -> None:
     with pytest.raises(ConfigError, match=r"train.accumulate=4 .* train.batch_size=2"):
-        Trainer(tiny(data, tmp_path / "a", "train.accumulate=4"), progress=False)
+        Trainer(tiny_run_config(data, tmp_path / "a", "train.accumulate=4"), progress=False)
     with pytest.raises(ConfigError, match=r"class_weights has 2 values but the model has 3 classes"):
-        Trainer(tiny(data, tmp_path / "b", "train.class_weights=[1,2]"), progress=False)
+        Trainer(tiny_run_config(data, tmp_path / "b", "train.class_weights=[1,2]"), progress=False)
     with pytest.raises(TrainingError, match="checkpoint not found"):
-        Trainer(tiny(data, tmp_path / "c"), progress=False, resume=tmp_path / "nope.pt")
+        Trainer(tiny_run_config(data, tmp_path / "c"), progress=False, resume=tmp_path / "nope.pt")
 
 
-def test_tensorboard_missing_is_a_clear_error(data: Path, tmp_path: Path, monkeypatch) -> None:
+def test_tensorboard_missing_is_a_clear_error(data: Path, tmp_path: Path, monkeypatch, tiny_run_config) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match=r"train.tensorboard=true needs the 'tensorboard' package.*pip install"):
-        Trainer(tiny(data, tmp_path / "tb", "train.tensorboard=true"), progress=False)
+        Trainer(tiny_run_config(data, tmp_path / "tb", "train.tensorboard=true"), progress=False)
 
 
-def test_tensorboard_event_file(data: Path, tmp_path: Path) -> None:
+def test_tensorboard_event_file(data: Path, tmp_path: Path, tiny_run_config) -> None:
     """tensorboard is a dev dependency: this runs in CI rather than skipping."""
     out = tmp_path / "tb"
-    train(tiny(data, out, "train.tensorboard=true", "train.iters=1"), progress=False)
+    train(tiny_run_config(data, out, "train.tensorboard=true", "train.iters=1"), progress=False)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 # ------------------------------------------------------------------------------------ ignore index
-def test_a_non_255_ignore_index_trains_exactly_like_255(data: Path, tmp_path: Path) -> None:
+def test_a_non_255_ignore_index_trains_exactly_like_255(data: Path, tmp_path: Path, tiny_run_config) -> None:
     """The same data with its void pixels written 200 instead of 255, and data.ignore_index=200: the
     labels, the augmentation's padding, the loss and the metrics all use 200, so the run is the 255
     run bit for bit. A part that kept 255 (padding, label check, loss) fails or changes the numbers."""
@@ -272,7 +264,7 @@ def test_a_non_255_ignore_index_trains_exactly_like_255(data: Path, tmp_path: Pa
         Image.fromarray(arr).save(dst)
     runs = []
     for root, out, extra in ((data, "r255", ()), (relabelled, "r200", ("data.ignore_index=200",))):
-        runs.append(train(tiny(root, tmp_path / out, "train.val_every=1", *extra), progress=False))
+        runs.append(train(tiny_run_config(root, tmp_path / out, "train.val_every=1", *extra), progress=False))
     a, b = runs
     assert [r["loss"] for r in a.history if r["kind"] == "train"] == [r["loss"] for r in b.history
                                                                          if r["kind"] == "train"]

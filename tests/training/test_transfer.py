@@ -1,7 +1,7 @@
 """Transfer learning (seed 003): fine-tune an 11-class CamVid-style PSPNet on KITTI road (2 classes).
 
 The CamVid model is a tiny freshly built one saved with ``save_weights`` (the real one is the
-output of configs/camvid/pspnet_r18_cpu.yaml); the KITTI data is generated in the KITTI road layout.
+output of camvid/pspnet_r18_cpu); the KITTI data is generated in the KITTI road layout.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from PIL import Image
 from pspnet.config import load_config
 from pspnet.data.datasets.camvid import CLASS_NAMES as CAMVID_CLASSES, PALETTE as CAMVID_PALETTE
 from pspnet.training.trainer import Trainer
-from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.weights import read_state_dict, save_weights
 
 ROAD, NOT_ROAD, VOID = (255, 0, 255), (255, 0, 0), (0, 0, 0)
@@ -43,10 +42,9 @@ def make_kitti_road(root: Path, n: int = 6, size=(40, 96), seed: int = 3) -> Pat
     return root
 
 
-def test_finetune_camvid_model_on_kitti_road(tmp_path: Path, caplog) -> None:
-    widths = {"depth": 18, "head_channels": 32, "aux_channels": 16}
-    torch.manual_seed(123)
-    camvid = PSPNet(PSPNetConfig(num_classes=11, **widths))
+def test_finetune_camvid_model_on_kitti_road(tmp_path: Path, caplog, tiny_pspnet) -> None:
+    widths = {"head_channels": 32, "aux_channels": 16}
+    camvid = tiny_pspnet(11, seed=123, **widths)
     camvid_path = tmp_path / "camvid_pspnet18.safetensors"
     save_weights(camvid, camvid_path, CAMVID_CLASSES, CAMVID_PALETTE)
     source, _ = read_state_dict(camvid_path)
@@ -55,7 +53,7 @@ def test_finetune_camvid_model_on_kitti_road(tmp_path: Path, caplog) -> None:
     cfg = load_config(None, [
         "data.dataset=kitti_road", f"data.root={root}", "data.val_split=", "data.crop_size=[32,64]",
         "data.workers=0", "data.scale_min=0.75", "data.scale_max=1.25",
-        *(f"model.{k}={v}" for k, v in widths.items()),
+        "model.depth=18", *(f"model.{k}={v}" for k, v in widths.items()),
         f"train.pretrained={camvid_path}", "train.iters=10", "train.batch_size=2", "train.lr=0.03",
         "train.precision=fp32", "train.log_every=1", f"train.output_dir={tmp_path / 'run'}"])
 
@@ -82,9 +80,9 @@ def test_finetune_camvid_model_on_kitti_road(tmp_path: Path, caplog) -> None:
     assert weights["cls.4.weight"].shape[0] == 2
 
 
-def test_pretrained_with_other_widths_fails_clearly(tmp_path: Path) -> None:
+def test_pretrained_with_other_widths_fails_clearly(tmp_path: Path, tiny_pspnet) -> None:
     camvid_path = tmp_path / "camvid.safetensors"
-    save_weights(PSPNet(PSPNetConfig(num_classes=11, depth=18, head_channels=32, aux_channels=16)), camvid_path)
+    save_weights(tiny_pspnet(11, seed=None, head_channels=32, aux_channels=16), camvid_path)
     root = make_kitti_road(tmp_path / "kitti", n=2)
     cfg = load_config(None, ["data.dataset=kitti_road", f"data.root={root}", "data.val_split=",
                              "data.crop_size=[32,64]", "data.workers=0", "model.depth=18", "model.head_channels=64",
