@@ -5,14 +5,13 @@ from PIL import Image
 
 from pspnet.cli import main
 from pspnet.data.palettes import colorize
-from pspnet.models import pspnet_resnet18
 from pspnet.models.weights import save_weights
 
 NAMES = ["road", "car", "sky"]
 PALETTE = [(128, 64, 128), (0, 0, 142), (70, 130, 180)]
 
 
-def test_eval_grid_shows_image_truth_and_prediction(tmp_path, capsys):
+def test_eval_grid_shows_image_truth_and_prediction(tmp_path, capsys, tiny_pspnet):
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     (tmp_path / "lbl").mkdir()
@@ -24,7 +23,7 @@ def test_eval_grid_shows_image_truth_and_prediction(tmp_path, capsys):
         lines.append(f"img/{i}.png lbl/{i}.png")
     (tmp_path / "val.txt").write_text("\n".join(lines))
     weights = tmp_path / "w.safetensors"
-    save_weights(pspnet_resnet18(num_classes=3, head_channels=16, aux=False).eval(), weights, NAMES, PALETTE)
+    save_weights(tiny_pspnet(aux=False).eval(), weights, NAMES, PALETTE)
     grid = tmp_path / "grid.png"
     rc = main(["eval", "--weights", str(weights), "--dataset", "list", "--data-root", str(tmp_path),
                "--grid", str(grid), "--grid-images", "2", "--no-progress"])
