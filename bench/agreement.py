@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  mIoU fp32 {m_ref.miou * 100:.2f}   mIoU fast {m_fast.miou * 100:.2f}   drop {drop:+.3f} points")
     print(f"  time fp32 {t_ref:.1f} s   fast {t_fast:.1f} s  (whole loop, {n} images)")
     ok = agree >= MIN_AGREEMENT and drop <= MAX_MIOU_DROP
-    print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, mIoU drop <= {MAX_MIOU_DROP} points)")
+    print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, "
+          f"mIoU drop <= {MAX_MIOU_DROP} points)")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

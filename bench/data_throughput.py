@@ -56,9 +56,20 @@ def timed(fn, seconds: float) -> tuple[int, float]:
             return n, dt
 
 
+def timed_loader(loader: DataLoader, seconds: float) -> tuple[int, float]:
+    """One untimed warm-up epoch (first worker start, page cache), then :func:`timed` epochs of
+    ``loader``. The loader, and with it its worker processes, ends when this returns."""
+    def epoch() -> int:
+        return sum(x.shape[0] for x, _ in loader)
+
+    epoch()
+    return timed(epoch, seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", "--root", dest="root", default="../shared/data/camvid", help="CamVid folder (SegNet layout)")
+    p.add_argument("--data-root", "--root", dest="root", default="../shared/data/camvid",
+                   help="CamVid folder (SegNet layout)")
     p.add_argument("--split", default="train")
     p.add_argument("--crop", type=int, nargs=2, default=(360, 360), metavar=("H", "W"))
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
@@ -100,14 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         for persistent in ([False, True] if w else [False]):
             loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=w, drop_last=True,
                                 persistent_workers=persistent, prefetch_factor=4 if w else None)
-
-            def epoch() -> int:
-                return sum(x.shape[0] for x, _ in loader)
-
-            epoch()  # warm-up: first worker start, page cache
             name = f"workers={w}" + (" persistent" if persistent else "") + " (decode+augment)"
-            report(name, *timed(epoch, a.seconds))
-            del loader
+            report(name, *timed_loader(loader, a.seconds))
+            del loader  # its worker processes end before the next configuration starts its own
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=2)

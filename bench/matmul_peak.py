@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -29,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_machine())
     for dtype in (torch.float32, torch.bfloat16):
         x, y = torch.randn(a.n, a.n, dtype=dtype), torch.randn(a.n, a.n, dtype=dtype)
-        med = statistics.median(bench.time_calls(lambda: x @ y, reps=a.reps, warmup=3))
+        med = statistics.median(bench.time_calls(partial(torch.matmul, x, y), reps=a.reps, warmup=3))
         print(f"{a.n}x{a.n} @ {a.n}x{a.n} {str(dtype).removeprefix('torch.'):<9s} median {med * 1000:7.2f} ms  "
               f"{2 * a.n ** 3 / med / 1e9:7.1f} GFLOP/s")
     size = bench.parse_size(a.size)
     for depth in [int(d) for d in a.depths.split(",") if d]:
         total, levels = conv_gflop(bench.build_model(depth, 19), size)
         print(f"PSPNet-{depth} {size[0]}x{size[1]}: convolutions {total:6.1f} GFLOP; head conv over the pyramid "
-              f"levels {levels:5.1f} GFLOP ({levels / total * 100:.0f}%), factored away: {total - levels:6.1f} GFLOP left")
+              f"levels {levels:5.1f} GFLOP ({levels / total * 100:.0f}%), "
+              f"factored away: {total - levels:6.1f} GFLOP left")
     return 0
 
 

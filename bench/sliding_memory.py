@@ -60,6 +60,7 @@ def buffer_bound_mb(level: str, h: int, w: int, c: int) -> float:
 
 def child(args: argparse.Namespace) -> None:
     import torch
+
     from pspnet.models import PSPNet, PSPNetConfig
 
     torch.set_num_threads(args.threads)
@@ -72,6 +73,7 @@ def child(args: argparse.Namespace) -> None:
     if args.level == "predict_paths":
         import numpy as np
         from PIL import Image
+
         from pspnet.inference.predict import predict_paths
         tmp = Path(tempfile.mkdtemp())
         img = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pspnet.config import load_config
 from pspnet import cpu
+from pspnet.config import load_config
 from pspnet.training.trainer import Trainer
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
@@ -37,7 +37,8 @@ def synthetic_camvid(root: Path, n: int = 16) -> Path:
     for sub in ("images", "labels"):
         (root / "train" / sub).mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)).save(root / "train" / "images" / f"{i}.png")
+        image = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "train" / "images" / f"{i}.png")
         Image.fromarray(rng.integers(0, 11, (360, 480), dtype=np.uint8)).save(root / "train" / "labels" / f"{i}.png")
     return root
 

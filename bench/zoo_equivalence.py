@@ -210,8 +210,8 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
-    import mmseg
     import mit_semseg  # noqa: F401
+    import mmseg
     print(f"torch {torch.__version__}, mmsegmentation {mmseg.__version__}, mit-semseg 1.0.0; CPU float32")
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,10 +13,10 @@ import torch
 
 from pspnet import bench, cpu
 from pspnet.cpu import resolve_inference_precision, resolve_precision
+from pspnet.errors import ConfigError
 from pspnet.inference import onednn
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.training.trainer import Trainer
-from pspnet.errors import ConfigError
 
 # flags as /proc/cpuinfo spells them, for the CPUs this project's machines have: a Zen 4 (avx512_bf16,
 # no AMX), a Sapphire Rapids Xeon (AMX and avx512_bf16), an AMX-only set (amx_bf16 alone must be

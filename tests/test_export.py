@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from pspnet.cli import main
-from pspnet.export import (BinPool2d, check_onnx, check_torchscript, export_onnx, export_torchscript, format_check,
-                           make_exportable)
+from pspnet.export import (
+    BinPool2d,
+    check_onnx,
+    check_torchscript,
+    export_onnx,
+    export_torchscript,
+    format_check,
+    make_exportable,
+)
 from pspnet.models.weights import save_weights
 
 SIZES = [(33, 47), (64, 64), (81, 19)]  # odd, square, tall-and-narrow

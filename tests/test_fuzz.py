@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from pspnet.config import SECTIONS, apply_overrides, load_config
+from pspnet.config import SECTIONS, load_config
 from pspnet.data.datasets import DatasetInfo, SegmentationDataset, read_list_file
 from pspnet.data.datasets.base import decode_color_label, lut_from_mapping, map_label
 from pspnet.data.palettes import colorize

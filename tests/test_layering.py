@@ -168,7 +168,8 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("graph, words", [
     ({"pspnet.models.weights": {"pspnet.data.palettes"}, "pspnet.data.palettes": set()}, "imports pspnet.data"),
-    ({"pspnet.inference.fast": {"pspnet.training.trainer"}, "pspnet.training.trainer": set()}, "imports pspnet.training"),
+    ({"pspnet.inference.fast": {"pspnet.training.trainer"}, "pspnet.training.trainer": set()},
+     "imports pspnet.training"),
     ({"pspnet.data.io": {"pspnet.cli"}, "pspnet.cli": set()}, "imports pspnet.cli"),
 ])
 def test_checker_catches_a_violation(graph, words):

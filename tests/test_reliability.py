@@ -23,9 +23,9 @@ from PIL import Image
 from pspnet import cli
 from pspnet.data.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from pspnet.data.io import MAX_PIXELS, read_image, read_label
+from pspnet.errors import DataError, TrainingError
 from pspnet.inference.testtime import predict_logits
 from pspnet.training.trainer import Trainer, train
-from pspnet.errors import DataError, TrainingError
 
 INFO3 = DatasetInfo("toy", ("a", "b", "c"), ((0, 0, 0), (255, 0, 0), (0, 255, 0)))
 
@@ -206,7 +206,8 @@ def test_training_stops_at_a_bad_file_by_default(tmp_path, workers, make_folder,
     assert "Traceback" not in msg and "worker process" not in msg, f"worker traceback leaked into: {msg}"
 
 
-def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys, make_folder, tiny_run_config, tiny_run_overrides):
+def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys, make_folder, tiny_run_config,
+                                                               tiny_run_overrides):
     # 7 good pairs + an empty image + a corrupt label + an image without label = 10 samples;
     # batch 2, 5 iterations = one epoch: every sample is drawn once, inside the worker process
     # (no validation set, so only the workers can have met the bad files)
@@ -215,8 +216,8 @@ def test_skip_bad_training_counts_and_lists_files_from_workers(tmp_path, capsys,
     out = tmp_path / "run"
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("{}\n")
-    rc = cli.main(["train", "-c", str(cfg_file), *tiny_run_overrides(data, out, *overrides(workers=1, iters=5)), "data.val_split=''",
-                   "--skip-bad", "--no-progress"])
+    run = tiny_run_overrides(data, out, *overrides(workers=1, iters=5), "data.val_split=''")
+    rc = cli.main(["train", "-c", str(cfg_file), *run, "--skip-bad", "--no-progress"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "skipped 3 bad file(s)" in printed, printed

@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from pspnet.config import load_config
-from pspnet.training.state import load_checkpoint
-from pspnet.training.trainer import Trainer
 from pspnet.errors import PSPNetError, WeightsError
 from pspnet.models import PSPNet
 from pspnet.models.weights import load_into, load_weights, read_state_dict, save_weights
+from pspnet.training.state import load_checkpoint
+from pspnet.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 # the config of tiny_pspnet(deep_stem=False) (conftest), as weight-file metadata records it

@@ -12,8 +12,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -169,13 +171,13 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                     rows.append({"depth": depth, "size": list(size), "mode": mode, "error": str(e)})
                     continue
                 setup = time.perf_counter() - t0
-                times = time_calls(lambda: run(x), reps=reps, warmup=max(0, warmup - 1))
+                times = time_calls(partial(run, x), reps=reps, warmup=max(0, warmup - 1))
                 med = statistics.median(times)
                 rows.append({"depth": depth, "size": list(size), "mode": mode, "batch": batch, "median_s": med,
                              "images_per_s": batch / med, "times_s": times, "setup_s": setup})
                 log(f"PSPNet-{depth:<4d} {size[0]:>4d}x{size[1]:<4d} {mode:<19s} {med * 1000:10.1f} "
                     f"{batch / med:9.2f} {setup:8.1f}")
-                del run
+                del run  # free the exported / compiled model before the next mode
     return rows
 
 
@@ -266,7 +268,7 @@ def bench_confusion(shape: tuple[int, int] = (1024, 2048), num_classes: int = 19
     res: dict[str, Any] = {"shape": list(shape), "num_classes": num_classes, "reps": reps}
     for name, (p, t) in {"int64": (pred, target), "uint8 target": (pred, target.to(torch.uint8))}.items():
         cm = ConfusionMatrix(num_classes)
-        times = time_calls(lambda: cm.update(p, t), reps=reps, warmup=2)
+        times = time_calls(partial(cm.update, p, t), reps=reps, warmup=2)
         med = statistics.median(times)
         res[name] = {"median_ms": med * 1000, "times_ms": [x * 1000 for x in times]}
         log(f"ConfusionMatrix.update {shape[0]}x{shape[1]} ({name}, {num_classes} classes): "

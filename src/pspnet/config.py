@@ -111,7 +111,7 @@ class DataSection(_Section):
         return v
 
     @model_validator(mode="after")
-    def _scale_order(self) -> "DataSection":
+    def _scale_order(self) -> DataSection:
         if self.scale_min > self.scale_max:
             raise ValueError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})")
         return self

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -113,8 +114,8 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
     from .data.synthetic import CLASSES, PALETTE, SyntheticSpec, write_dataset
     from .inference.evaluate import evaluate, format_table
     from .inference.predict import predict_paths
-    from .training.trainer import train
     from .models.weights import load_weights, save_weights
+    from .training.trainer import train
 
     s = settings or (QUICK if quick else FULL)
     out = Path(out_dir).resolve()

@@ -27,8 +27,9 @@ The two agree whenever every class occurs in the ground truth. ``allAcc`` has no
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ class ConfusionMatrix:
             counts += torch.bincount(idx.mul_(n).add_(p[s:s + chunk]), minlength=rows * n)
         return counts, rows, offset
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge a {other.num_classes}-class matrix into a {self.num_classes}-class one")
         self.matrix += other.matrix.to(self.matrix.device)

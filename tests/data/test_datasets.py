@@ -243,7 +243,8 @@ def test_kitti_road_gt_colours(tmp_path):
     assert ds.info.class_names == ("not_road", "road")
     gt[0, 7] = (0, 255, 0)
     save(tmp_path / "training/gt_image_2/uu_road_000003.png", gt)
-    with pytest.raises(DataError, match=r"uu_road_000003.png: unknown label colour RGB\(0, 255, 0\) at pixel \(x=7, y=0\)"):
+    with pytest.raises(DataError,
+                       match=r"uu_road_000003.png: unknown label colour RGB\(0, 255, 0\) at pixel \(x=7, y=0\)"):
         ds[2]
     (tmp_path / "testing/image_2").mkdir(parents=True)
     save(tmp_path / "testing/image_2/um_000001.png", rgb())
@@ -375,7 +376,7 @@ def test_label_modes_are_read_without_conversion(tmp_path):
     idx = (np.arange(H * W).reshape(H, W) % 3).astype(np.uint8)
     Image.fromarray(idx.astype(bool)).save(tmp_path / "one.png")
     np.testing.assert_array_equal(read_label(tmp_path / "one.png"), idx.astype(bool).astype(np.uint8))
-    Image.fromarray((idx.astype(np.uint16) * 300)).save(tmp_path / "i16.png")
+    Image.fromarray(idx.astype(np.uint16) * 300).save(tmp_path / "i16.png")
     out = read_label(tmp_path / "i16.png")
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, idx.astype(np.int32) * 300)

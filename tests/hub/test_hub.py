@@ -25,9 +25,18 @@ from PIL import Image
 
 from pspnet.cli import main
 from pspnet.hub import catalogue as cat
-from pspnet.hub.download import (ChecksumError, CorruptDownloadError, HTMLResponseError, ManualDownloadRequired,
-                                 NotFoundError, TruncatedDownloadError, cached_weights_path, download, fetch_file,
-                                 resolve_weights)
+from pspnet.hub.download import (
+    ChecksumError,
+    CorruptDownloadError,
+    HTMLResponseError,
+    ManualDownloadRequired,
+    NotFoundError,
+    TruncatedDownloadError,
+    cached_weights_path,
+    download,
+    fetch_file,
+    resolve_weights,
+)
 from pspnet.models.weights import load_weights, read_state_dict
 
 N_CLASSES = 3
@@ -92,7 +101,8 @@ def _handler(files: dict[str, bytes], log: list):
                 start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
                 if start >= len(data):
                     return self._send(416, b"", extra=[("Content-Range", f"bytes */{len(data)}")])
-                return self._send(206, data[start:], extra=[("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")])
+                content_range = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                return self._send(206, data[start:], extra=[("Content-Range", content_range)])
             return self._send(200, data)  # "files" without Range, and "norange" always
     return Handler
 
@@ -358,8 +368,9 @@ def test_a_source_without_direct_links_needs_the_file_given_with_from(release_ck
     assert local.read_bytes() == data  # the user's file is used in place, untouched
 
 
-_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."), (r"^layer0\.3\.", "encoder.conv2."),
-             (r"^layer0\.4\.", "encoder.bn2."), (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
+_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."),
+             (r"^layer0\.3\.", "encoder.conv2."), (r"^layer0\.4\.", "encoder.bn2."),
+             (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
              (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
              (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
              (r"^aux\.4\.", "decoder.conv_last_deepsup.")]

@@ -12,12 +12,12 @@ from torch import nn
 from pspnet.cli import main
 from pspnet.data.datasets import build_dataset, dataset_info
 from pspnet.data.transforms import normalize
-from pspnet.inference.evaluate import evaluate, format_table
+from pspnet.errors import DataError, WeightsError
 from pspnet.inference import prepare
+from pspnet.inference.evaluate import evaluate, format_table
+from pspnet.inference.predict import predict_paths
 from pspnet.inference.prepare import prepare_model
 from pspnet.inference.testtime import predict_logits
-from pspnet.inference.predict import predict_paths
-from pspnet.errors import DataError, WeightsError
 from pspnet.models.weights import save_weights
 
 NAMES = ["sky", "road", "car"]
@@ -45,7 +45,8 @@ def _make_list_dataset(root, sizes=((40, 56), (33, 47), (48, 48))):
     rng = np.random.default_rng(0)
     lines = []
     for i, (h, w) in enumerate(sizes):
-        label = np.kron(rng.integers(0, 3, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), np.uint8))[:h, :w].astype(np.uint8)
+        blocks = rng.integers(0, 3, (h // 8 + 1, w // 8 + 1))
+        label = np.kron(blocks, np.ones((8, 8), np.uint8))[:h, :w].astype(np.uint8)
         label[:3, :5] = 255  # ignore region
         img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
         img[..., 0] = np.where(label == 255, 0, label * 80)
@@ -198,7 +199,8 @@ def test_predict_command_globs_duplicate_stems_and_exit_status(tmp_path, weights
                str(weights_file), "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 1  # missing.png failed; the rest were written
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "x_label.png", "x_color.png", "x_overlay.png", "x-2_label.png", "x-2_color.png", "x-2_overlay.png", "legend.png"}
+        "x_label.png", "x_color.png", "x_overlay.png", "x-2_label.png", "x-2_color.png", "x-2_overlay.png",
+        "legend.png"}
     assert "missing.png" in capsys.readouterr().err
     rc = main(["predict", str(tmp_path / "a"), "--weights", str(weights_file), "--out", str(tmp_path / "o2"),
                "--no-progress"])

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pspnet.inference.factored_head import FactoredPPMHead, interpolation_matrix, shifted_interpolation_matrices
 from pspnet.cpu import onednn_available
+from pspnet.inference.factored_head import FactoredPPMHead, interpolation_matrix, shifted_interpolation_matrices
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm
 from pspnet.inference.prepare import prepare_for_inference

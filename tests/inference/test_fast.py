@@ -1,4 +1,5 @@
-"""Fast inference (pspnet.inference.prepare and the paths behind it): folding is exact, lower precisions keep the labels, backends agree.
+"""Fast inference (pspnet.inference.prepare and the paths behind it): folding is exact, lower precisions
+keep the labels, backends agree.
 
 Tiny models only (PSPNet-18 with a narrow head, 48-80 px images); no timing assertions.
 """
@@ -14,12 +15,12 @@ from torch import nn
 
 from pspnet import cpu
 from pspnet.cpu import onednn_available, resolve_inference_precision
+from pspnet.errors import ConfigError, PSPNetError
 from pspnet.export import make_exportable
 from pspnet.inference import onnxruntime as ort_backend
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
 from pspnet.inference.prepare import argmax_agreement, prepare_for_inference
-from pspnet.errors import ConfigError, PSPNetError
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 

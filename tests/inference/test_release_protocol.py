@@ -146,8 +146,8 @@ def test_release_resize_shape(h, w, base, scale):
 
 def test_tiny_image_refused_for_every_runner(model):
     """A 3x3 image is refused before any base-size resize, by the plain model and a prepared runner."""
-    from pspnet.inference.prepare import prepare_for_inference
     from pspnet.errors import DataError
+    from pspnet.inference.prepare import prepare_for_inference
     x = torch.full((1, 3, 3, 3), 128.0)
     for runner in (model, prepare_for_inference(model, precision="fp32")):
         for protocol in ("release", "logit-average"):

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pspnet.inference.testtime import base_resize_shape, predict_logits
 from pspnet.inference.sliding import sliding_window, window_starts
+from pspnet.inference.testtime import base_resize_shape, predict_logits
 
 
 class Pointwise(nn.Module):

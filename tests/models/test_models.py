@@ -10,8 +10,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from pspnet.errors import DataError
-from pspnet.models import (PSPNet, PSPNetConfig, PSPNetLoss, ResNet, build_pspnet, pspnet_resnet18,
-                           pspnet_resnet50, pspnet_resnet101)
+from pspnet.models import (
+    PSPNet,
+    PSPNetConfig,
+    PSPNetLoss,
+    ResNet,
+    build_pspnet,
+    pspnet_resnet18,
+    pspnet_resnet50,
+    pspnet_resnet101,
+)
 from pspnet.models.pspnet import pspnet_resnet34, pspnet_resnet152
 
 TESTS = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pspnet.models import SPPClassifier, SpatialPyramidPooling, spp_resnet18
+from pspnet.models import SpatialPyramidPooling, SPPClassifier, spp_resnet18
 from pspnet.models.resnet import ResNet
 
 

@@ -12,8 +12,7 @@ import torch
 
 from pspnet.errors import WeightsError
 from pspnet.models import PSPNet, ResNet, pspnet_resnet18, pspnet_resnet50
-from pspnet.models.weights import (compare_state, load_into, load_weights, read_state_dict, save_weights,
-                                   to_pspnet_keys)
+from pspnet.models.weights import compare_state, load_into, load_weights, read_state_dict, save_weights, to_pspnet_keys
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

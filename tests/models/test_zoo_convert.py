@@ -25,8 +25,8 @@ from pspnet.models.weights import check_config_dict, load_weights
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 # The zoos' conventions, as the zoos' configs state them (mmseg pspnet_r18-d8 / CSAIL resnet50dilated + ppm_deepsup).
-MMSEG_R18 = dict(num_classes=19, depth=18, stem_channels=(32, 32, 64), contract_dilation=True, basic_conv2_dilated=False,
-                 ppm_channels=128, head_channels=128, aux_channels=64, align_corners=False)
+MMSEG_R18 = dict(num_classes=19, depth=18, stem_channels=(32, 32, 64), contract_dilation=True,
+                 basic_conv2_dilated=False, ppm_channels=128, head_channels=128, aux_channels=64, align_corners=False)
 CSAIL_R50 = dict(num_classes=150, depth=50, stem_channels=(64, 64, 128), contract_dilation=True,
                  basic_conv2_dilated=True, ppm_channels=512, head_channels=512, aux_channels=512, align_corners=False)
 
@@ -46,8 +46,9 @@ _TO_MMSEG = [(r"^layer0\.(\d)\.", r"backbone.stem.\1."), (r"^(layer[1-4])\.", r"
              (r"^cls\.0\.", "decode_head.bottleneck.conv."), (r"^cls\.1\.", "decode_head.bottleneck.bn."),
              (r"^cls\.4\.", "decode_head.conv_seg."), (r"^aux\.0\.", "auxiliary_head.convs.0.conv."),
              (r"^aux\.1\.", "auxiliary_head.convs.0.bn."), (r"^aux\.4\.", "auxiliary_head.conv_seg.")]
-_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."), (r"^layer0\.3\.", "encoder.conv2."),
-             (r"^layer0\.4\.", "encoder.bn2."), (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
+_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."),
+             (r"^layer0\.3\.", "encoder.conv2."), (r"^layer0\.4\.", "encoder.bn2."),
+             (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
              (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
              (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
              (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
@@ -230,7 +231,8 @@ def test_one_half_of_a_csail_pair_or_three_inputs_are_refused(tmp_path, csail_r5
 # ------------------------------------------------------------------ unknown layouts
 def test_an_unknown_layout_lists_what_was_recognised_and_what_was_not(tmp_path, capsys):
     from pspnet.cli import main
-    deeplab = {"backbone.stem.0.weight": torch.zeros(32, 3, 3, 3), "backbone.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
+    deeplab = {"backbone.stem.0.weight": torch.zeros(32, 3, 3, 3),
+               "backbone.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
                "backbone.layer1.0.bn1.weight": torch.zeros(64),
                **{f"decode_head.aspp_modules.{i}.conv.weight": torch.zeros(8, 8, 3, 3) for i in range(4)},
                "decode_head.conv_seg.weight": torch.zeros(19, 8, 1, 1)}

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from pspnet.config import load_config
+from pspnet.errors import TrainingError
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer, train
-from pspnet.errors import TrainingError
 
 ITERS = 12  # 6 images, batch 2: 3 iterations per epoch, so the legs cross epoch boundaries
 # on top of the tiny run (conftest): dropout on, so the RNG state must be restored too

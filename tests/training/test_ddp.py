@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from pspnet.config import load_config
-from pspnet.training.trainer import train
 from pspnet.models.weights import read_state_dict
+from pspnet.training.trainer import train
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
     worst = 0.0
     for k in a:
         if a[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
             worst = max(worst, float((a[k] - b[k]).abs().max()))
         else:
             assert torch.equal(a[k], b[k]), k  # BN num_batches_tracked

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from pspnet.models.weights import read_state_dict
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import train
-from pspnet.models.weights import read_state_dict
-
 
 # on top of the tiny run (conftest): dropout on, so the restored RNG state matters; 4 iterations
 RESUMED = ["model.dropout=0.1", "train.iters=4", "train.lr=0.01", "train.warmup_iters=1"]
@@ -27,7 +26,7 @@ def assert_same_state(a: dict, b: dict, atol: float = 1e-6) -> None:
     for k in a:
         assert a[k].dtype == b[k].dtype, k
         if a[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
         else:
             assert torch.equal(a[k], b[k]), k
 

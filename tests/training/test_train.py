@@ -17,12 +17,12 @@ from torch import nn
 from pspnet.config import load_config
 from pspnet.data.datasets import build_dataset, dataset_info
 from pspnet.data.datasets.base import map_label
+from pspnet.errors import ConfigError, DataError, TrainingError
+from pspnet.models.weights import read_state_dict
 from pspnet.training.sampler import EpochSampler
 from pspnet.training.schedule import poly_lr
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer, train
-from pspnet.errors import ConfigError, DataError, TrainingError
-from pspnet.models.weights import read_state_dict
 
 
 @pytest.fixture(scope="module")

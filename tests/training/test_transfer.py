@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from pspnet.config import load_config
-from pspnet.data.datasets.camvid import CLASS_NAMES as CAMVID_CLASSES, PALETTE as CAMVID_PALETTE
-from pspnet.training.trainer import Trainer
+from pspnet.data.datasets.camvid import CLASS_NAMES as CAMVID_CLASSES
+from pspnet.data.datasets.camvid import PALETTE as CAMVID_PALETTE
 from pspnet.models.weights import read_state_dict, save_weights
+from pspnet.training.trainer import Trainer
 
 ROAD, NOT_ROAD, VOID = (255, 0, 255), (255, 0, 0), (0, 0, 0)
 
@@ -89,5 +90,6 @@ def test_pretrained_with_other_widths_fails_clearly(tmp_path: Path, tiny_pspnet)
                              "model.aux_channels=16", f"train.pretrained={camvid_path}", "train.iters=1",
                              "train.batch_size=2", f"train.output_dir={tmp_path / 'run'}"])
     from pspnet.errors import WeightsError
-    with pytest.raises(WeightsError, match=r"(?s)wrongly shaped keys.*cls\.0\.weight: file \(32, 1024, 3, 3\) vs model \(64"):
+    with pytest.raises(WeightsError,
+                       match=r"(?s)wrongly shaped keys.*cls\.0\.weight: file \(32, 1024, 3, 3\) vs model \(64"):
         Trainer(cfg, progress=False)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -62,7 +63,8 @@ class CheckReport:
         info, pixels = self.info, self.class_pixels
         raw_ids = info.id_to_train is None and info.color_to_train is None  # the files hold class ids as they are
         if (raw_ids and pixels is not None and info.num_classes >= 2 and info.ignore_index == 255 and pixels[0] > 0
-                and not pixels[1:].any() and self.ignore_pixels > 0 and not any(p.kind == "values" for p in self.problems)):
+                and not pixels[1:].any() and self.ignore_pixels > 0
+                and not any(p.kind == "values" for p in self.problems)):
             return [(f"every label holds only 0 and 255: class 0 ({info.class_names[0]}) and the ignore index, so "
                      f"a model trained on them sees one class and learns to predict it everywhere. If these are "
                      f"binary masks whose 255 means {info.class_names[1]}, map it: data.label_map={{255: 1}} "

@@ -15,9 +15,9 @@ The dataset is written in the ``folder`` layout (``<root>/<split>/images/*.png``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -226,9 +226,9 @@ def make_scene(seed: int, index: int, split: str = "train", height: int = 96,
     return render_scene(np.random.default_rng([seed, SPLITS[split], index]), height, width)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticSpec:
-    """Size of a generated dataset."""
+    """Size of a generated dataset (immutable, so one instance can be a default argument)."""
 
     train: int = 64
     val: int = 16

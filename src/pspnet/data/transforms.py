@@ -14,7 +14,7 @@ ImageNet-normalised floats on the training device, which keeps worker-to-main tr
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

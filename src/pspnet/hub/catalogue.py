@@ -41,9 +41,10 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError
@@ -200,7 +201,7 @@ class ModelEntry:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "catalogue") -> "ModelEntry":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "catalogue") -> ModelEntry:
         """An entry from JSON: ``name``, ``source``, ``dataset``, ``num_classes``, ``backbone``, ``depth``,
         ``miou``, ``protocol`` and either ``url`` (+ ``sha256`` / ``sha256_prefix``) or ``files``
         (a list of ``{url, sha256, sha256_prefix}``); optional: ``zoo_dataset``, ``results``,

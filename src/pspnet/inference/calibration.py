@@ -9,7 +9,7 @@ calibration batches are normalised like the model's input, then resized and tile
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.nn import functional as F

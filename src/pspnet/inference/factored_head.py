@@ -24,7 +24,7 @@ in fp32 even in bf16 mode).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -86,7 +86,7 @@ class FastPSPNet(nn.Module):
     def min_input_size(self) -> int:
         return self.config.output_stride
 
-    def train(self, mode: bool = True) -> "FastPSPNet":
+    def train(self, mode: bool = True) -> FastPSPNet:
         if mode:
             raise PSPNetError("a model prepared for inference cannot be trained; train the plain PSPNet")
         return super().train(False)

@@ -10,7 +10,8 @@ backend is the other int8 path.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,7 +95,7 @@ class TorchInt8PSPNet(nn.Module):
         self.graphs[shape] = graph
         return graph
 
-    def train(self, mode: bool = True) -> "TorchInt8PSPNet":
+    def train(self, mode: bool = True) -> TorchInt8PSPNet:
         if mode:
             raise PSPNetError("a model prepared for inference cannot be trained; train the plain PSPNet")
         return super().train(False)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ class OnnxRuntimePSPNet:
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.device = torch.device("cpu")
 
-    def eval(self) -> "OnnxRuntimePSPNet":
+    def eval(self) -> OnnxRuntimePSPNet:
         return self
 
     def _session(self, shape: tuple[int, ...], example: torch.Tensor):

@@ -19,7 +19,8 @@ docs/benchmarks.md has the measurements behind this choice.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -13,7 +13,7 @@ bilinearly resized back to each variant's input and then to the image's size.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

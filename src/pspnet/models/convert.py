@@ -5,8 +5,9 @@ from the file's metadata, its tensors or its zoo's conventions (:mod:`pspnet.mod
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -64,7 +65,8 @@ def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palett
     """
     paths = [src] if isinstance(src, (str, os.PathLike)) else list(src)
     if not 1 <= len(paths) <= 2:
-        raise WeightsError(f"convert takes one checkpoint, or a CSAILVision encoder + decoder pair; got {len(paths)} files")
+        raise WeightsError("convert takes one checkpoint, or a CSAILVision encoder + decoder pair; "
+                           f"got {len(paths)} files")
     src = paths[0] if len(paths) == 1 else " + ".join(map(str, paths))
     loaded = [read_state_dict(p) for p in paths]
     zoo = from_zoo(paths, [st for st, _ in loaded])

@@ -9,7 +9,7 @@ and the state-dict keys are the same.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

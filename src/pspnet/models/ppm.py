@@ -7,7 +7,8 @@ the paper), each level is reduced by a 1x1 convolution to ``in_channels / len(bi
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn

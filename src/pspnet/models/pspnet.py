@@ -79,7 +79,7 @@ class PSPNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PSPNetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PSPNetConfig:
         known = set(CONFIG_FIELDS)
         unknown = sorted(set(d) - known)
         if unknown:

@@ -13,7 +13,7 @@ and 4 in ``layer4``; output stride 16 keeps ``layer3`` strided and uses dilation
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

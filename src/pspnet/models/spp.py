@@ -9,7 +9,8 @@ network whatever the input size: the output has ``d * sum(b * b for b in levels)
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -274,7 +275,8 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
             raise WeightsError(f"{source}: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} NaN/inf values; "
                                f"the weight file is corrupt or comes from a diverged training run")
     if backbone_only:
-        state = {k: v for k, v in state.items() if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))}
+        backbone = ("layer0.", "layer1.", "layer2.", "layer3.", "layer4.")
+        state = {k: v for k, v in state.items() if k.startswith(backbone)}
     missing, unexpected, shape = compare_state(model, state)
     # Only a classifier whose shape differs (another class count) is re-initialised; a classifier
     # that is absent from a file meant to be complete stays a missing key.

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -41,7 +42,8 @@ CSAIL_BN_EXTRAS = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
 # ------------------------------------------------------------------------------------ layouts
 # (layout, pattern of the keys it owns); used to detect files and to explain unknown ones.
 LAYOUT_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
-    ("pspnet / original release", re.compile(r"^(module\.)*(layer[0-4]|ppm\.features\.\d+\.[12]|cls\.[014]|aux\.[014])\.")),
+    ("pspnet / original release",
+     re.compile(r"^(module\.)*(layer[0-4]|ppm\.features\.\d+\.[12]|cls\.[014]|aux\.[014])\.")),
     ("ImageNet ResNet", re.compile(r"^(module\.)*(conv[123]|bn[123]|fc)\.")),
     ("mmsegmentation PSPNet", re.compile(
         r"^backbone\.(stem\.[013467]|conv1|bn1|layer[1-4])\.|"
@@ -64,8 +66,8 @@ def _prefix(key: str) -> str:
 
 
 def _owner(key: str) -> str | None:
-    if key.endswith(CSAIL_BN_EXTRAS) and re.match(r"^(module\.)*(conv[123]|bn[123]|layer[1-4]|ppm|conv_last|cbr_deepsup)",
-                                                  key):
+    csail_module = r"^(module\.)*(conv[123]|bn[123]|layer[1-4]|ppm|conv_last|cbr_deepsup)"
+    if key.endswith(CSAIL_BN_EXTRAS) and re.match(csail_module, key):
         return "CSAILVision BatchNorm extras (dropped)"
     for name, pattern in LAYOUT_PATTERNS:
         if pattern.match(key):
@@ -132,7 +134,8 @@ def is_csail_encoder(state: Mapping[str, Any]) -> bool:
 
 def is_csail_decoder(state: Mapping[str, Any]) -> bool:
     keys = _strip_module(state)
-    return any(re.match(r"^(ppm\.\d+\.1|conv_last\.0|conv_last\.4|cbr_deepsup\.0|conv_last_deepsup)\.", k) for k in keys)
+    decoder = re.compile(r"^(ppm\.\d+\.1|conv_last\.0|conv_last\.4|cbr_deepsup\.0|conv_last_deepsup)\.")
+    return any(decoder.match(k) for k in keys)
 
 
 # ------------------------------------------------------------------------------------ key maps
@@ -375,8 +378,9 @@ def convert_mmseg(path: str | Path, state: Mapping[str, torch.Tensor], meta: Any
     if isinstance(head.get("pool_scales"), list):
         cfg["bins"] = [int(b) for b in head["pool_scales"]]
     elif "bins" not in cfg:
-        raise WeightsError(f"{source}: the PSPHead has {len({k.split('.')[2] for k in mapped if k.startswith('ppm.')})} "
-                           f"pyramid levels and the checkpoint does not say their bins; give --bins")
+        levels = len({k.split(".")[2] for k in mapped if k.startswith("ppm.")})
+        raise WeightsError(f"{source}: the PSPHead has {levels} pyramid levels and the checkpoint does not say "
+                           "their bins; give --bins")
     dil, strides = backbone.get("dilations"), backbone.get("strides")
     if dil is not None or strides is not None:
         os_table = {((1, 1, 2, 4), (1, 2, 1, 1)): 8, ((1, 1, 1, 2), (1, 2, 2, 1)): 16}

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import cpu
+from .. import distributed as dist_utils
 from ..config import TEST_SETTING_KEYS, Config, dump_config
 from ..data.check import check_dataset, median_frequency_weights
 from ..data.datasets import SegmentationDataset, build_dataset, dataset_info
@@ -33,7 +34,6 @@ from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
 from ..models.weights import load_into, read_state_dict, save_weights, unwrap
-from .. import distributed as dist_utils
 from .runlog import RunLogger
 from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
 from .schedule import build_optimizer, freeze, poly_lr, set_train_mode

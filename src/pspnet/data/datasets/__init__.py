@@ -12,8 +12,7 @@ import numpy as np
 from ...errors import DataError
 from ...labels import IGNORE_INDEX, default_palette
 from .ade20k import ade20k_info, ade20k_pairs
-from .base import (DatasetInfo, SegmentationDataset, folder_pairs, read_list_file, require_files,
-                   with_ignore_index)
+from .base import DatasetInfo, SegmentationDataset, folder_pairs, read_list_file, require_files, with_ignore_index
 from .camvid import camvid32_info, camvid32_pairs, camvid_info, camvid_pairs
 from .cityscapes import cityscapes_info, cityscapes_pairs
 from .kitti_road import kitti_road_info, kitti_road_pairs
@@ -82,7 +81,8 @@ def dataset_info(name: str, num_classes: int | None = None, class_names=None, pa
     user's own label values (``list``, ``folder``) to classes or ``"ignore"``: :func:`label_table`.
     """
     if ignore_index < 0:
-        raise DataError(f"ignore index {ignore_index} is negative; label images hold values >= 0 (default {IGNORE_INDEX})")
+        raise DataError(f"ignore index {ignore_index} is negative; label images hold values >= 0 "
+                        f"(default {IGNORE_INDEX})")
     if label_map and name not in GENERIC:
         raise DataError(f"data.label_map is for your own labels (datasets {' and '.join(GENERIC)}); {name} maps "
                         f"its label files itself")
