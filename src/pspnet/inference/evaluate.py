@@ -4,6 +4,10 @@
 Predictions are made at each image's full resolution (the label's), so the numbers are those of
 the original labels, never of resized ones. The result is a JSON-ready dict; classes absent from
 the evaluated ground truth follow the convention chosen with ``absent`` (``pspnet.metrics``).
+
+Under ``torchrun`` (a process group is initialised) each rank evaluates its share of the images
+(:func:`pspnet.distributed.shard`) and the confusion matrices are summed: integer counts, so every
+rank returns exactly the matrix and metrics one process would.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Any, Sequence
 
 import torch
 
+from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
+from .per_image import PerImageScores, worst_first
 from .prepare import prepare_model
 from .testtime import model_device, predict_logits
 
@@ -38,16 +44,19 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
-             max_images: int | None = None, backend: str = "torch", protocol: str = "release") -> dict[str, Any]:
+             max_images: int | None = None, backend: str = "torch", protocol: str = "release",
+             per_image: bool = False) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
     (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
-    ``"settings"``, ``"num_images"``, ``"seconds"``, ``"bad_files": [{index, path, error}]}``.
+    ``"settings"`` (with ``world_size`` and ``images_per_rank``: images each rank scored), ``"num_images"``,
+    ``"seconds"`` (the slowest rank's), ``"bad_files": [{index, path, error}]}``.
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
     is raised. ``protocol``: test-time averaging (:data:`pspnet.inference.testtime.PROTOCOLS`; the
     original release's by default). ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
-    :func:`pspnet.inference.prepare.prepare_for_inference`.
+    :func:`pspnet.inference.prepare.prepare_for_inference`. ``per_image`` adds ``"per_image"``: each image's
+    mIoU, pixel accuracy and worst classes, worst image first (:mod:`pspnet.inference.per_image`).
     """
     if mode == "sliding" and crop_size is None:
         raise ConfigError("sliding-window evaluation needs a crop size, e.g. crop_size=(713, 713)")
@@ -57,15 +66,19 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     runner, used_precision = prepare_model(model, precision, backend)
     device = model_device(runner)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
+    scores = PerImageScores(names, ignore_index) if per_image else None
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    rank, world = rank_and_world()
+    mine = shard(range(n), rank, world)
     bad: list[dict[str, Any]] = []
     bar = None
-    if progress:
+    if progress and rank == 0:  # rank 0's share stands for the others'
         from tqdm.auto import tqdm
-        bar = tqdm(total=n, desc="eval", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(mine), desc="eval" if world == 1 else f"eval (rank 0 of {world})", unit="img",
+                   dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        for i in range(n):
+        for k, i in enumerate(mine):
             try:
                 image, label = dataset[i]
             except DataError as e:
@@ -82,15 +95,21 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                                 f"{tuple(image.shape)} sizes differ")
             probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip, mode=mode,
                                    crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
-            cm.update(probs.argmax(1), label.reshape(1, *label.shape[-2:]).to(device))
+            pred, target = probs.argmax(1), label.reshape(1, *label.shape[-2:]).to(device)
+            cm.update(pred, target)
+            if scores is not None:
+                scores.add(i, _item_path(dataset, i), pred, target)
             if bar is not None:
                 bar.update(1)
-                if (i + 1) % 10 == 0 or i + 1 == n:
+                if (k + 1) % 10 == 0 or k + 1 == len(mine):
                     bar.set_postfix(mIoU=f"{cm.compute(absent).miou:.4f}")
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - t0
+    cm.all_reduce()
+    ranks = gather_objects({"scored": len(mine) - len(bad), "bad": bad, "seconds": time.perf_counter() - t0,
+                            "per_image": scores.records if scores is not None else []})
+    bad = sorted((b for r in ranks for b in r["bad"]), key=lambda b: b["index"])
     metrics = cm.compute(absent)
     result = metrics.as_dict(names, json_safe=True)
     result["confusion_matrix"] = cm.matrix.cpu().tolist()
@@ -99,10 +118,13 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                           "stride_rate": float(stride_rate) if mode == "sliding" else None,
                           "precision": used_precision, "backend": backend, "ignore_index": ignore_index,
                           "absent": absent,
-                          "device": str(device)}
+                          "device": str(device), "world_size": world,
+                          "images_per_rank": [r["scored"] for r in ranks]}
     result["num_images"] = n - len(bad)
-    result["seconds"] = round(seconds, 3)
+    result["seconds"] = round(max(r["seconds"] for r in ranks), 3)
     result["bad_files"] = bad
+    if scores is not None:  # pspnet.inference.per_image: each image's scores (of every rank), worst first
+        result["per_image"] = worst_first([rec for r in ranks for rec in r["per_image"]])
     return result
 
 

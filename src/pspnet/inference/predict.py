@@ -8,14 +8,25 @@ Each input image is predicted at its own size (mixed sizes and any PIL mode: L, 
 - ``<stem>_color.png``: the classes in the palette's colours;
 - ``<stem>_overlay.png``: the colours blended with the image (50 %);
 
-plus one ``legend.png`` (a swatch and name per class). An input that cannot be read is reported
-and skipped; the rest are still written.
+plus one ``legend.png`` (a swatch and name per class). With ``save_probs`` each image also gets
+
+- ``<stem>_probs.npz``: the class probabilities, ``probs`` (float16, ``C x H x W``; their arg-max is
+  the label, except where two classes round to the same float16 value) and ``class_names``,
+  compressed (``np.load(path)["probs"]``);
+- ``<stem>_confidence.png``: the top class's probability, 8-bit: ``round(255 * max_c p_c)``;
+- ``<stem>_entropy.png``: the entropy of the probabilities relative to its maximum, 8-bit:
+  ``round(255 * H / ln C)`` with ``H = -sum_c p_c ln p_c`` (0: certain, 255: all classes equally likely).
+
+An input that cannot be read is reported and skipped; the rest are still written. Videos are
+:mod:`pspnet.inference.video`'s. Under ``torchrun`` each rank predicts its share of the images
+(:func:`pspnet.distributed.shard`): every image is written once, by one rank.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,24 +37,29 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.datasets.base import IMAGE_EXTS
 from ..data.io import read_image
+from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import DataError, PSPNetError
 from .prepare import prepare_model
 from .testtime import predict_logits
 
 log = logging.getLogger("pspnet.predict")
 
-__all__ = ["predict_paths", "expand_inputs", "draw_legend", "PredictOutputs", "OVERLAY_ALPHA"]
+__all__ = ["OVERLAY_ALPHA", "PredictOutputs", "draw_legend", "expand_inputs", "label_image", "overlay",
+           "palette_array", "predict_paths", "unique_stems"]
 
 OVERLAY_ALPHA = 0.5
 _GLOB_CHARS = set("*?[")
 
 
 class PredictOutputs(list):
-    """The written files (``list[Path]``), with ``failed``: ``(input, reason)`` for every skipped input."""
+    """The written files (``list[Path]``), with ``failed``: ``(input, reason)`` for every skipped input,
+    and ``images_per_rank``: the images each process wrote (one count without torchrun)."""
 
-    def __init__(self, paths: Iterable[Path] = (), failed: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, paths: Iterable[Path] = (), failed: Iterable[tuple[str, str]] = (),
+                 images_per_rank: Iterable[int] = ()) -> None:
         super().__init__(paths)
         self.failed: list[tuple[str, str]] = list(failed)
+        self.images_per_rank: list[int] = list(images_per_rank)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -84,7 +100,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
     return files, problems
 
 
-def _unique_stems(files: Sequence[Path]) -> list[str]:
+def unique_stems(files: Sequence[Path]) -> list[str]:
     """File stems, with ``-2``, ``-3``... appended when two inputs share one (a/x.png, b/x.jpg)."""
     used: dict[str, int] = {}
     out = []
@@ -101,7 +117,8 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
     return out
 
 
-def _palette_array(palette, num_classes: int) -> np.ndarray:
+def palette_array(palette, num_classes: int) -> np.ndarray:
+    """``palette`` as a ``K x 3`` uint8 array, extended with the default colours to ``num_classes`` rows."""
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     if len(pal) < num_classes:
         from ..labels import default_palette
@@ -111,7 +128,7 @@ def _palette_array(palette, num_classes: int) -> np.ndarray:
 
 def draw_legend(class_names: Sequence[str], palette, path: str | Path) -> Path:
     """A PNG with one row per class: a colour swatch and the class index and name."""
-    pal = _palette_array(palette, len(class_names))
+    pal = palette_array(palette, len(class_names))
     font = ImageFont.load_default()
     rows = [f"{i:>3}  {name}" for i, name in enumerate(class_names)]
     row_h, sw = 22, 28
@@ -127,16 +144,40 @@ def draw_legend(class_names: Sequence[str], palette, path: str | Path) -> Path:
     return path
 
 
+def label_image(label: np.ndarray, num_classes: int) -> Image.Image:
+    """Class indices as a greyscale image: 8-bit (mode ``L``), 16-bit above 256 classes."""
+    if num_classes <= 256:
+        return Image.fromarray(label.astype(np.uint8))  # 2-D uint8 -> mode L
+    return Image.fromarray(label.astype(np.uint16))  # mode I;16 -> 16-bit greyscale PNG
+
+
+def overlay(image: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """The class colours blended with the ``H x W x 3`` uint8 image (``OVERLAY_ALPHA`` of colour)."""
+    blend = image.astype(np.float32) * (1 - OVERLAY_ALPHA) + color.astype(np.float32) * OVERLAY_ALPHA
+    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
 def _write_outputs(image: np.ndarray, label: np.ndarray, pal: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_color.png", out_dir / f"{stem}_overlay.png"]
-    if len(pal) <= 256:
-        Image.fromarray(label.astype(np.uint8)).save(paths[0])  # 2-D uint8 -> mode L
-    else:
-        Image.fromarray(label.astype(np.uint16)).save(paths[0])  # mode I;16 -> 16-bit greyscale PNG
+    label_image(label, len(pal)).save(paths[0])
     color = pal[label]
     Image.fromarray(color).save(paths[1])
-    blend = image.astype(np.float32) * (1 - OVERLAY_ALPHA) + color.astype(np.float32) * OVERLAY_ALPHA
-    Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8)).save(paths[2])
+    Image.fromarray(overlay(image, color)).save(paths[2])
+    return paths
+
+
+def _write_probs(probs: torch.Tensor, class_names: Sequence[str], out_dir: Path, stem: str) -> list[Path]:
+    """``probs`` (``C x H x W``, float32) -> the ``_probs.npz``, ``_confidence.png`` and ``_entropy.png``
+    of the module docstring."""
+    paths = [out_dir / f"{stem}_probs.npz", out_dir / f"{stem}_confidence.png", out_dir / f"{stem}_entropy.png"]
+    probs = probs.float().cpu()
+    np.savez_compressed(paths[0], probs=probs.numpy().astype(np.float16), class_names=np.array(class_names))
+    confidence = probs.amax(0)
+    Image.fromarray(torch.round(confidence * 255).clamp(0, 255).to(torch.uint8).numpy()).save(paths[1])
+    entropy = -torch.special.xlogy(probs, probs).sum(0)  # xlogy: 0 * log 0 = 0
+    num_classes = probs.shape[0]
+    scaled = entropy / math.log(num_classes) if num_classes > 1 else torch.zeros_like(entropy)
+    Image.fromarray(torch.round(scaled * 255).clamp(0, 255).to(torch.uint8).numpy()).save(paths[2])
     return paths
 
 
@@ -145,29 +186,34 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
-                  protocol: str = "release") -> PredictOutputs:
+                  protocol: str = "release", save_probs: bool = False) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
 
-    Returns the written paths (three per image, then ``legend.png``) as a list whose ``.failed``
-    holds ``(input, reason)`` for each input that was skipped (missing, unreadable, too small).
+    Returns the written paths (three per image, six with ``save_probs``, then ``legend.png``) as a
+    list whose ``.failed`` holds ``(input, reason)`` for each input that was skipped (missing,
+    unreadable, too small). Under ``torchrun`` every rank returns the whole job's paths and failures.
     """
     if mode == "sliding" and crop_size is None:
         raise PSPNetError("sliding-window prediction needs a crop size, e.g. --crop-size 512 512")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_classes = len(class_names)
-    pal = _palette_array(palette, num_classes)
+    pal = palette_array(palette, num_classes)
     files, failed = expand_inputs(inputs)
-    for item, reason in failed:
-        log.error("%s: %s", item, reason)
+    rank, world = rank_and_world()
+    if rank == 0:  # every rank expands the same inputs and finds the same problems
+        for item, reason in failed:
+            log.error("%s: %s", item, reason)
     runner, _ = prepare_model(model, precision, backend)
-    written = PredictOutputs(failed=failed)
+    mine = shard(list(zip(files, unique_stems(files))), rank, world)  # stems of the whole list: no clashes
+    written = PredictOutputs()
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=len(mine), desc="predict" if world == 1 else f"predict (rank 0 of {world})", unit="img",
+                   dynamic_ncols=True, file=sys.stderr)
     try:
-        for f, stem in zip(files, _unique_stems(files)):
+        for f, stem in mine:
             try:
                 image = read_image(f)
                 x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
@@ -179,6 +225,8 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                                       f"names were given")
                 label = probs[0].argmax(0).cpu().numpy()
                 written.extend(_write_outputs(image, label, pal, out_dir, stem))
+                if save_probs:
+                    written.extend(_write_probs(probs[0], class_names, out_dir, stem))
             except (DataError, ValueError, OSError) as e:  # unreadable / too small: report, go on
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 if reason.startswith(f"{f}: "):  # DataError messages start with the path already
@@ -194,5 +242,9 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     finally:
         if bar is not None:
             bar.close()
-    written.append(draw_legend(class_names, pal, out_dir / "legend.png"))
+    ranks = gather_objects((list(written), written.failed, len(mine) - len(written.failed)))
+    written = PredictOutputs([p for r in ranks for p in r[0]], failed + [x for r in ranks for x in r[1]],
+                             [r[2] for r in ranks])
+    legend = out_dir / "legend.png"
+    written.append(draw_legend(class_names, pal, legend) if rank == 0 else legend)
     return written
