@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -114,7 +115,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     result = metrics.as_dict(names, json_safe=True)
     result["confusion_matrix"] = cm.matrix.cpu().tolist()
     result["settings"] = {"base_size": base_size, "scales": [float(s) for s in scales], "flip": bool(flip),
-                          "mode": mode, "protocol": protocol, "crop_size": list(crop_size) if crop_size is not None else None,
+                          "mode": mode, "protocol": protocol,
+                          "crop_size": list(crop_size) if crop_size is not None else None,
                           "stride_rate": float(stride_rate) if mode == "sliding" else None,
                           "precision": used_precision, "backend": backend, "ignore_index": ignore_index,
                           "absent": absent,

@@ -28,8 +28,8 @@ import glob
 import logging
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
