@@ -1,4 +1,4 @@
-"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo."""
+"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo, configs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training.trainer import train
     cfg = load_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []))
+    if args.data_root:
+        cfg.data.root = args.data_root
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                    max_iters=args.max_iters)
     if result.bad_files:
@@ -33,8 +35,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         from .config import load_config
         cfg = load_config(args.config, args.overrides)
         d = cfg.data
-        name, root = args.dataset or d.dataset, args.root or d.root
-        num_classes, class_names = args.num_classes or cfg.model.num_classes, d.class_names
+        name, root = args.dataset or d.dataset, args.data_root or d.root
+        num_classes, class_names, label_map = args.num_classes or cfg.model.num_classes, d.class_names, d.label_map
         if args.split or args.list:
             splits = [(args.split or d.train_split, args.list)]
         else:
@@ -42,14 +44,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             if d.val_split or d.val_list:
                 splits.append((d.val_split, d.val_list))
     else:
-        if not args.dataset or not args.root:
-            raise ConfigError("pspnet data check needs --config, or --dataset and --root")
+        if not args.dataset or not args.data_root:
+            raise ConfigError("pspnet data check needs --config, or --dataset and --data-root")
         if args.overrides:
             raise ConfigError(f"overrides {args.overrides} need --config")
-        name, root, num_classes, class_names = args.dataset, args.root, args.num_classes, None
+        name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
-                           workers=args.workers, progress=not args.no_progress)
+                           workers=args.workers, progress=not args.no_progress, label_map=label_map)
     print("\n\n".join(r.format() for r in reports))
     if args.json:
         write_json(reports, args.json)
@@ -73,6 +75,7 @@ def _read_names(text: str | None) -> list[str] | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
+
     from .models.convert import convert
     names, palette = _read_names(args.class_names), None
     if args.dataset:
@@ -155,14 +158,32 @@ def _settings_line(settings: dict) -> str:
     return "test settings: " + ", ".join(parts) + f", precision={settings['precision']}, backend={settings['backend']}"
 
 
+def _one_rank(cmd):
+    """``cmd`` (eval, predict) as one rank of a ``torchrun`` job: the process group is set up, the rank
+    works on its own device (GPU ``LOCAL_RANK``) and share of the images, and leaves the group at the
+    end. Without torchrun, ``cmd`` as it is."""
+    def run(args: argparse.Namespace) -> int:
+        from .distributed import cleanup, launched_by_torchrun, setup
+        if not launched_by_torchrun():
+            return cmd(args)
+        try:
+            args.device = str(setup(args.device).device)
+            return cmd(args)
+        finally:
+            cleanup()
+    return run
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
-    from .errors import ConfigError
+
     from .data.datasets import GENERIC, build_dataset, dataset_info
-    from .labels import IGNORE_INDEX
+    from .distributed import rank_and_world
+    from .errors import ConfigError
+    from .files import atomic_write
     from .inference.evaluate import evaluate, format_table
     from .inference.loading import load_for_inference
-    from .files import atomic_write
+    from .labels import IGNORE_INDEX
     cfg = None
     if args.config:
         from .config import load_config
@@ -181,7 +202,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     names = d.class_names if d and d.class_names else None
     if names is None and name in GENERIC:  # the user's own data: the classes the weights name
         names = meta.get("class_names")
-    info = dataset_info(name, num_classes, names, ignore_index=d.ignore_index if d else IGNORE_INDEX)
+    info = dataset_info(name, num_classes, names, ignore_index=d.ignore_index if d else IGNORE_INDEX,
+                        label_map=d.label_map if d else None)
     if name in GENERIC and meta.get("palette") and len(meta["palette"]) == num_classes:
         info.palette = tuple(tuple(c) for c in meta["palette"])  # the user's own data: the model's colours
     if info.num_classes != num_classes:
@@ -191,13 +213,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .config import recorded_test_settings
     s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None,
                             recorded_test_settings(meta, str(args.weights or "the packaged model")))
-    print(_settings_line(s))
+    main_rank = rank_and_world()[0] == 0  # under torchrun, rank 0 alone prints and writes
+    if main_rank:
+        print(_settings_line(s))
     sources = s.pop("sources")
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
-                   absent=args.absent, max_images=args.max_images, **s)
+                   absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image), **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file, "sources": sources})
+    if not main_rank:  # every rank returns the whole result (bad files included): the same exit status
+        return 1 if res["bad_files"] else 0
     print(format_table(res))
     if args.grid:
         _eval_grid(model, dataset, info, s, args.grid, args.grid_images)
@@ -208,6 +234,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         text = json.dumps(res, indent=2, allow_nan=False)
         atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
         print(f"metrics: {args.out}")
+    if args.per_image:
+        from .inference.per_image import write_per_image_csv
+        write_per_image_csv(res["per_image"], args.per_image)
+        print(f"per-image scores, worst first: {args.per_image}")
     return 1 if res["bad_files"] else 0
 
 
@@ -227,26 +257,47 @@ def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .labels import default_palette
-    from .inference.predict import predict_paths
     from .inference.loading import load_for_inference
+    from .inference.predict import predict_paths
+    from .labels import default_palette
     model, meta = load_for_inference(args.weights, None, args.device)
     n = model.config.num_classes
     names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
     palette = meta.get("palette") or default_palette(n)
     from .config import recorded_test_settings
+    from .distributed import rank_and_world
     s = _inference_settings(args, recorded=recorded_test_settings(meta, str(args.weights or "the packaged model")))
-    print(_settings_line(s))
+    main_rank = rank_and_world()[0] == 0  # under torchrun, each rank writes its share; rank 0 alone prints
+    if main_rank:
+        print(_settings_line(s))
     s.pop("sources")
-    out = predict_paths(model, args.inputs, args.out, class_names=names, palette=palette,
-                        progress=not args.no_progress, **s)
-    done = (len(out) - 1) // 3
-    print(f"wrote {done} prediction(s) (_label/_color/_overlay.png) and legend.png to {args.out}")
-    for item, reason in out.failed:
-        print(f"failed: {item}: {reason}", file=sys.stderr)
-    if out.failed:
-        print(f"{len(out.failed)} input(s) failed", file=sys.stderr)
-    return 1 if out.failed else 0
+    from .inference.video import predict_videos, split_video_inputs
+    videos, images = split_video_inputs(args.inputs)
+    failed = []
+    if images or not videos:
+        out = predict_paths(model, images, args.out, class_names=names, palette=palette,
+                            progress=not args.no_progress, save_probs=args.save_probs, **s)
+        done = sum(p.name.endswith("_label.png") for p in out)
+        kinds = "_label/_color/_overlay.png" + (", _probs.npz, _confidence/_entropy.png" if args.save_probs else "")
+        ranks = f" ({len(out.images_per_rank)} processes: {' + '.join(map(str, out.images_per_rank))} images)" \
+            if len(out.images_per_rank) > 1 else ""
+        if main_rank:
+            print(f"wrote {done} prediction(s) ({kinds}) and legend.png to {args.out}{ranks}")
+        failed += out.failed
+    if videos:
+        out = predict_videos(model, videos, args.out, class_names=names, palette=palette, color=args.video_color,
+                             frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
+                             batch_size=args.batch_size, progress=not args.no_progress, **s)
+        made = [p.name for p in out if p.suffix == ".mp4" or p.name.endswith("_labels")]
+        if main_rank:
+            print(f"wrote {', '.join(made) or 'no video'} and legend.png to {args.out}")
+        failed += out.failed
+    if main_rank:  # every rank knows every failure: one exit status
+        for item, reason in failed:
+            print(f"failed: {item}: {reason}", file=sys.stderr)
+        if failed:
+            print(f"{len(failed)} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -262,11 +313,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({args.format}; input: ImageNet-normalised float N x 3 x H x W, any H and W)")
     if not args.check:
         return 0
+    bad_sizes = ConfigError(f"--check-sizes must look like 97x129,240x320 (height x width), got {args.check_sizes!r}")
     try:
         sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.check_sizes.split(",")]
-        assert sizes and all(len(s) == 2 and min(s) > 0 for s in sizes)
-    except (ValueError, AssertionError):
-        raise ConfigError(f"--check-sizes must look like 97x129,240x320 (height x width), got {args.check_sizes!r}")
+    except ValueError:
+        raise bad_sizes from None
+    if not sizes or not all(len(s) == 2 and min(s) > 0 for s in sizes):  # not an assert: -O would drop it
+        raise bad_sizes
     check = check_onnx if args.format == "onnx" else check_torchscript
     results = check(model, args.out, sizes)
     print(f"check: {args.format} vs PyTorch (pass: max |diff| < 1e-3 and argmax agreement > 99.9%)")
@@ -302,7 +355,9 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
+
     import torch
+
     from . import bench
     from .errors import ConfigError
     if args.threads:
@@ -342,14 +397,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from .config import CONFIGS_DIR, resolve_config, shipped_configs
+    if args.name:  # the file itself: to read, or to copy and edit
+        print(resolve_config(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        first = next((ln.lstrip("# ").rstrip() for ln in lines if ln.startswith("#")), "")  # what the file is
+        print(f"{name:<{width}}  {first}")
+    print(f"\n{len(configs)} configs in {CONFIGS_DIR}\nuse one by name: pspnet train --config camvid/pspnet_r18_cpu "
+          f"--data-root DIR; print one to copy and edit: pspnet configs camvid/pspnet_r18_cpu > my.yaml")
+    return 0
+
+
+def _add_data_root(q: argparse.ArgumentParser, what: str) -> None:
+    q.add_argument("--data-root", "--root", dest="data_root", metavar="DIR",
+                   help=f"dataset folder ({what}; --root is the old spelling)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pspnet", description="PSPNet for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a PSPNet (DDP: launch with torchrun)")
-    t.add_argument("--config", "-c", required=True, help="YAML config, e.g. configs/camvid/pspnet_r18_cpu.yaml")
+    t.add_argument("--config", "-c", required=True,
+                   help="YAML config: a file, or a shipped config's name, e.g. camvid/pspnet_r18_cpu "
+                        "('pspnet configs')")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.005")
+    _add_data_root(t, "default: the config's data.root")
     t.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--max-iters", type=int, help="stop after this iteration (the LR schedule keeps the full length)")
@@ -363,12 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dt.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dc = dsub.add_parser("check", help="report missing/unreadable files, size mismatches, bad label values and "
                                        "per-class pixel counts; exits 1 when there is any problem")
-    dc.add_argument("--config", "-c", help="YAML config: checks its data.train_split and data.val_split")
+    dc.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): checks its "
+                                          "data.train_split and data.val_split")
     dc.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
     dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder")
-    dc.add_argument("--root", help="dataset folder")
+    _add_data_root(dc, "default: the config's data.root")
     dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
-    dc.add_argument("--list", help="list file of 'image label' lines (relative to --root) instead of the split's")
+    dc.add_argument("--list", help="list file of 'image label' lines (relative to --data-root) instead of the split's")
     dc.add_argument("--num-classes", type=int, help="number of classes (datasets 'list' and 'folder')")
     dc.add_argument("--workers", type=int, default=0, help="processes reading files (default 0: this one)")
     dc.add_argument("--json", help="also write the report(s) to this JSON file")
@@ -403,10 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="mIoU / mAcc / allAcc of a model on a labelled split")
     ev.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
-    ev.add_argument("--config", "-c", help="YAML config: dataset, root, val split, eval settings")
+    ev.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): dataset, root, val "
+                                          "split, eval settings")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
     ev.add_argument("--dataset", help="dataset name without --config (camvid, cityscapes, ..., list, folder)")
-    ev.add_argument("--data-root", help="dataset folder (default: the config's data.root)")
+    _add_data_root(ev, "default: the config's data.root")
     ev.add_argument("--split", help="split to evaluate (default: the config's val split, or 'val')")
     ev.add_argument("--list", help="list file of 'image label' lines (relative to the data root)")
     _add_inference_options(ev)
@@ -416,16 +497,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int, help="evaluate only the first N images")
     ev.add_argument("--skip-bad", action="store_true", help="skip unreadable items (listed; exit status 1)")
     ev.add_argument("--out", "-o", help="write the metrics JSON here")
+    ev.add_argument("--per-image", metavar="FILE.csv",
+                    help="also write each image's mIoU, pixel accuracy and 3 worst classes (name, IoU) as CSV, "
+                         "worst image first")
     ev.add_argument("--grid", help="also write a PNG grid: image | ground truth | prediction")
     ev.add_argument("--grid-images", type=int, default=6, help="rows of the --grid figure (default 6)")
-    ev.set_defaults(func=_cmd_eval)
+    ev.set_defaults(func=_one_rank(_cmd_eval))
 
-    pr = sub.add_parser("predict", help="label maps, colour maps and overlays for images")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    pr = sub.add_parser("predict", help="label maps, colour maps and overlays for images; overlay videos for videos")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files, folders or glob patterns; video files (.mp4, .avi, .mov, .mkv, ...); "
+                         "an integer is a camera index (0: the first webcam; Ctrl-C stops it)")
     pr.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
     pr.add_argument("--out", "-o", required=True, help="output folder")
+    pr.add_argument("--save-probs", action="store_true",
+                    help="images: also <stem>_probs.npz (float16 class probabilities, C x H x W), "
+                         "<stem>_confidence.png (255 x top probability) and <stem>_entropy.png (255 x entropy / ln C)")
+    pr.add_argument("--video-color", action="store_true", help="videos: also <stem>_color.mp4 (the classes' colours)")
+    pr.add_argument("--frame-labels", action="store_true", help="videos: also a label PNG per frame in <stem>_labels/")
+    pr.add_argument("--every", type=int, metavar="N",
+                    help="videos: label PNGs of every N-th frame only (implies --frame-labels; the videos keep "
+                         "every frame)")
+    pr.add_argument("--batch-size", type=int, default=4, help="videos: frames per forward pass (default 4)")
     _add_inference_options(pr)
-    pr.set_defaults(func=_cmd_predict, precision="auto")  # predict: the fastest accurate CPU mode (docs/benchmarks.md)
+    # predict: the fastest accurate CPU mode (docs/benchmarks.md)
+    pr.set_defaults(func=_one_rank(_cmd_predict), precision="auto")
 
     ex = sub.add_parser("export", help="ONNX (dynamic height/width) or TorchScript")
     ex.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
@@ -460,9 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default eager,fp32,bf16)")
     bn.add_argument("--reps", type=int, default=5, help="timed repetitions (training: steps) per case")
     bn.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    bn.add_argument("--data-root", help="CamVid root: time training on real crops instead of random pixels")
+    _add_data_root(bn, "CamVid: time training on real crops instead of random pixels")
     bn.add_argument("--out", help="also write the results as JSON here")
     bn.set_defaults(func=_cmd_bench)
+
+    cf = sub.add_parser("configs", help="list the shipped configs (use one with --config NAME), or print one")
+    cf.add_argument("name", nargs="?", help="print this config's YAML, e.g. camvid/pspnet_r18_cpu")
+    cf.set_defaults(func=_cmd_configs)
 
     from .hub.commands import add_hub_commands  # pspnet models, pspnet download
     add_hub_commands(sub)

@@ -124,7 +124,7 @@ def test_data_check_from_config_checks_train_and_val_and_passes(tmp_path, capsys
 
 def test_data_check_usage_errors(tmp_path, capsys):
     assert main(["data", "check"]) == 2
-    assert "needs --config, or --dataset and --root" in capsys.readouterr().err
+    assert "needs --config, or --dataset and --data-root" in capsys.readouterr().err
     assert main(["data", "check", "--dataset", "nope", "--root", str(tmp_path)]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path)]) == 2
