@@ -191,13 +191,19 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return state, meta
 
 
-def to_pspnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ``module.`` prefixes and map ImageNet ResNet keys (either stem) to PSPNet's ``layer0``."""
+def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` prefixes that (nested) DataParallel/DDP wrappers add."""
     out = {}
     for k, v in state.items():
         while k.startswith("module."):
             k = k[len("module."):]
         out[k] = v
+    return out
+
+
+def to_pspnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` prefixes and map ImageNet ResNet keys (either stem) to PSPNet's ``layer0``."""
+    out = strip_module_prefix(state)
     if any(k.startswith("layer0.") for k in out):
         return out
     if any(k.startswith(("conv1.", "bn1.")) for k in out):  # an ImageNet backbone

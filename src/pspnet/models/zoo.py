@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
+from .weights import _load_pickle, strip_module_prefix
 
 __all__ = ["ZooCheckpoint", "from_zoo", "check_known_layout", "layout_report", "literal_config",
            "mmseg_to_pspnet_keys", "csail_to_pspnet_keys"]
@@ -114,26 +115,17 @@ def check_known_layout(source: str, state: Mapping[str, Any]) -> None:
     raise WeightsError(layout_report(source, state, "not a known PSPNet checkpoint layout"))
 
 
-def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        while k.startswith("module."):
-            k = k[len("module."):]
-        out[k] = v
-    return out
-
-
 def is_mmseg(state: Mapping[str, Any]) -> bool:
-    return any(k.startswith(("backbone.", "decode_head.", "auxiliary_head.")) for k in _strip_module(state))
+    return any(k.startswith(("backbone.", "decode_head.", "auxiliary_head.")) for k in strip_module_prefix(state))
 
 
 def is_csail_encoder(state: Mapping[str, Any]) -> bool:
-    keys = _strip_module(state)
+    keys = strip_module_prefix(state)
     return "conv3.weight" in keys and "layer1.0.conv1.weight" in keys and any(k.endswith(CSAIL_BN_EXTRAS) for k in keys)
 
 
 def is_csail_decoder(state: Mapping[str, Any]) -> bool:
-    keys = _strip_module(state)
+    keys = strip_module_prefix(state)
     decoder = re.compile(r"^(ppm\.\d+\.1|conv_last\.0|conv_last\.4|cbr_deepsup\.0|conv_last_deepsup)\.")
     return any(decoder.match(k) for k in keys)
 
@@ -168,7 +160,7 @@ _CSAIL_RULES = (
 
 def _apply_rules(state: Mapping[str, torch.Tensor], rules, drop=()) -> tuple[dict[str, torch.Tensor], list[str]]:
     out, left = {}, []
-    for k, v in _strip_module(state).items():
+    for k, v in strip_module_prefix(state).items():
         if k.endswith(drop):
             continue
         for pattern, repl in rules:
@@ -366,7 +358,7 @@ def convert_mmseg(path: str | Path, state: Mapping[str, torch.Tensor], meta: Any
     if left or not any(k.startswith("cls.4.") for k in mapped) or not any(k.startswith("ppm.") for k in mapped):
         why = ("an mmsegmentation checkpoint, but not of a PSPNet (ResNet + PSPHead, FCNHead aux with one conv)"
                if left else "an mmsegmentation checkpoint without a PSPHead (no decode_head.psp_modules / conv_seg)")
-        raise WeightsError(layout_report(source, _strip_module(state), why))
+        raise WeightsError(layout_report(source, strip_module_prefix(state), why))
     env, names, palette = _mmseg_meta(meta)
     model = env.get("model") if isinstance(env.get("model"), dict) else {}
     backbone, head = _dig(model, "backbone") or {}, _dig(model, "decode_head") or {}
@@ -461,8 +453,8 @@ def convert_csail(paths: Sequence[str | Path], encoder: Mapping[str, torch.Tenso
     mapped, left = csail_to_pspnet_keys(encoder, decoder)
     if left:
         why = "CSAILVision files, but not resnet*dilated + ppm / ppm_deepsup (e.g. UPerNet, C1, HRNet, MobileNet)"
-        raise WeightsError(layout_report(" + ".join(map(str, paths)), {**_strip_module(encoder),
-                                                                      **_strip_module(decoder)}, why))
+        raise WeightsError(layout_report(" + ".join(map(str, paths)), {**strip_module_prefix(encoder),
+                                                                      **strip_module_prefix(decoder)}, why))
     if not any(k.startswith("cls.4.") for k in mapped) or not any(k.startswith("ppm.") for k in mapped):
         raise WeightsError(f"{paths[1]}: the CSAILVision decoder has no PPM or no conv_last; only ppm and "
                            f"ppm_deepsup decoders are PSPNets")
@@ -488,7 +480,6 @@ def convert_csail(paths: Sequence[str | Path], encoder: Mapping[str, torch.Tenso
 
 def _raw_meta(path: str | Path) -> Any:
     """The ``meta`` entry of a pickled checkpoint (read again with weights_only=True), or None."""
-    from .weights import _load_pickle
     path = Path(path)
     if path.suffix == ".safetensors":
         return None
