@@ -19,6 +19,7 @@ from PIL import Image
 
 from pspnet.config import Config, load_config
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
+from pspnet.models.weights import save_weights
 
 
 # ----------------------------------------------------------------------------------------- tiny model
@@ -37,6 +38,22 @@ def tiny_pspnet() -> Callable[..., PSPNet]:
     the current random state), in training mode as built; ``config`` is any other
     :class:`PSPNetConfig` field."""
     return _tiny_pspnet
+
+
+def _varied_tiny_weights(folder: Path, class_names: Sequence[str], palette) -> tuple[PSPNet, Path]:
+    model = _tiny_pspnet(len(class_names)).eval()
+    with torch.no_grad():
+        model.cls[-1].weight.normal_(0, 1.0)  # predictions and confidence that vary over the image
+    path = folder / "tiny.safetensors"
+    save_weights(model, path, list(class_names), palette)
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def varied_tiny_weights() -> Callable[..., tuple[PSPNet, Path]]:
+    """``varied_tiny_weights(folder, class_names, palette) -> (model, weight file)``: the tiny PSPNet
+    in eval mode with a classifier scaled up from its near-uniform start, saved with ``save_weights``."""
+    return _varied_tiny_weights
 
 
 # --------------------------------------------------------------------------------------- tiny dataset

@@ -17,7 +17,6 @@ from pspnet.cli import main
 from pspnet.data.io import read_image
 from pspnet.inference.per_image import PerImageScores
 from pspnet.inference.testtime import predict_logits
-from pspnet.models.weights import save_weights
 
 NAMES = ["sky", "road", "car"]
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 100)]
@@ -26,14 +25,9 @@ CSV_COLUMNS = ["rank", "index", "image", "mIoU", "pixel_acc", "labelled_pixels",
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_pspnet, tmp_path_factory):
+def tiny(varied_tiny_weights, tmp_path_factory):
     """(model, weight file): a tiny PSPNet-18 whose predictions and confidence vary over the image."""
-    model = tiny_pspnet(3).eval()
-    with torch.no_grad():
-        model.cls[-1].weight.normal_(0, 1.0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(model, path, NAMES, PALETTE)
-    return model, path
+    return varied_tiny_weights(tmp_path_factory.mktemp("w"), NAMES, PALETTE)
 
 
 def test_save_probs_argmax_is_the_label_and_maps_follow_their_scaling(tmp_path, tiny):

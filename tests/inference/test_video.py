@@ -19,7 +19,6 @@ from pspnet.inference import video as video_module
 from pspnet.inference.predict import OVERLAY_ALPHA
 from pspnet.inference.testtime import predict_logits
 from pspnet.inference.video import VideoSource, predict_videos, split_video_inputs
-from pspnet.models.weights import save_weights
 
 NAMES = ["sky", "road", "car"]
 PALETTE = np.array([(10, 20, 30), (200, 0, 0), (0, 200, 100)], np.uint8)
@@ -27,14 +26,9 @@ H, W, FRAMES, FPS = 48, 64, 12, 10.0
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_pspnet, tmp_path_factory):
+def tiny(varied_tiny_weights, tmp_path_factory):
     """(model, weight file): a tiny PSPNet-18 whose predictions vary over the frame."""
-    model = tiny_pspnet(3).eval()
-    with torch.no_grad():
-        model.cls[-1].weight.normal_(0, 1.0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_weights(model, path, NAMES, PALETTE.tolist())
-    return model, path
+    return varied_tiny_weights(tmp_path_factory.mktemp("w"), NAMES, PALETTE.tolist())
 
 
 def _write_video(path: Path, fourcc: str, frames: int = FRAMES) -> Path:
