@@ -11,9 +11,7 @@ the hardware a mode runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from functools import partial
 
 import torch
 
@@ -29,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     print(bench.format_machine())
     for dtype in (torch.float32, torch.bfloat16):
-        x, y = torch.randn(a.n, a.n, dtype=dtype), torch.randn(a.n, a.n, dtype=dtype)
-        med = statistics.median(bench.time_calls(partial(torch.matmul, x, y), reps=a.reps, warmup=3))
+        gflops = bench.matmul_gflops(dtype, a.n, a.reps)
+        med = 2 * a.n ** 3 / gflops / 1e9
         print(f"{a.n}x{a.n} @ {a.n}x{a.n} {str(dtype).removeprefix('torch.'):<9s} median {med * 1000:7.2f} ms  "
-              f"{2 * a.n ** 3 / med / 1e9:7.1f} GFLOP/s")
+              f"{gflops:7.1f} GFLOP/s")
     size = bench.parse_size(a.size)
     for depth in [int(d) for d in a.depths.split(",") if d]:
         total, levels = conv_gflop(bench.build_model(depth, 19), size)

@@ -1,5 +1,6 @@
-"""Benchmarks behind ``pspnet bench`` and ``bench/*.py``: inference latency, training step time and the
-confusion-matrix update, each printed with the machine it ran on.
+"""Benchmarks behind ``pspnet bench`` and ``bench/*.py``: inference latency, training step time (and its
+share of the bf16 matmul peak), peak resident memory and the confusion-matrix update, each printed with
+the machine it ran on.
 
 Latency is wall-clock time per call (``time.perf_counter``) after warm-up calls, reported as the
 median over repetitions with images/s = batch / median. Two modes compared for a ratio run in the
@@ -8,6 +9,7 @@ same process, alternating, so that both see the same machine state.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -24,7 +26,8 @@ from .inference.prepare import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
 
 __all__ = ["machine_info", "format_machine", "time_calls", "build_model", "MODES", "make_runner",
-           "bench_headline", "bench_inference", "bench_training", "bench_confusion", "parse_size"]
+           "bench_headline", "bench_inference", "bench_training", "bench_memory", "bench_confusion", "parse_size",
+           "matmul_gflops"]
 
 # mode name -> prepare_for_inference keyword arguments; "eager" is the plain model (fp32, unfolded, NCHW)
 MODES: dict[str, dict[str, Any] | None] = {
@@ -124,10 +127,12 @@ def bench_headline(depth: int = 50, size: tuple[int, int] = (473, 473), num_clas
     model = build_model(depth, num_classes)
     x = torch.randn(1, 3, *size)
     fast = make_runner(model, mode, x)
-    resolved = getattr(fast, "precision", mode)
     for _ in range(2):  # warm-up both (oneDNN primitive creation, first-touch allocations)
         model(x)
         fast(x)
+    resolved = getattr(fast, "precision", mode)  # after a call: auto decides on its first input
+    # alone as well: alternating with eager can cost the fast mode its caches, so both figures are shown
+    alone_t = time_calls(partial(fast, x), reps=reps, warmup=0)
     base_t, fast_t = [], []
     for _ in range(reps):
         t = time.perf_counter()
@@ -137,15 +142,19 @@ def bench_headline(depth: int = 50, size: tuple[int, int] = (473, 473), num_clas
         fast(x)
         fast_t.append(time.perf_counter() - t)
     agree = float((model(x).argmax(1) == fast(x).argmax(1)).float().mean())
-    b, f = statistics.median(base_t), statistics.median(fast_t)
+    b, f, a = statistics.median(base_t), statistics.median(fast_t), statistics.median(alone_t)
     res = {"model": f"PSPNet-{depth}", "size": list(size), "num_classes": num_classes, "reps": reps,
            "mode": mode, "resolved_precision": resolved, "backend": getattr(fast, "backend", "torch"),
            "fp32_eager_median_s": b, "fast_median_s": f, "speedup": b / f,
-           "fp32_eager_times_s": base_t, "fast_times_s": fast_t, "argmax_agreement_random_weights": agree}
-    log(f"PSPNet-{depth} {size[0]}x{size[1]}, {num_classes} classes, eval, batch 1, {reps} alternating runs")
-    log(f"  plain fp32 eager          median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
-    log(f"  default CPU mode {mode}->{resolved:<5s} median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
-    log(f"  speedup {b / f:.2f}x   (argmax agreement on this random-weight model: {agree * 100:.2f}%)")
+           "fp32_eager_times_s": base_t, "fast_times_s": fast_t, "argmax_agreement_random_weights": agree,
+           "fast_alone_median_s": a, "fast_alone_times_s": alone_t, "speedup_vs_alone": b / a}
+    log(f"PSPNet-{depth} {size[0]}x{size[1]}, {num_classes} classes, eval, batch 1, {reps} runs of the default "
+        f"mode alone, then {reps} alternating runs")
+    log(f"  plain fp32 eager                      median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
+    log(f"  default CPU mode {mode}->{resolved:<5s} alternating median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
+    log(f"  default CPU mode {mode}->{resolved:<5s} alone       median {a * 1000:8.1f} ms  ({1 / a:6.2f} images/s)")
+    log(f"  speedup (fp32 eager / default): {b / f:.2f}x alternating, {b / a:.2f}x against the default alone   "
+        f"(argmax agreement on this random-weight model: {agree * 100:.2f}%)")
     return res
 
 
@@ -182,16 +191,20 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
 
 
 # ----------------------------------------------------------------------------------------- training
-def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: int = 8, num_classes: int = 11,
-                   steps: int = 4, warmup: int = 1, precisions: Sequence[str] = ("fp32", "bf16"),
-                   channels_last: bool = True, root: str | Path | None = None, head_channels: int = 256,
-                   aux_channels: int = 128, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Seconds per SGD step (forward with the aux head, loss, backward, update) per precision.
+def matmul_gflops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, reps: int = 10, warmup: int = 3) -> float:
+    """GFLOP/s of an ``n x n @ n x n`` ``torch.matmul`` in ``dtype`` (2 n^3 FLOP over the median time):
+    the machine's practical peak for that dtype."""
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    med = statistics.median(time_calls(partial(torch.matmul, x, y), reps=reps, warmup=warmup))
+    return 2 * n ** 3 / med / 1e9
 
-    Defaults follow the CamVid CPU recipe (camvid/pspnet_r18_cpu). With ``root`` the
-    batch is real CamVid training crops (the recipe's augmentation), otherwise random pixels; the
-    step time does not depend on pixel values. Precisions alternate step by step.
-    """
+
+def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: int, channels_last: bool,
+                    root: str | Path | None, head_channels: int, aux_channels: int):
+    """(step(precision) -> seconds, count_flops() -> FLOP of one step) for a fresh PSPNet in train mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from .data.transforms import normalize
     from .models import PSPNetLoss
     images, labels = _training_batch(crop, batch, num_classes, root)
@@ -204,18 +217,47 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     criterion = PSPNetLoss(0.4, 255)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
-    def step(precision: str) -> float:
-        dtype = cpu.resolve_precision(precision, torch.device("cpu"))
-        t = time.perf_counter()
+    def forward_backward(dtype: torch.dtype | None) -> None:
         x = normalize(images).contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             out = model(x)
         loss, _ = criterion(out, labels)
         loss.backward()
+
+    def step(precision: str) -> float:
+        dtype = cpu.resolve_precision(precision, torch.device("cpu"))
+        t = time.perf_counter()
+        forward_backward(dtype)
         opt.step()
         return time.perf_counter() - t
 
+    def count_flops() -> float:
+        # the counted ops (convolutions, matrix products and their gradients) do the same work in any
+        # dtype; no optimizer step, so counting leaves the weights as they were
+        with FlopCounterMode(display=False) as counter:
+            forward_backward(None)
+        opt.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+
+    return step, count_flops
+
+
+def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: int = 8, num_classes: int = 11,
+                   steps: int = 4, warmup: int = 1, precisions: Sequence[str] = ("fp32", "bf16"),
+                   channels_last: bool = True, root: str | Path | None = None, head_channels: int = 256,
+                   aux_channels: int = 128, matmul_n: int = 2048, matmul_reps: int = 10,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seconds per SGD step (forward with the aux head, loss, backward, update) per precision, and the
+    step's FLOP rate as a fraction of the bf16 matmul peak measured in the same run.
+
+    Defaults follow the CamVid CPU recipe (camvid/pspnet_r18_cpu). With ``root`` the
+    batch is real CamVid training crops (the recipe's augmentation), otherwise random pixels; the
+    step time does not depend on pixel values. Precisions alternate step by step.
+    """
+    step, count_flops = _training_setup(depth, crop, batch, num_classes, channels_last, root, head_channels,
+                                        aux_channels)
+    flop = count_flops()
     for p in precisions:
         for _ in range(warmup):
             step(p)
@@ -223,13 +265,23 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     for _ in range(steps):
         for p in precisions:
             times[p].append(step(p))
+    peak = {"fp32": matmul_gflops(torch.float32, matmul_n, matmul_reps),
+            "bf16": matmul_gflops(torch.bfloat16, matmul_n, matmul_reps)}
     med = {p: statistics.median(v) for p, v in times.items()}
+    rate = {p: flop / m / 1e9 for p, m in med.items()}
+    fraction = {p: r / peak["bf16"] for p, r in rate.items()}
     log(f"training PSPNet-{depth} ({num_classes} classes, head {head_channels}), batch {batch} x {crop[0]}x{crop[1]} "
         f"{'CamVid crops' if root else 'random pixels'}, {steps} alternating steps after {warmup} warm-up each")
+    log(f"  matmul peak {matmul_n}^3 in this run: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s; "
+        f"one step (forward with aux head, loss, backward) counts {flop / 1e9:.1f} GFLOP")
     for p in precisions:
-        log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s)")
+        log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s), {flop / 1e9:.1f} GFLOP/step, "
+            f"{rate[p]:.1f} GFLOP/s = {fraction[p]:.2f} of the bf16 matmul peak ({peak['bf16']:.1f} GFLOP/s, "
+            f"{matmul_n}^3 in this run)")
     res = {"depth": depth, "crop": list(crop), "batch": batch, "steps": steps, "times_s": times,
-           "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()}}
+           "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()},
+           "gflop_per_step": flop / 1e9, "gflops": rate, "matmul_n": matmul_n, "matmul_peak_gflops": peak,
+           "fraction_of_bf16_peak": fraction}
     if "fp32" in med and "bf16" in med:
         res["bf16_speedup"] = med["fp32"] / med["bf16"]
         log(f"  bf16 speedup over fp32: {res['bf16_speedup']:.2f}x")
@@ -253,6 +305,124 @@ def _training_batch(crop: tuple[int, int], batch: int, num_classes: int, root: s
         imgs.append(im)
         lbls.append(lb)
     return torch.stack(imgs), torch.stack(lbls)
+
+
+# ----------------------------------------------------------------------------------------- memory
+def _status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Set VmHWM back to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _peak_mb(resettable: bool) -> float:
+    if resettable:
+        return _status_mb("VmHWM")  # type: ignore[return-value]
+    import resource
+    import sys
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def _release_freed_memory() -> None:
+    gc.collect()  # what the previous case left for the collector is not this case's
+    try:  # glibc keeps freed small blocks mapped; hand them back so a case starts from what is in use
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _measure_memory(case: str, fn: Callable[[], Any], n: int) -> dict[str, Any]:
+    _release_freed_memory()
+    resettable = _reset_peak()
+    before = _status_mb("VmRSS")
+    peaks, rss = [], []
+    for _ in range(n):
+        fn()
+        peaks.append(_peak_mb(resettable))
+        rss.append(_status_mb("VmRSS"))
+    return {"case": case, "peak_source": "VmHWM" if resettable else "ru_maxrss", "rss_before_mb": before,
+            "peak_first_mb": peaks[0], "peak_last_mb": peaks[-1], "peak_after_each_mb": peaks,
+            "rss_after_each_mb": rss}
+
+
+def _predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    from .inference.testtime import predict_logits
+    return predict_logits(runner, image, **kwargs).argmax(1)
+
+
+def bench_memory(depth: int = 50, size: tuple[int, int] = (1024, 2048), num_classes: int = 19, images: int = 4,
+                 crop: tuple[int, int] = (713, 713), stride_rate: float = 2 / 3, mode: str = "auto",
+                 train: dict[str, Any] | None = None, train_precisions: Sequence[str] = ("fp32", "bf16"),
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Peak resident memory of predicting ``size`` images in ``mode`` (whole image, then sliding windows of
+    ``crop``) and of :func:`bench_training`'s step, each case run ``images`` times to show it does not grow.
+
+    ``train``: overrides of :func:`bench_training`'s model and batch arguments (depth, crop, batch,
+    num_classes, head_channels, aux_channels, channels_last, root). The peak is Linux's VmHWM, reset before
+    each case; elsewhere it is ``ru_maxrss`` since the process started (then a case's peak includes the
+    cases before it).
+    """
+    import inspect
+
+    from .data.transforms import normalize
+    if images < 1:
+        raise ValueError(f"images must be >= 1, got {images}")
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, generator=g)
+    model = build_model(depth, num_classes)
+    cases, resolved = [], {}
+    for case, kwargs in (("whole", {"mode": "whole"}),
+                         ("sliding", {"mode": "sliding", "crop_size": crop, "stride_rate": stride_rate})):
+        # a fresh runner per case, as one `pspnet predict` run has: the first image includes whatever
+        # the mode does on its first call (auto picks its mode for that input's shape)
+        runner = make_runner(model, mode, normalize(image))
+        c = _measure_memory("", partial(_predict_labels, runner, image, **kwargs), images)
+        resolved[case] = getattr(runner, "precision", mode)
+        where = f"{size[0]}x{size[1]}" if case == "whole" else f"{crop[0]}x{crop[1]} stride {stride_rate:.2f}"
+        c["case"] = f"PSPNet-{depth} {mode}->{resolved[case]} {case} {where}"
+        cases.append(c)
+        del runner
+    del model
+    sig = inspect.signature(bench_training)  # bench_training's defaults stay the one source of the settings
+    keys = ("depth", "crop", "batch", "num_classes", "channels_last", "root", "head_channels", "aux_channels")
+    settings = {k: sig.parameters[k].default for k in keys} | (train or {})
+    for p in train_precisions:
+        step = _training_setup(**settings)[0]  # a fresh model per precision, as a training run would start
+        cases.append(_measure_memory(f"train PSPNet-{settings['depth']} {p} batch {settings['batch']} x "
+                                     f"{settings['crop'][0]}x{settings['crop'][1]}", partial(step, p), images))
+        del step
+    log(f"peak resident memory, MB ({cases[0]['peak_source']}, reset before each case); "
+        f"{images} images (training: steps) per case; RSS = VmRSS after each")
+    log(f"{'case':<48s} {'RSS before':>10s} {'peak 1st':>9s} {'peak last':>9s} {'growth':>7s}  RSS after each")
+    for c in cases:
+        rss = " ".join(f"{r or 0:.0f}" for r in c["rss_after_each_mb"])
+        log(f"{c['case']:<48s} {c['rss_before_mb'] or 0:10.0f} {c['peak_first_mb']:9.0f} {c['peak_last_mb']:9.0f} "
+            f"{c['peak_last_mb'] - c['peak_first_mb']:7.0f}  {rss}")
+    if train_precisions:
+        log("  training: SGD's momentum buffers appear with the first update, so steps after the first peak "
+            "higher; growth after that would be a leak")
+    if cases[0]["peak_source"] != "VmHWM":
+        log("  note: /proc/self/clear_refs could not reset the peak here; peaks are ru_maxrss since the process "
+            "started, so each case's peak includes the cases before it")
+    return {"model": f"PSPNet-{depth}", "size": list(size), "num_classes": num_classes, "mode": mode,
+            "resolved_precision": resolved, "crop": list(crop), "stride_rate": stride_rate, "images": images,
+            "train": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "cases": cases}
 
 
 # ----------------------------------------------------------------------------------------- metrics

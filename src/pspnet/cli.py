@@ -372,14 +372,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"unknown --modes {bad}; choose from {', '.join(bench.MODES)}")
     what = set(args.what.split(","))
+    try:
+        memory_size = bench.parse_size(args.memory_size)
+        memory_crop = bench.parse_size(args.memory_crop)
+    except ValueError as e:
+        raise ConfigError(f"--memory-size/--memory-crop: {e}") from None
+    unknown = what - {"headline", "inference", "train", "memory", "cm"}
+    if unknown:
+        raise ConfigError(f"unknown --what {sorted(unknown)}; choose from headline, inference, train, memory, cm")
+    reps = args.reps or 5
     results = {"machine": bench.machine_info()}
     print(bench.format_machine(results["machine"]))
     if "headline" in what:
-        results["headline"] = bench.bench_headline(reps=args.reps)
+        results["headline"] = bench.bench_headline(reps=reps)
     if "inference" in what:
-        results["inference"] = bench.bench_inference(depths, sizes, modes, reps=args.reps)
+        results["inference"] = bench.bench_inference(depths, sizes, modes, reps=reps)
     if "train" in what:
-        results["train"] = bench.bench_training(steps=args.reps, root=args.data_root)
+        results["train"] = bench.bench_training(steps=reps, root=args.data_root)
+    if "memory" in what:
+        results["memory"] = bench.bench_memory(args.memory_depth, memory_size, images=args.reps or 4,
+                                               crop=memory_crop, train={"root": args.data_root})
     if "cm" in what:
         results["confusion_matrix"] = bench.bench_confusion()
     if args.out:
@@ -543,10 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=_cmd_demo)
 
     bn = sub.add_parser("bench", help="CPU/GPU speed: inference latency per precision/backend, training step "
-                                      "time, confusion-matrix update; prints the machine")
+                                      "time and its share of the matmul peak, peak memory, confusion-matrix "
+                                      "update; prints the machine")
     bn.add_argument("--what", default="headline",
                     help="comma list of: headline (PSPNet-50 473x473 fp32 eager vs default mode), inference, "
-                         "train, cm (default: headline)")
+                         "train, memory (peak RSS of prediction and of a training step), cm (default: headline)")
     bn.add_argument("--depths", default="18,50,101", help="for --what inference (default 18,50,101)")
     bn.add_argument("--sizes", default="473x473,713x713,512x1024", help="HxW list for --what inference")
     bn.add_argument("--modes", default="eager,fp32,bf16",
@@ -554,7 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "bf16-unfused, fp32-unfactored, bf16-unfactored, fp32+compile, bf16+compile, "
                          "int8 (torch, needs torchao), ort-fp32, ort-int8, ort-fp32-unfactored, ort-int8-unfactored "
                          "(default eager,fp32,bf16)")
-    bn.add_argument("--reps", type=int, default=5, help="timed repetitions (training: steps) per case")
+    bn.add_argument("--reps", type=int,
+                    help="timed repetitions (training: steps) per case (default 5); memory: images per case "
+                         "(default 4)")
+    bn.add_argument("--memory-size", default="1024x2048", help="HxW image for --what memory (default 1024x2048)")
+    bn.add_argument("--memory-depth", type=int, default=50, help="PSPNet depth for --what memory (default 50)")
+    bn.add_argument("--memory-crop", default="713x713",
+                    help="sliding-window crop for --what memory (default 713x713, Cityscapes; stride rate 2/3)")
     bn.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     _add_data_root(bn, "CamVid: time training on real crops instead of random pixels")
     bn.add_argument("--out", help="also write the results as JSON here")

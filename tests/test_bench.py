@@ -1,0 +1,87 @@
+"""``pspnet bench``'s measurements on tiny sizes: the structure of what they return, never a speed."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pspnet import bench
+from pspnet.cli import main
+from pspnet.models import PSPNet, PSPNetConfig
+
+QUIET = {"log": lambda s: None}
+TINY_TRAIN = {"depth": 18, "crop": (64, 64), "num_classes": 5, "head_channels": 32, "aux_channels": 16}
+
+
+def _train(batch: int, precisions=("fp32",)) -> dict:
+    return bench.bench_training(**TINY_TRAIN, batch=batch, steps=1, warmup=0, precisions=precisions,
+                                matmul_n=128, matmul_reps=2, **QUIET)
+
+
+def test_training_reports_flops_and_the_fraction_of_the_bf16_peak():
+    res = _train(2, ("fp32", "bf16"))
+    assert res["gflop_per_step"] > 0
+    assert set(res["matmul_peak_gflops"]) == {"fp32", "bf16"}
+    assert all(v > 0 and math.isfinite(v) for v in res["matmul_peak_gflops"].values())
+    for p in ("fp32", "bf16"):
+        assert res["fraction_of_bf16_peak"][p] > 0
+        assert res["fraction_of_bf16_peak"][p] == pytest.approx(res["gflops"][p] / res["matmul_peak_gflops"]["bf16"])
+        assert res["gflops"][p] == pytest.approx(res["gflop_per_step"] / res["median_s"][p])
+
+
+def test_training_flops_cover_the_backward_pass_and_scale_with_the_batch():
+    two, four = _train(2)["gflop_per_step"], _train(4)["gflop_per_step"]
+    assert four / two == pytest.approx(2.0, rel=0.05)
+    # forward alone: a count without the backward pass would be about this (the step is about 3x)
+    torch.manual_seed(0)
+    model = PSPNet(PSPNetConfig(num_classes=5, depth=18, head_channels=32, aux_channels=16)).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, 64, 64))
+    assert two > 2.5 * counter.get_total_flops() / 1e9
+
+
+def test_matmul_gflops_is_positive():
+    assert bench.matmul_gflops(torch.float32, n=64, reps=2, warmup=1) > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS/VmHWM are read from /proc (Linux)")
+def test_memory_reports_peak_and_current_rss_per_case():
+    res = bench.bench_memory(depth=18, size=(64, 96), crop=(48, 48), images=2, mode="eager",
+                             train={"crop": (48, 48), "batch": 2, "num_classes": 5, "head_channels": 32,
+                                    "aux_channels": 16}, train_precisions=("fp32",), **QUIET)
+    cases = res["cases"]
+    assert [c["case"].split()[2] for c in cases[:2]] == ["whole", "sliding"]
+    assert cases[2]["case"].startswith("train PSPNet-18 fp32 batch 2")
+    assert res["train"]["crop"] == [48, 48] and res["train"]["depth"] == 18  # bench_training's default depth
+    for c in cases:
+        assert c["peak_source"] == "VmHWM"
+        assert len(c["peak_after_each_mb"]) == len(c["rss_after_each_mb"]) == 2
+        assert all(v > 0 for v in (c["rss_before_mb"], *c["peak_after_each_mb"], *c["rss_after_each_mb"]))
+        # the high-water mark can only rise within a case, and it is at least the RSS it was reset to
+        assert c["rss_before_mb"] <= c["peak_first_mb"] <= c["peak_last_mb"]
+        assert all(r <= c["peak_last_mb"] for r in c["rss_after_each_mb"])
+
+
+def test_memory_refuses_zero_images():
+    with pytest.raises(ValueError, match="images"):
+        bench.bench_memory(depth=18, size=(64, 64), images=0, **QUIET)
+
+
+def test_headline_reports_the_default_mode_alone_as_well():
+    res = bench.bench_headline(depth=18, size=(64, 64), reps=2, mode="fp32", **QUIET)
+    for key in ("fp32_eager_median_s", "fast_median_s", "speedup", "fp32_eager_times_s", "fast_times_s"):
+        assert key in res
+    assert len(res["fast_alone_times_s"]) == len(res["fast_times_s"]) == 2
+    assert all(t > 0 for t in res["fast_alone_times_s"])
+    assert res["fast_alone_median_s"] > 0
+    assert res["speedup_vs_alone"] == pytest.approx(res["fp32_eager_median_s"] / res["fast_alone_median_s"])
+
+
+@pytest.mark.parametrize("argv", [["--what", "memroy"], ["--what", "memory", "--memory-size", "big"]])
+def test_cli_bench_refuses_bad_arguments_before_measuring(argv, capsys):
+    assert main(["bench", *argv]) == 2
+    assert "error" in capsys.readouterr().err
