@@ -2,6 +2,12 @@
 
     python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --data-root ../shared/data/camvid \
         [--precision auto] [--backend torch] [--base-size 240]
+    python bench/agreement.py --weights W --data-root R --precision int8 --backend onnxruntime \
+        --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
+
+``--calibration-images 0`` calibrates int8 on the first image it predicts, as ``pspnet predict``
+does; ``--record`` writes the measured agreement into the weight file's ``int8_agreement``
+metadata, which ``precision="auto"`` reads to consider int8 (pspnet/inference/auto.py).
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
 backend)`` predict through ``pspnet.inference.testtime.predict_logits`` (same resizing); the script
@@ -20,10 +26,11 @@ import torch
 
 from pspnet import bench
 from pspnet.data.datasets import build_dataset, dataset_info
+from pspnet.inference.auto import recorded_int8_agreement
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.inference.testtime import predict_logits
 from pspnet.metrics import ConfusionMatrix
-from pspnet.models.weights import load_weights
+from pspnet.models.weights import load_weights, update_metadata
 
 MIN_AGREEMENT, MAX_MIOU_DROP = 0.995, 0.3
 
@@ -39,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--base-size", type=int, default=240,
                    help="long side the images are resized to (the CamVid CPU recipe's eval.base_size; 0: none)")
-    p.add_argument("--calibration-images", type=int, default=16, help="training images to calibrate int8")
+    p.add_argument("--calibration-images", type=int, default=16,
+                   help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
+    p.add_argument("--record", action="store_true",
+                   help="write the measured int8 agreement into the weight file (int8 on onnxruntime, "
+                        "--calibration-images 0 only)")
     p.add_argument("--max-images", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", help="JSON results")
@@ -52,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     info = dataset_info(a.dataset, model.config.num_classes)
     ds = build_dataset(a.dataset, a.root, a.split, info=info)
     calibration = None
-    if a.precision == "int8":
+    if a.record and (a.precision, a.backend, a.calibration_images) != ("int8", "onnxruntime", 0):
+        p.error("--record measures int8 as auto runs it: --precision int8 --backend onnxruntime "
+                "--calibration-images 0")
+    if a.precision == "int8" and a.calibration_images > 0:
         train = build_dataset(a.dataset, a.root, "train", info=info)
         step = max(1, len(train) // a.calibration_images)
         calibration = []
         for i in range(0, step * a.calibration_images, step):
             img = train[i][0][None]
             calibration.append(predict_input(img, a.base_size))
-    fast = prepare_for_inference(model, a.precision, backend=a.backend, compile=a.compile, calibration=calibration)
-    used = getattr(fast, "precision", a.precision)
+    fast = prepare_for_inference(model, a.precision, backend=a.backend, compile=a.compile, calibration=calibration,
+                                 int8_agreement=recorded_int8_agreement(meta))
     n = len(ds) if a.max_images is None else min(len(ds), a.max_images)
     k = model.config.num_classes
     cm_ref, cm_fast = ConfusionMatrix(k, info.ignore_index), ConfusionMatrix(k, info.ignore_index)
@@ -79,21 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         total += ref.numel()
         cm_ref.update(ref, label[None])
         cm_fast.update(out, label[None])
+    used = getattr(fast, "precision", a.precision)
+    if getattr(fast, "choice", None) is not None:
+        print(f"  {fast.choice.describe()}")
     m_ref, m_fast = cm_ref.compute(), cm_fast.compute()
     agree = same / total
     drop = (m_ref.miou - m_fast.miou) * 100
     res = {"weights": a.weights, "split": a.split, "images": n, "precision": a.precision, "resolved_precision": used,
-           "backend": a.backend, "compile": a.compile, "base_size": base, "argmax_agreement": agree,
+           "backend": getattr(fast, "backend", a.backend), "compile": a.compile, "base_size": base,
+           "argmax_agreement": agree,
            "miou_fp32": m_ref.miou, "miou_fast": m_fast.miou, "miou_drop_points": drop,
            "seconds_fp32": t_ref, "seconds_fast": t_fast, "command": " ".join(["python"] + sys.argv)}
     print(f"{a.dataset} {a.split}: {n} images, base size {base}, weights {a.weights}")
-    print(f"  mode: precision {a.precision} -> {used}, backend {a.backend}, compile {a.compile}")
+    print(f"  mode: precision {a.precision} -> {used}, backend {a.backend} -> {res['backend']}, compile {a.compile}")
     print(f"  argmax agreement with fp32: {agree * 100:.3f}% of {total} pixels")
     print(f"  mIoU fp32 {m_ref.miou * 100:.2f}   mIoU fast {m_fast.miou * 100:.2f}   drop {drop:+.3f} points")
     print(f"  time fp32 {t_ref:.1f} s   fast {t_fast:.1f} s  (whole loop, {n} images)")
     ok = agree >= MIN_AGREEMENT and drop <= MAX_MIOU_DROP
     print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, "
           f"mIoU drop <= {MAX_MIOU_DROP} points)")
+    if a.record and ok:
+        update_metadata(a.weights, {"int8_agreement": {
+            "agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
+            "images": n, "base_size": base, "calibration": "the first image predicted",
+            "command": res["command"]}})
+        print(f"  recorded int8_agreement in {a.weights}")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

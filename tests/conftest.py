@@ -22,6 +22,15 @@ from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 from pspnet.models.weights import save_weights
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_pspnet_home(tmp_path_factory):
+    """Caches (``auto``'s probe, downloads) go to a temporary folder, never the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PSPNET_HOME", str(tmp_path_factory.mktemp("pspnet_home")))
+    yield
+    mp.undo()
+
+
 # ----------------------------------------------------------------------------------------- tiny model
 def _tiny_pspnet(num_classes: int = 3, *, seed: int | None = 0, head_channels: int = 16, aux_channels: int = 8,
                  **config: Any) -> PSPNet:

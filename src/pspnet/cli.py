@@ -271,6 +271,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if main_rank:
         print(_settings_line(s))
     s.pop("sources")
+    from .inference.auto import recorded_int8_agreement
+    s["int8_agreement"] = recorded_int8_agreement(meta)
     from .inference.video import predict_videos, split_video_inputs
     videos, images = split_video_inputs(args.inputs)
     failed = []

@@ -118,7 +118,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                           "mode": mode, "protocol": protocol,
                           "crop_size": list(crop_size) if crop_size is not None else None,
                           "stride_rate": float(stride_rate) if mode == "sliding" else None,
-                          "precision": used_precision, "backend": backend, "ignore_index": ignore_index,
+                          "precision": getattr(runner, "precision", used_precision),
+                          "backend": getattr(runner, "backend", backend), "ignore_index": ignore_index,
                           "absent": absent,
                           "device": str(device), "world_size": world,
                           "images_per_rank": [r["scored"] for r in ranks]}

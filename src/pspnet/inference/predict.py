@@ -186,7 +186,8 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
-                  protocol: str = "release", save_probs: bool = False) -> PredictOutputs:
+                  protocol: str = "release", save_probs: bool = False,
+                  int8_agreement: float | None = None) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
 
     Returns the written paths (three per image, six with ``save_probs``, then ``legend.png``) as a
@@ -204,7 +205,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     if rank == 0:  # every rank expands the same inputs and finds the same problems
         for item, reason in failed:
             log.error("%s: %s", item, reason)
-    runner, _ = prepare_model(model, precision, backend)
+    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement)
     mine = shard(list(zip(files, unique_stems(files))), rank, world)  # stems of the whole list: no clashes
     written = PredictOutputs()
     bar = None

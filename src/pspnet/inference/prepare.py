@@ -11,14 +11,16 @@ int8 (:mod:`~pspnet.inference.int8`, :mod:`~pspnet.inference.onnxruntime`) lower
 precision only: the final 1x1 classifier and the bilinear upsampling of the logits (Zhao et al.
 2017, Fig. 2(d)) always run in fp32, so near-ties between classes are not decided by rounding.
 
-``precision="auto"`` (:func:`pspnet.cpu.resolve_inference_precision`) is the fastest mode that keeps
-the predictions (argmax agreement with fp32 of at least 99.5% of pixels, mIoU within 0.3 points):
-bf16 on CPUs with native bf16 instructions (avx512_bf16 or AMX), fp32 elsewhere;
-docs/benchmarks.md has the measurements behind this choice.
+``precision="auto"`` (:mod:`~pspnet.inference.auto`) is the fastest mode that keeps the predictions
+(argmax agreement with fp32 of at least 99.5% of pixels): bf16 on CPUs with native bf16
+instructions (avx512_bf16 or AMX), fp32 elsewhere, and int8 through ONNX Runtime where the weights
+are known to keep their labels in int8 and a probe on this CPU finds it faster; docs/benchmarks.md
+has the measurements behind this choice.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,17 +31,20 @@ from .. import cpu
 from ..errors import ConfigError
 from ..models.pspnet import PSPNet
 from ..models.weights import unwrap
+from .auto import AutoChoice, choose_auto, int8_unavailable_reason
 from .compiled import CompiledPSPNet
 from .fast import FastPSPNet
 from .folding import fold_batchnorm
 from .int8 import TorchInt8PSPNet
 from .onnxruntime import OnnxRuntimePSPNet
 
-__all__ = ["PRECISIONS", "BACKENDS", "prepare_for_inference", "prepare_model", "argmax_agreement"]
+__all__ = ["PRECISIONS", "BACKENDS", "AutoPSPNet", "prepare_for_inference", "prepare_model", "argmax_agreement"]
+
+log = logging.getLogger("pspnet.fast")
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = ("torch", "onnxruntime")
-_PREPARED = (FastPSPNet, CompiledPSPNet, TorchInt8PSPNet, OnnxRuntimePSPNet)
+_PREPARED: tuple[type, ...] = (FastPSPNet, CompiledPSPNet, TorchInt8PSPNet, OnnxRuntimePSPNet)
 
 
 def _plain_pspnet(model: nn.Module) -> PSPNet:
@@ -55,13 +60,15 @@ def _plain_pspnet(model: nn.Module) -> PSPNet:
 def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
                           *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
                           threads: int | None = None, onednn: bool | None = None,
-                          factor_head: bool = True) -> Any:
+                          factor_head: bool = True, int8_agreement: float | None = None) -> Any:
     """The fastest faithful form of ``model`` for inference (see the module docstring).
 
     Args:
         model: a :class:`~pspnet.models.PSPNet` (not modified; a folded copy is made).
-        precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32``, ``bf16`` or ``int8``.
-        backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``.
+        precision: ``auto`` (the fastest of the modes below that keeps the labels on this CPU:
+            :mod:`~pspnet.inference.auto`), ``fp32``, ``bf16`` or ``int8``.
+        backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``; with ``precision="auto"`` on the
+            torch backend, ``auto`` may pick int8 on onnxruntime (see ``int8_agreement``).
         compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
             input shape compiles (minutes on a small CPU).
         channels_last: NHWC activations for the torch backend (oneDNN's native layout).
@@ -73,6 +80,9 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
             onnxruntime backend.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
         threads: intra-op threads of the onnxruntime backend (default: torch's).
+        int8_agreement: the argmax agreement with fp32 these weights are known to keep in int8 (a
+            weight file's ``int8_agreement`` metadata); ``auto`` considers int8 only when it is at
+            least 99.5%.
 
     Returns a callable ``x (N x 3 x H x W normalised float) -> fp32 logits N x C x H x W`` with
     ``.precision``, ``.backend``, ``.config`` and ``.device``; it checks its input as
@@ -84,6 +94,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
     device = next(net.parameters()).device
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto" and backend == "torch" and not compile:
+        def build(p: str, b: str, calibration_: list[torch.Tensor] | None) -> Any:
+            return prepare_for_inference(net, p, b, channels_last=channels_last, calibration=calibration_,
+                                         threads=threads, onednn=onednn, factor_head=factor_head)
+        return AutoPSPNet(net, build, calibration=calibration, int8_agreement=int8_agreement)
     precision = cpu.resolve_inference_precision(precision, device)
     folded = fold_batchnorm(net)
     if backend == "onnxruntime":
@@ -103,14 +118,64 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
     return CompiledPSPNet(fast) if compile else fast
 
 
-def prepare_model(model: nn.Module, precision: str = "fp32", backend: str = "torch") -> tuple[Any, str]:
+class AutoPSPNet:
+    """``precision="auto"``: decides which mode to run (:func:`pspnet.inference.auto.choose_auto`),
+    builds it and runs it for every call. Where the CPU's features decide, that happens here; where a
+    probe must time int8 against the torch mode, on the first call, at that input's shape, and
+    ``.precision`` / ``.backend`` read ``auto`` until then. ``.choice`` says what was picked and why."""
+
+    def __init__(self, net: PSPNet, build, *, calibration: Iterable[torch.Tensor] | None = None,
+                 int8_agreement: float | None = None) -> None:
+        self.net, self.build = net, build
+        self.calibration = None if calibration is None else list(calibration)
+        self.int8_agreement = int8_agreement
+        self.config, self.device = net.config, next(net.parameters()).device
+        self.choice: AutoChoice | None = None
+        self.runner: Any = None
+        if int8_unavailable_reason(self.device, int8_agreement) is not None:  # the features decide: no shape needed
+            self.decide(())
+            self.runner = build(self.choice.precision, self.choice.backend, self.calibration)
+
+    @property
+    def precision(self) -> str:
+        return self.choice.precision if self.choice else "auto"
+
+    @property
+    def backend(self) -> str:
+        return self.choice.backend if self.choice else "auto"
+
+    def eval(self) -> AutoPSPNet:
+        return self
+
+    def decide(self, shape: tuple[int, ...]) -> AutoChoice:
+        """Pick and build the mode for inputs of ``shape`` (done by the first call; callable earlier)."""
+        if self.choice is None:
+            self.choice = choose_auto(self.net, tuple(shape), self.build, int8_agreement=self.int8_agreement,
+                                      device=self.device)
+            log.info("%s", self.choice.describe())
+        return self.choice
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.decide(tuple(x.shape))
+        if self.runner is None:  # int8 without calibration images calibrates on this first batch
+            self.runner = self.build(self.choice.precision, self.choice.backend, self.calibration or [x])
+        return self.runner(x)
+
+    forward = __call__
+
+
+_PREPARED = (*_PREPARED, AutoPSPNet)
+
+
+def prepare_model(model: nn.Module, precision: str = "fp32", backend: str = "torch",
+                  int8_agreement: float | None = None) -> tuple[Any, str]:
     """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend, else the
-    callable of :func:`prepare_for_inference`."""
+    callable of :func:`prepare_for_inference` (``auto`` reads ``auto`` until its first call)."""
     if isinstance(model, nn.Module):
         model.eval()
     if precision == "fp32" and backend == "torch":
         return model, "fp32"
-    runner = prepare_for_inference(model, precision=precision, backend=backend)
+    runner = prepare_for_inference(model, precision=precision, backend=backend, int8_agreement=int8_agreement)
     return runner, getattr(runner, "precision", precision)
 
 

@@ -242,7 +242,7 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
                    base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    mode: str = "whole", crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
                    precision: str = "fp32", backend: str = "torch", protocol: str = "release",
-                   progress: bool = True) -> PredictOutputs:
+                   progress: bool = True, int8_agreement: float | None = None) -> PredictOutputs:
     """Segment each video file (or camera index) of ``sources`` into ``out_dir`` (module docstring).
 
     ``color``: also the colour-label video; ``frame_labels``: also label PNGs of every ``every``-th
@@ -258,7 +258,7 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pal = palette_array(palette, len(class_names))
-    runner, _ = prepare_model(model, precision, backend)
+    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement)
     settings = {"base_size": base_size, "scales": scales, "flip": flip, "mode": mode, "crop_size": crop_size,
                 "stride_rate": stride_rate, "protocol": protocol}
     files = [Path(s) for s in sources if not isinstance(s, int)]

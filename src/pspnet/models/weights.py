@@ -105,6 +105,20 @@ def save_weights(model: PSPNet, path: str | Path, class_names=None, palette=None
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
+def update_metadata(path: str | Path, entries: Mapping[str, Any]) -> None:
+    """Add or replace metadata entries (JSON values) of one of our safetensors files, tensors
+    untouched (int8 storage stays int8), atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: only .safetensors files carry metadata; convert it first with 'pspnet convert'")
+    state, meta = _load_safetensors(path)
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a pspnet weight file (metadata format {meta.get('format')!r})")
+    meta = {**meta, **{k: json.dumps(v) for k, v in entries.items()}}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP / torch.compile wrappers."""
     while True:

@@ -1,0 +1,195 @@
+"""``precision="auto"``: the fastest mode that keeps the labels on *this* CPU.
+
+Which mode is fastest depends on the CPU: on an AMD Zen 4 (avx512_bf16 + VNNI, no AMX) ONNX Runtime
+int8 runs PSPNet-50 at 473x473 about twice as fast as bf16, on an Intel Xeon with AMX bf16 was the
+faster (docs/benchmarks.md). So ``auto`` decides in two steps:
+
+1. **Features.** The torch candidate is bf16 where the CPU has native bf16 (:func:`pspnet.cpu.has_bf16`),
+   else fp32. int8 through ONNX Runtime is a candidate only where onnxruntime is installed, the CPU
+   has int8 dot-product instructions (VNNI or AMX-INT8), and the weights are known to keep the labels
+   in int8: their file records an argmax agreement with fp32 of at least :data:`AGREEMENT_BOUND`
+   (``int8_agreement`` metadata, measured by ``bench/agreement.py --record``). With one candidate
+   the features decide.
+2. **Probe.** With two, both run on the input's shape (two warm-up calls, then :data:`PROBE_ROUNDS`
+   alternating calls on a random image) and the faster wins. The result is cached per machine in
+   ``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet``), keyed by the CPU, its flags, the
+   thread count, the library versions, the network's architecture and the input shape, so the probe
+   runs once. Timing does not depend on the weight values, so the key holds no weights.
+
+int8 calibrates its activation ranges on the first input batch it sees (:mod:`.calibration`); the
+recorded agreement is measured the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import cpu
+from ..files import atomic_write
+
+log = logging.getLogger("pspnet.fast")
+
+__all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "CACHE_ENV", "AutoChoice", "auto_cache_path", "torch_candidate",
+           "int8_unavailable_reason", "choose_auto", "recorded_int8_agreement"]
+
+AGREEMENT_BOUND = 0.995
+"""The least argmax agreement with fp32 a lower-precision mode must keep to be chosen automatically."""
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 convolutions fast
+CACHE_ENV = "PSPNET_HOME"
+PROBE_WARMUP, PROBE_ROUNDS = 2, 3
+
+
+@dataclass
+class AutoChoice:
+    """The mode ``auto`` picked, and why (``reason``); ``times_ms`` holds the probe's medians."""
+
+    precision: str
+    backend: str
+    reason: str
+    times_ms: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def mode(self) -> str:
+        return f"{self.precision}/{self.backend}"
+
+    def describe(self) -> str:
+        probe = ""
+        if self.times_ms:
+            probe = " (" + ", ".join(f"{k} {v:.0f} ms" for k, v in self.times_ms.items()) + \
+                (", cached probe" if self.cached else "") + ")"
+        return f"auto -> {self.mode}: {self.reason}{probe}"
+
+
+def auto_cache_path() -> Path:
+    """``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet/auto_mode.json``)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pspnet").expanduser() / "auto_mode.json"
+
+
+def recorded_int8_agreement(meta: dict[str, Any] | None) -> float | None:
+    """The int8 argmax agreement a weight file's metadata records, or None."""
+    rec = (meta or {}).get("int8_agreement")
+    value = rec.get("agreement") if isinstance(rec, dict) else rec
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
+def torch_candidate(device: torch.device) -> tuple[str, str]:
+    """``(precision, "torch")``: bf16 where it is native on ``device``, else fp32."""
+    return cpu.resolve_inference_precision("auto", device), "torch"
+
+
+def int8_unavailable_reason(device: torch.device, int8_agreement: float | None) -> str | None:
+    """Why int8 through ONNX Runtime is not a candidate here, or None when it is."""
+    if device.type != "cpu":
+        return f"int8 runs on the CPU only (device {device.type})"
+    if cpu.cpu_flags().isdisjoint(INT8_FLAGS):
+        return f"the CPU has no int8 dot-product instructions ({'/'.join(INT8_FLAGS)})"
+    if int8_agreement is None:
+        return "the weights record no int8 agreement measurement (bench/agreement.py --record)"
+    if int8_agreement < AGREEMENT_BOUND:
+        return f"the weights keep only {int8_agreement * 100:.2f}% of the fp32 labels in int8 " \
+               f"(bound {AGREEMENT_BOUND * 100:.1f}%)"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install 'pspnet[onnx]')"
+    return None
+
+
+def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    config = getattr(net, "config", None)
+    ident = {"cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "onnxruntime": ort_version,
+             "config": config.to_dict() if config is not None else type(net).__name__,
+             "shape": list(shape), "candidates": [list(c) for c in candidates]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: probe again (and rewrite it)
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
+    data = _read_cache(path)
+    data[key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(data, indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as e:  # a read-only home must not stop inference: the probe just runs again next time
+        log.warning("could not cache the auto-mode probe in %s: %s", path, e)
+
+
+def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: list[tuple[str, str]],
+           shape: tuple[int, ...]) -> dict[str, float]:
+    """Median milliseconds per call of each candidate on a random input of ``shape``, alternating."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    runners = {f"{p}/{b}": build(p, b, [x]) for p, b in candidates}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.no_grad():
+        for _ in range(PROBE_WARMUP):  # graph building, quantisation, oneDNN primitive creation, first touch
+            for run in runners.values():
+                run(x)
+        for _ in range(PROBE_ROUNDS):
+            for k, run in runners.items():
+                t = time.perf_counter()
+                run(x)
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
+def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[str, str, list[torch.Tensor]], Any],
+                *, int8_agreement: float | None = None, device: torch.device | str = "cpu",
+                cache_path: Path | None = None) -> AutoChoice:
+    """The mode ``auto`` runs for ``net`` on inputs of ``shape`` (module docstring).
+
+    ``build(precision, backend, calibration)`` makes a runner (``prepare_for_inference``'s job); it is
+    called only when a probe is needed.
+    """
+    device = torch.device(device)
+    first = torch_candidate(device)
+    why_not = int8_unavailable_reason(device, int8_agreement)
+    if why_not is not None:
+        native = "native bf16" if first[0] == "bf16" else "no native bf16"
+        return AutoChoice(*first, reason=f"{native} on this {device.type}; int8 not considered: {why_not}")
+    candidates = [first, ("int8", "onnxruntime")]
+    path = cache_path or auto_cache_path()
+    key = _cache_key(net, shape, candidates)
+    entry = _read_cache(path).get(key)
+    cached = isinstance(entry, dict) and isinstance(entry.get("times_ms"), dict) and \
+        set(entry["times_ms"]) == {f"{p}/{b}" for p, b in candidates}
+    if cached:
+        times = {k: float(v) for k, v in entry["times_ms"].items()}
+    else:
+        log.info("auto: timing %s on %s once for this machine (cached in %s)",
+                 " and ".join(f"{p}/{b}" for p, b in candidates), "x".join(map(str, shape)), path)
+        times = _probe(build, candidates, shape)
+    best = min(times, key=times.get)
+    precision, backend = best.split("/")
+    agreement = f"int8 keeps {int8_agreement * 100:.2f}% of the fp32 labels (recorded in the weights)"
+    choice = AutoChoice(precision, backend, reason=f"fastest in a probe at {'x'.join(map(str, shape))}; {agreement}",
+                        times_ms=times, cached=cached)
+    if not cached:
+        _write_cache(path, key, {**asdict(choice), "cached": False, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return choice

@@ -1,0 +1,133 @@
+"""``precision="auto"``: features decide where they can, a cached probe where they cannot, and int8 only
+for weights known to keep their labels in int8 (pspnet/inference/auto.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from pspnet.inference import auto
+from pspnet.inference.prepare import AutoPSPNet, prepare_for_inference
+from pspnet.models.weights import read_state_dict, save_weights, update_metadata
+
+ZEN4 = "avx2 avx512f avx512_vnni avx512_bf16"
+AVX2 = "avx2 fma"
+
+
+class Sleeper:
+    """A runner that takes ``seconds`` per call (what the probe times) and counts its calls."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def fake_build(speeds: dict[str, float], built: list[str]):
+    def build(precision, backend, calibration):
+        built.append(f"{precision}/{backend}")
+        return Sleeper(speeds[f"{precision}/{backend}"])
+    return build
+
+
+def never_build(*args):
+    raise AssertionError("the probe ran although its result was cached or not needed")
+
+
+@pytest.fixture
+def net(tiny_pspnet):
+    return tiny_pspnet(3).eval()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(ZEN4, "bf16"), (AVX2, "fp32")])
+def test_without_an_int8_record_features_decide(net, monkeypatch, tmp_path, flags, expected):
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", flags)
+    choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=None, cache_path=tmp_path / "c.json")
+    assert (choice.precision, choice.backend) == (expected, "torch")
+    assert "int8 not considered" in choice.reason
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize(("flags", "agreement", "why"), [
+    (ZEN4, 0.99, "keep only 99.00%"),             # below the bound: never chosen, however fast
+    ("avx2 avx512f avx512_bf16", 0.999, "no int8 dot-product"),  # no VNNI/AMX-INT8
+])
+def test_int8_is_not_a_candidate(net, monkeypatch, tmp_path, flags, agreement, why):
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", flags)
+    choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=agreement,
+                              cache_path=tmp_path / "c.json")
+    assert choice.backend == "torch" and why in choice.reason
+
+
+@pytest.mark.parametrize(("int8_s", "expected"), [(0.001, "int8/onnxruntime"), (0.05, "bf16/torch")])
+def test_probe_picks_the_faster_and_caches_it(net, monkeypatch, tmp_path, int8_s, expected):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    cache = tmp_path / "auto.json"
+    built: list[str] = []
+    speeds = {"bf16/torch": 0.02, "int8/onnxruntime": int8_s}
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=0.997, cache_path=cache)
+    assert choice.mode == expected and not choice.cached
+    assert sorted(built) == ["bf16/torch", "int8/onnxruntime"]
+    assert set(choice.times_ms) == set(speeds) and "99.70%" in choice.reason
+    # second time: from the cache, no runner built
+    again = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.997, cache_path=cache)
+    assert again.mode == expected and again.cached and "cached probe" in again.describe()
+    # another input shape, or another CPU, is another key: probed again
+    built.clear()
+    auto.choose_auto(net, (1, 3, 96, 64), fake_build(speeds, built), int8_agreement=0.997, cache_path=cache)
+    assert built
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4 + " amx_tile amx_bf16 amx_int8")
+    built.clear()
+    auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=0.997, cache_path=cache)
+    assert built
+    assert len(json.loads(cache.read_text())) == 3
+
+
+def test_damaged_cache_is_probed_again(net, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    cache = tmp_path / "auto.json"
+    cache.write_text("{not json")
+    built: list[str] = []
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.0, "int8/onnxruntime": 0.01}, built),
+                              int8_agreement=0.999, cache_path=cache)
+    assert built and choice.mode == "bf16/torch"
+    assert json.loads(cache.read_text())  # rewritten, valid
+
+
+def test_auto_runner_runs_what_it_chose(net, monkeypatch, tmp_path):
+    """End to end: the runner decides on its first call and then gives the chosen mode's output."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
+    x = torch.randn(1, 3, 64, 64)
+    runner = prepare_for_inference(net, "auto", int8_agreement=0.999)
+    assert isinstance(runner, AutoPSPNet) and runner.precision == "auto"
+    out = runner(x)
+    chosen = runner.choice
+    assert (runner.precision, runner.backend) == (chosen.precision, chosen.backend)
+    assert (tmp_path / "auto_mode.json").is_file()
+    reference = prepare_for_inference(net, chosen.precision, chosen.backend, calibration=[x])(x)
+    assert torch.allclose(out, reference, atol=1e-4)
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_recorded_agreement_roundtrip_keeps_int8_storage(net, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights(net, path, ["a", "b", "c"], [[0, 0, 0], [1, 1, 1], [2, 2, 2]], storage="int8")
+    state_before, _ = read_state_dict(path)
+    assert auto.recorded_int8_agreement(read_state_dict(path)[1]) is None
+    update_metadata(path, {"int8_agreement": {"agreement": 0.9968, "data": "camvid val"}})
+    state_after, meta = read_state_dict(path)
+    assert auto.recorded_int8_agreement(meta) == pytest.approx(0.9968)
+    assert meta["class_names"] == ["a", "b", "c"]
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
+    assert auto.recorded_int8_agreement({"int8_agreement": "high"}) is None
+    assert auto.recorded_int8_agreement({"int8_agreement": 1.5}) is None
