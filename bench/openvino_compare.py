@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         engines[f"ours:{mode}"] = run
         print(f"ours:{mode}: ready in {time.perf_counter() - t:.1f} s (precision {getattr(run, 'precision', 'fp32')}, "
               f"backend {getattr(run, 'backend', 'torch')})")
+        if getattr(run, "choice", None) is not None:
+            print(f"  {run.choice.describe()}")
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "pspnet.onnx")
         calib = [x.numpy()] + [torch.randn(1, 3, *size, generator=g).numpy() for _ in range(a.calib)]

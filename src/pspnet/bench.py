@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import cpu
+from .errors import PSPNetError
 from .inference.prepare import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
 
@@ -116,7 +117,20 @@ def make_runner(model: PSPNet, mode: str, example: torch.Tensor) -> Callable[[to
     if spec is None:
         return model
     calibration = [example] if spec["precision"] == "int8" else None
-    return prepare_for_inference(model, **spec, calibration=calibration)
+    extra = {"int8_agreement": packaged_int8_agreement()} if spec["precision"] == "auto" else {}
+    return prepare_for_inference(model, **spec, calibration=calibration, **extra)
+
+
+def packaged_int8_agreement() -> float | None:
+    """The int8 agreement the packaged CamVid model records: mode ``auto`` in a benchmark runs what
+    ``pspnet predict`` runs by default (for that model), whatever weights are timed."""
+    from .inference.auto import recorded_int8_agreement
+    from .models.pretrained import default_weights_path
+    from .models.weights import read_state_dict
+    try:
+        return recorded_int8_agreement(read_state_dict(default_weights_path())[1])
+    except PSPNetError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------- inference
@@ -150,6 +164,9 @@ def bench_headline(depth: int = 50, size: tuple[int, int] = (473, 473), num_clas
            "fast_alone_median_s": a, "fast_alone_times_s": alone_t, "speedup_vs_alone": b / a}
     log(f"PSPNet-{depth} {size[0]}x{size[1]}, {num_classes} classes, eval, batch 1, {reps} runs of the default "
         f"mode alone, then {reps} alternating runs")
+    if getattr(fast, "choice", None) is not None:
+        res["auto_choice"] = fast.choice.describe()
+        log(f"  {fast.choice.describe()}")
     log(f"  plain fp32 eager                      median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
     log(f"  default CPU mode {mode}->{resolved:<5s} alternating median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
     log(f"  default CPU mode {mode}->{resolved:<5s} alone       median {a * 1000:8.1f} ms  ({1 / a:6.2f} images/s)")

@@ -131,3 +131,19 @@ def test_recorded_agreement_roundtrip_keeps_int8_storage(net, tmp_path):
     assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
     assert auto.recorded_int8_agreement({"int8_agreement": "high"}) is None
     assert auto.recorded_int8_agreement({"int8_agreement": 1.5}) is None
+
+
+def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    small, large = (1, 3, 64, 64), (1, 3, 1024, 2048)
+    assert auto.calibration_bytes(net, large) == pytest.approx(auto.calibration_bytes(net, small) * 512, rel=1e-6)
+    budget = auto.calibration_bytes(net, small) * 100  # room for the small input, not the large one
+    monkeypatch.setattr(auto, "available_memory", lambda: budget)
+    speeds = {"bf16/torch": 0.01, "int8/onnxruntime": 0.0}
+    choice = auto.choose_auto(net, large, never_build, int8_agreement=0.999, cache_path=tmp_path / "c.json")
+    assert choice.mode == "bf16/torch" and "free memory" in choice.reason
+    built: list[str] = []
+    choice = auto.choose_auto(net, small, fake_build(speeds, built), int8_agreement=0.999,
+                              cache_path=tmp_path / "c.json")
+    assert built and choice.mode == "int8/onnxruntime"
