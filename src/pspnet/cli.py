@@ -217,9 +217,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if main_rank:
         print(_settings_line(s))
     sources = s.pop("sources")
+    from .inference.auto import recorded_int8_agreement
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
-                   absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image), **s)
+                   absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
+                   int8_agreement=recorded_int8_agreement(meta), **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file, "sources": sources})
     if not main_rank:  # every rank returns the whole result (bad files included): the same exit status

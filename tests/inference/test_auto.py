@@ -29,9 +29,10 @@ class Sleeper:
         return x
 
 
-def fake_build(speeds: dict[str, float], built: list[str]):
+def fake_build(speeds: dict[str, float], built: list[str], setup: dict[str, float] | None = None):
     def build(precision, backend, calibration):
         built.append(f"{precision}/{backend}")
+        time.sleep((setup or {}).get(f"{precision}/{backend}", 0.0))  # e.g. int8 quantisation
         return Sleeper(speeds[f"{precision}/{backend}"])
     return build
 
@@ -147,3 +148,20 @@ def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, m
     choice = auto.choose_auto(net, small, fake_build(speeds, built), int8_agreement=0.999,
                               cache_path=tmp_path / "c.json")
     assert built and choice.mode == "int8/onnxruntime"
+
+
+def test_a_known_number_of_calls_weighs_setup(net, monkeypatch, tmp_path):
+    """int8 is faster per call but costs a quantisation first: not worth it for one image, worth it for many."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    cache = tmp_path / "c.json"
+    speeds = {"bf16/torch": 0.02, "int8/onnxruntime": 0.005}
+    built: list[str] = []
+    one = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built, {"int8/onnxruntime": 0.3}),
+                           int8_agreement=0.999, cache_path=cache, calls=1)
+    assert one.mode == "bf16/torch" and one.setup_ms["int8/onnxruntime"] > one.setup_ms["bf16/torch"]
+    assert "1 call(s)" in one.reason and "s setup" in one.describe()
+    many = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache, calls=1000)
+    assert many.mode == "int8/onnxruntime" and many.cached
+    per_call = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache)
+    assert per_call.mode == "int8/onnxruntime"

@@ -223,7 +223,7 @@ def test_default_weights(tmp_path, tiny_model, monkeypatch, capsys):
 def test_precision_goes_through_prepare_for_inference(monkeypatch, tiny_model):
     calls = []
 
-    def prepare_for_inference(model, precision="auto", backend="torch", compile=False, int8_agreement=None):
+    def prepare_for_inference(model, precision="auto", backend="torch", compile=False, **auto_hints):
         calls.append(precision)
         return model
     monkeypatch.setattr(prepare, "prepare_for_inference", prepare_for_inference)

@@ -11,7 +11,9 @@ faster (docs/benchmarks.md). So ``auto`` decides in two steps:
    (``int8_agreement`` metadata, measured by ``bench/agreement.py --record``). With one candidate
    the features decide.
 2. **Probe.** With two, both run on the input's shape (two warm-up calls, then :data:`PROBE_ROUNDS`
-   alternating calls on a random image) and the faster wins. The result is cached per machine in
+   alternating calls on a random image) and the faster wins; when the caller says how many calls
+   the job makes (``pspnet predict`` on N images), the one with the least setup + N x time per call
+   wins, so a single image is not worth int8's quantisation. The result is cached per machine in
    ``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet``), keyed by the CPU, its flags, the
    thread count, the library versions, the network's architecture and the input shape, so the probe
    runs once. Timing does not depend on the weight values, so the key holds no weights.
@@ -31,7 +33,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,14 @@ PROBE_WARMUP, PROBE_ROUNDS = 2, 3
 
 @dataclass
 class AutoChoice:
-    """The mode ``auto`` picked, and why (``reason``); ``times_ms`` holds the probe's medians."""
+    """The mode ``auto`` picked, and why (``reason``); ``times_ms`` holds the probe's medians per call,
+    ``setup_ms`` each candidate's one-off cost (building, int8 quantisation, the first call)."""
 
     precision: str
     backend: str
     reason: str
     times_ms: dict[str, float] = field(default_factory=dict)
+    setup_ms: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
     @property
@@ -70,7 +74,9 @@ class AutoChoice:
     def describe(self) -> str:
         probe = ""
         if self.times_ms:
-            probe = " (" + ", ".join(f"{k} {v:.0f} ms" for k, v in self.times_ms.items()) + \
+            probe = " (" + ", ".join(f"{k} {v:.0f} ms per call" + (
+                f" + {self.setup_ms[k] / 1000:.1f} s setup" if k in self.setup_ms else "")
+                for k, v in self.times_ms.items()) + \
                 (", cached probe" if self.cached else "") + ")"
         return f"auto -> {self.mode}: {self.reason}{probe}"
 
@@ -178,14 +184,21 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
 
 
 def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: list[tuple[str, str]],
-           shape: tuple[int, ...]) -> dict[str, float]:
-    """Median milliseconds per call of each candidate on a random input of ``shape``, alternating."""
+           shape: tuple[int, ...]) -> tuple[dict[str, float], dict[str, float]]:
+    """(median milliseconds per call, milliseconds of setup: building and the first call) of each
+    candidate on a random input of ``shape``; calls alternate between candidates."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
-    runners = {f"{p}/{b}": build(p, b, [x]) for p, b in candidates}
+    runners, setup = {}, {}
+    with torch.no_grad():
+        for p, b in candidates:
+            t = time.perf_counter()
+            runners[f"{p}/{b}"] = run = build(p, b, [x])
+            run(x)
+            setup[f"{p}/{b}"] = (time.perf_counter() - t) * 1000
     times: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
-        for _ in range(PROBE_WARMUP):  # graph building, quantisation, oneDNN primitive creation, first touch
+        for _ in range(PROBE_WARMUP - 1):  # graph building, quantisation, oneDNN primitive creation, first touch
             for run in runners.values():
                 run(x)
         for _ in range(PROBE_ROUNDS):
@@ -193,13 +206,16 @@ def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: lis
                 t = time.perf_counter()
                 run(x)
                 times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}, setup
 
 
 def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[str, str, list[torch.Tensor]], Any],
                 *, int8_agreement: float | None = None, device: torch.device | str = "cpu",
-                cache_path: Path | None = None) -> AutoChoice:
+                cache_path: Path | None = None, calls: int | None = None) -> AutoChoice:
     """The mode ``auto`` runs for ``net`` on inputs of ``shape`` (module docstring).
+
+    ``calls``: how many calls the job will make, when known (``pspnet predict`` on N images): the
+    choice then minimises setup + calls x time per call, so one image is not quantised for.
 
     ``build(precision, backend, calibration)`` makes a runner (``prepare_for_inference``'s job); it is
     called only when a probe is needed.
@@ -219,19 +235,23 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     path = cache_path or auto_cache_path()
     key = _cache_key(net, shape, candidates)
     entry = _read_cache(path).get(key)
-    cached = isinstance(entry, dict) and isinstance(entry.get("times_ms"), dict) and \
-        set(entry["times_ms"]) == {f"{p}/{b}" for p, b in candidates}
+    names = {f"{p}/{b}" for p, b in candidates}
+    cached = isinstance(entry, dict) and all(isinstance(entry.get(k), dict) and set(entry[k]) == names
+                                             for k in ("times_ms", "setup_ms"))
     if cached:
         times = {k: float(v) for k, v in entry["times_ms"].items()}
+        setup = {k: float(v) for k, v in entry["setup_ms"].items()}
     else:
         log.info("auto: timing %s on %s once for this machine (cached in %s)",
-                 " and ".join(f"{p}/{b}" for p, b in candidates), "x".join(map(str, shape)), path)
-        times = _probe(build, candidates, shape)
-    best = min(times, key=times.get)
+                 " and ".join(sorted(names)), "x".join(map(str, shape)), path)
+        times, setup = _probe(build, candidates, shape)
+        _write_cache(path, key, {"times_ms": times, "setup_ms": setup, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if calls is None:
+        best = min(times, key=times.get)
+        how = f"fastest per call in a probe at {'x'.join(map(str, shape))}"
+    else:
+        best = min(times, key=lambda k: setup[k] + calls * times[k])
+        how = f"fastest for {calls} call(s) with setup, in a probe at {'x'.join(map(str, shape))}"
     precision, backend = best.split("/")
     agreement = f"int8 keeps {int8_agreement * 100:.2f}% of the fp32 labels (recorded in the weights)"
-    choice = AutoChoice(precision, backend, reason=f"fastest in a probe at {'x'.join(map(str, shape))}; {agreement}",
-                        times_ms=times, cached=cached)
-    if not cached:
-        _write_cache(path, key, {**asdict(choice), "cached": False, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return choice
+    return AutoChoice(precision, backend, reason=f"{how}; {agreement}", times_ms=times, setup_ms=setup, cached=cached)

@@ -46,7 +46,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
              max_images: int | None = None, backend: str = "torch", protocol: str = "release",
-             per_image: bool = False) -> dict[str, Any]:
+             per_image: bool = False, int8_agreement: float | None = None) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
@@ -64,11 +64,13 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
-    runner, used_precision = prepare_model(model, precision, backend)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    calls = n * len(scales) * (2 if flip and protocol != "release" else 1) if mode == "whole" else None
+    runner, used_precision = prepare_model(model, precision, backend, int8_agreement=int8_agreement,
+                                           expected_calls=calls)
     device = model_device(runner)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     scores = PerImageScores(names, ignore_index) if per_image else None
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
     rank, world = rank_and_world()
     mine = shard(range(n), rank, world)
     bad: list[dict[str, Any]] = []

@@ -205,8 +205,9 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     if rank == 0:  # every rank expands the same inputs and finds the same problems
         for item, reason in failed:
             log.error("%s: %s", item, reason)
-    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement)
     mine = shard(list(zip(files, unique_stems(files))), rank, world)  # stems of the whole list: no clashes
+    calls = len(mine) * len(scales) * (2 if flip and protocol != "release" else 1) if mode == "whole" else None
+    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None
     if progress and rank == 0:

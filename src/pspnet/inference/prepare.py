@@ -60,7 +60,8 @@ def _plain_pspnet(model: nn.Module) -> PSPNet:
 def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
                           *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
                           threads: int | None = None, onednn: bool | None = None,
-                          factor_head: bool = True, int8_agreement: float | None = None) -> Any:
+                          factor_head: bool = True, int8_agreement: float | None = None,
+                          expected_calls: int | None = None) -> Any:
     """The fastest faithful form of ``model`` for inference (see the module docstring).
 
     Args:
@@ -83,6 +84,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         int8_agreement: the argmax agreement with fp32 these weights are known to keep in int8 (a
             weight file's ``int8_agreement`` metadata); ``auto`` considers int8 only when it is at
             least 99.5%.
+        expected_calls: with ``auto``, how many calls the job will make, when known (see
+            :func:`pspnet.inference.auto.choose_auto`).
 
     Returns a callable ``x (N x 3 x H x W normalised float) -> fp32 logits N x C x H x W`` with
     ``.precision``, ``.backend``, ``.config`` and ``.device``; it checks its input as
@@ -98,7 +101,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         def build(p: str, b: str, calibration_: list[torch.Tensor] | None) -> Any:
             return prepare_for_inference(net, p, b, channels_last=channels_last, calibration=calibration_,
                                          threads=threads, onednn=onednn, factor_head=factor_head)
-        return AutoPSPNet(net, build, calibration=calibration, int8_agreement=int8_agreement)
+        return AutoPSPNet(net, build, calibration=calibration, int8_agreement=int8_agreement, calls=expected_calls)
     precision = cpu.resolve_inference_precision(precision, device)
     folded = fold_batchnorm(net)
     if backend == "onnxruntime":
@@ -125,8 +128,8 @@ class AutoPSPNet:
     ``.precision`` / ``.backend`` read ``auto`` until then. ``.choice`` says what was picked and why."""
 
     def __init__(self, net: PSPNet, build, *, calibration: Iterable[torch.Tensor] | None = None,
-                 int8_agreement: float | None = None) -> None:
-        self.net, self.build = net, build
+                 int8_agreement: float | None = None, calls: int | None = None) -> None:
+        self.net, self.build, self.calls = net, build, calls
         self.calibration = None if calibration is None else list(calibration)
         self.int8_agreement = int8_agreement
         self.config, self.device = net.config, next(net.parameters()).device
@@ -151,7 +154,7 @@ class AutoPSPNet:
         """Pick and build the mode for inputs of ``shape`` (done by the first call; callable earlier)."""
         if self.choice is None:
             self.choice = choose_auto(self.net, tuple(shape), self.build, int8_agreement=self.int8_agreement,
-                                      device=self.device)
+                                      device=self.device, calls=self.calls)
             log.info("%s", self.choice.describe())
         return self.choice
 
@@ -168,14 +171,15 @@ _PREPARED = (*_PREPARED, AutoPSPNet)
 
 
 def prepare_model(model: nn.Module, precision: str = "fp32", backend: str = "torch",
-                  int8_agreement: float | None = None) -> tuple[Any, str]:
+                  int8_agreement: float | None = None, expected_calls: int | None = None) -> tuple[Any, str]:
     """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend, else the
     callable of :func:`prepare_for_inference` (``auto`` reads ``auto`` until its first call)."""
     if isinstance(model, nn.Module):
         model.eval()
     if precision == "fp32" and backend == "torch":
         return model, "fp32"
-    runner = prepare_for_inference(model, precision=precision, backend=backend, int8_agreement=int8_agreement)
+    runner = prepare_for_inference(model, precision=precision, backend=backend, int8_agreement=int8_agreement,
+                                   expected_calls=expected_calls)
     return runner, getattr(runner, "precision", precision)
 
 
