@@ -71,9 +71,9 @@ def test_auto_inference_runs_the_chosen_precision(monkeypatch, name, tiny_pspnet
     flags, bf16, _ = CPUS[name]
     monkeypatch.setenv(cpu.FLAGS_ENV, flags)
     model = tiny_pspnet().eval()
-    prepared = prepare_for_inference(model, "auto")
-    assert prepared.precision == ("bf16" if bf16 else "fp32")
-    body = {p.dtype for n, p in prepared.named_parameters() if not n.startswith("classifier")}
+    prepared = prepare_for_inference(model, "auto")  # no int8 record: the features decide, at once
+    assert prepared.precision == ("bf16" if bf16 else "fp32") and prepared.backend == "torch"
+    body = {p.dtype for n, p in prepared.runner.named_parameters() if not n.startswith("classifier")}
     assert body == {torch.bfloat16 if bf16 else torch.float32}
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
