@@ -127,7 +127,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, class_names: Sequence[str
     try:
         import onnx
     except ImportError:
-        raise PSPNetError("ONNX export needs the onnx package: pip install 'pspnet[onnx]'") from None
+        raise PSPNetError("ONNX export needs the onnx package (a dependency of pspnet missing from "
+                          "this environment): pip install onnx onnxruntime") from None
     net = make_exportable(model)
     device = next(net.parameters()).device
     example = torch.zeros(1, 3, *example_size, device=device)
@@ -201,7 +202,8 @@ def check_onnx(model: nn.Module, path: str | Path, sizes: Sequence[tuple[int, in
     try:
         import onnxruntime as ort
     except ImportError:
-        raise PSPNetError("--check of an ONNX export needs onnxruntime: pip install 'pspnet[onnx]'") from None
+        raise PSPNetError("--check of an ONNX export needs onnxruntime (a dependency of pspnet missing from "
+                          "this environment): pip install onnx onnxruntime") from None
     net = unwrap(model).eval()
     device = next(net.parameters()).device
     opts = ort.SessionOptions()

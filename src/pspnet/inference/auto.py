@@ -112,7 +112,7 @@ def int8_unavailable_reason(device: torch.device, int8_agreement: float | None) 
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return "onnxruntime is not installed (pip install 'pspnet[onnx]')"
+        return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
     return None
 
 

@@ -8,7 +8,7 @@ constants of the graph. int8 follows ONNX Runtime's static quantisation recipe
 (``onnxruntime.quantization.quantize_static``: QDQ format, per-channel symmetric int8 weights,
 asymmetric uint8 activations with min/max calibration); the last convolution (the 1x1
 classifier) and the final upsampling stay fp32, like on every other fast path. onnx and
-onnxruntime are optional (``pip install 'pspnet[onnx]'``); they are imported where used.
+onnxruntime are dependencies of pspnet, imported where used.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class OnnxRuntimePSPNet:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise ConfigError("backend='onnxruntime' needs onnxruntime: pip install 'pspnet[onnx]'") from None
+            raise ConfigError("backend='onnxruntime' needs onnxruntime (a dependency of pspnet missing from "
+                              "this environment): pip install onnx onnxruntime") from None
         if precision not in ("fp32", "int8"):
             raise ConfigError(f"the onnxruntime backend runs fp32 or int8, got {precision!r} "
                               f"(bf16 runs with backend='torch')")
