@@ -151,17 +151,27 @@ def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, m
 
 
 def test_a_known_number_of_calls_weighs_setup(net, monkeypatch, tmp_path):
-    """int8 is faster per call but costs a quantisation first: not worth it for one image, worth it for many."""
+    """int8 is faster per call but costs a quantisation first: not worth it for a few images, worth it for many."""
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
     cache = tmp_path / "c.json"
     speeds = {"bf16/torch": 0.02, "int8/onnxruntime": 0.005}
     built: list[str] = []
     one = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built, {"int8/onnxruntime": 0.3}),
-                           int8_agreement=0.999, cache_path=cache, calls=1)
+                           int8_agreement=0.999, cache_path=cache, calls=3)
     assert one.mode == "bf16/torch" and one.setup_ms["int8/onnxruntime"] > one.setup_ms["bf16/torch"]
-    assert "1 call(s)" in one.reason and "s setup" in one.describe()
+    assert "3 call(s)" in one.reason and "s setup" in one.describe()
     many = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache, calls=1000)
     assert many.mode == "int8/onnxruntime" and many.cached
     per_call = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache)
     assert per_call.mode == "int8/onnxruntime"
+
+
+def test_one_image_skips_the_probe(net, monkeypatch, tmp_path):
+    """A job of one or two calls cannot win back int8's setup: the torch mode, without probing."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=tmp_path / "c.json",
+                              calls=1)
+    assert choice.mode == "bf16/torch" and "1 call(s)" in choice.reason
+    assert not (tmp_path / "c.json").exists()

@@ -53,6 +53,7 @@ AGREEMENT_BOUND = 0.995
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 convolutions fast
 CACHE_ENV = "PSPNET_HOME"
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
+FEW_CALLS = 2  # at most this many calls: int8 cannot win back its setup, so no probe either
 
 
 @dataclass
@@ -226,6 +227,9 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     if why_not is not None:
         native = "native bf16" if first[0] == "bf16" else "no native bf16"
         return AutoChoice(*first, reason=f"{native} on this {device.type}; int8 not considered: {why_not}")
+    if calls is not None and calls <= FEW_CALLS:
+        return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (an ONNX export and an fp32 calibration "
+                                         f"pass at this shape) costs more than it could save")
     need, free = calibration_bytes(net, shape), available_memory()
     if free is not None and need > free / 2:
         return AutoChoice(*first, reason=f"int8 not considered at {'x'.join(map(str, shape))}: calibrating it "
