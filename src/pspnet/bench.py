@@ -126,9 +126,9 @@ def packaged_int8_agreement() -> float | None:
     ``pspnet predict`` runs by default (for that model), whatever weights are timed."""
     from .inference.auto import recorded_int8_agreement
     from .models.pretrained import default_weights_path
-    from .models.weights import read_state_dict
+    from .models.weights import read_metadata
     try:
-        return recorded_int8_agreement(read_state_dict(default_weights_path())[1])
+        return recorded_int8_agreement(read_metadata(default_weights_path()))
     except PSPNetError:
         return None
 

@@ -2,6 +2,8 @@
 
 A crash (or Ctrl-C) leaves either the old file or the new one, never a truncated file that looks
 finished. Used for weights, checkpoints, logs, metrics and downloads.
+
+Also where pspnet keeps its caches (downloads, ``auto``'s probe): :func:`pspnet_home`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale_temp_files"]
+__all__ = ["HOME_ENV", "pspnet_home", "atomic_write", "remove_stale_temp_files"]
+
+HOME_ENV = "PSPNET_HOME"
+
+
+def pspnet_home() -> Path:
+    """pspnet's cache folder: ``$PSPNET_HOME``, else ``~/.cache/pspnet``."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "pspnet").expanduser()
 
 
 def _umask() -> int:

@@ -161,12 +161,17 @@ def _bn_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_path: Path, tiny_run_config) -> None:
-    cfg = tiny_run_config(data, tmp_path / "fb", "train.freeze_backbone=true", "train.iters=1")
+def _state_around_one_step(cfg) -> tuple[Trainer, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainer, state before, state after) for a run of ``cfg`` (one iteration)."""
     trainer = Trainer(cfg, progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
-    after = trainer.model.state_dict()
+    return trainer, before, trainer.model.state_dict()
+
+
+def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_path: Path, tiny_run_config) -> None:
+    trainer, before, after = _state_around_one_step(tiny_run_config(data, tmp_path / "fb", "train.freeze_backbone=true",
+                                                                    "train.iters=1"))
     backbone = [k for k in before if k.startswith(("layer0.", "layer1.", "layer2.", "layer3.", "layer4."))]
     assert any("running_mean" in k for k in backbone)
     for k in backbone:  # weights and BN running statistics alike
@@ -177,11 +182,8 @@ def test_freeze_backbone_keeps_backbone_and_its_bn_statistics(data: Path, tmp_pa
 
 
 def test_freeze_bn_keeps_every_bn_and_trains_the_convolutions(data: Path, tmp_path: Path, tiny_run_config) -> None:
-    cfg = tiny_run_config(data, tmp_path / "fbn", "train.freeze_bn=true", "train.iters=1")
-    trainer = Trainer(cfg, progress=False)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.fit()
-    after = trainer.model.state_dict()
+    trainer, before, after = _state_around_one_step(tiny_run_config(data, tmp_path / "fbn", "train.freeze_bn=true",
+                                                                    "train.iters=1"))
     bn_keys = [f"{n}.{k}" for n, m in _bn_modules(trainer.model) for k in m.state_dict()]
     assert len(bn_keys) > 50
     for k in bn_keys:

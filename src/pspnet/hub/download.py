@@ -45,13 +45,13 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from ..errors import PSPNetError, WeightsError
+from ..files import HOME_ENV, pspnet_home
 from .catalogue import ModelEntry, ZooFile, catalogue, close_names, entry_for_url, find_entry
 
 __all__ = ["HOME_ENV", "pspnet_home", "cached_weights_path", "resolve_weights", "fetch_file", "verify_file",
            "download", "DownloadResult", "DownloadError", "NotFoundError", "HTMLResponseError",
            "TruncatedDownloadError", "ChecksumError", "CorruptDownloadError", "ManualDownloadRequired"]
 
-HOME_ENV = "PSPNET_HOME"
 CHUNK = 1 << 20
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".tar")
@@ -87,11 +87,6 @@ class ManualDownloadRequired(DownloadError):
 
 
 # ------------------------------------------------------------------------------------ cache
-def pspnet_home() -> Path:
-    """``$PSPNET_HOME``, else ``~/.cache/pspnet``."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "pspnet").expanduser()
-
-
 def cached_weights_path(name: str) -> Path:
     """Where ``pspnet download NAME`` writes the converted file."""
     return pspnet_home() / "weights" / f"{name}.safetensors"

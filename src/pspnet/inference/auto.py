@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from typing import Any
 import torch
 
 from .. import cpu
-from ..files import atomic_write
+from ..files import HOME_ENV, atomic_write, pspnet_home
 
 log = logging.getLogger("pspnet.fast")
 
@@ -51,7 +50,7 @@ __all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "CACHE_ENV", "AutoChoice", "auto_cac
 AGREEMENT_BOUND = 0.995
 """The least argmax agreement with fp32 a lower-precision mode must keep to be chosen automatically."""
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 convolutions fast
-CACHE_ENV = "PSPNET_HOME"
+CACHE_ENV = HOME_ENV
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
 FEW_CALLS = 2  # at most this many calls: int8 cannot win back its setup, so no probe either
 
@@ -84,7 +83,7 @@ class AutoChoice:
 
 def auto_cache_path() -> Path:
     """``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet/auto_mode.json``)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pspnet").expanduser() / "auto_mode.json"
+    return pspnet_home() / "auto_mode.json"
 
 
 def recorded_int8_agreement(meta: dict[str, Any] | None) -> float | None:

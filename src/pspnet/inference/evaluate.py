@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
 from .per_image import PerImageScores, worst_first
 from .prepare import prepare_model
-from .testtime import model_device, predict_logits
+from .testtime import model_device, network_calls, predict_logits
 
 log = logging.getLogger("pspnet.evaluate")
 
@@ -65,7 +65,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    calls = n * len(scales) * (2 if flip and protocol != "release" else 1) if mode == "whole" else None
+    calls = network_calls(n, scales, flip, mode, protocol)
     runner, used_precision = prepare_model(model, precision, backend, int8_agreement=int8_agreement,
                                            expected_calls=calls)
     device = model_device(runner)

@@ -13,14 +13,9 @@ __all__ = ["load_for_inference"]
 
 def _has_config(path: Path) -> bool:
     """Whether a weight file carries its model config (safetensors: read from the header only)."""
+    from ..models.weights import read_metadata, read_state_dict
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return "config" in (f.metadata() or {})
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
-    from ..models.weights import read_state_dict
+        return "config" in read_metadata(path)
     return "config" in read_state_dict(path)[1]
 
 

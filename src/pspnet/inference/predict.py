@@ -40,7 +40,7 @@ from ..data.io import read_image
 from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import DataError, PSPNetError
 from .prepare import prepare_model
-from .testtime import predict_logits
+from .testtime import network_calls, predict_logits
 
 log = logging.getLogger("pspnet.predict")
 
@@ -206,7 +206,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
         for item, reason in failed:
             log.error("%s: %s", item, reason)
     mine = shard(list(zip(files, unique_stems(files))), rank, world)  # stems of the whole list: no clashes
-    calls = len(mine) * len(scales) * (2 if flip and protocol != "release" else 1) if mode == "whole" else None
+    calls = network_calls(len(mine), scales, flip, mode, protocol)
     runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None

@@ -78,6 +78,15 @@ def min_input_size(model) -> int:
 
 
 @torch.no_grad()
+def network_calls(images: int, scales: Sequence[float], flip: bool, mode: str, protocol: str) -> int | None:
+    """How many times :func:`predict_logits` calls the network for ``images`` images, one at a time:
+    once per scale, twice with ``flip`` under ``logit-average`` (the release protocol batches the
+    flipped image with the original); None in sliding mode, where it depends on each image's size."""
+    if mode != "whole":
+        return None
+    return images * len(scales) * (2 if flip and protocol != "release" else 1)
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, *, base_size: int | None = None,
                    scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
                    crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,

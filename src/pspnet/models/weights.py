@@ -131,15 +131,36 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _load_safetensors(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, raw metadata); ``tensors=False`` reads the header only (no tensor is loaded)."""
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: not a valid safetensors file ({e})") from None
     return state, meta
+
+
+def _decoded_metadata(path: Path, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Our metadata values are JSON (``format`` is a plain string)."""
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v) if k != "format" else v
+        except json.JSONDecodeError:
+            raise WeightsError(f"{path}: metadata entry {k!r} is not valid JSON") from None
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A safetensors weight file's metadata (config, class names, test settings, ...), read from the
+    header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    return _decoded_metadata(path, _load_safetensors(path, tensors=False)[1])
 
 
 def _reason(e: BaseException) -> str:
@@ -181,12 +202,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise WeightsError(f"{path}: weight file not found")
     if path.suffix == ".safetensors":
         state, raw_meta = _load_safetensors(path)
-        meta: dict[str, Any] = {}
-        for k, v in raw_meta.items():
-            try:
-                meta[k] = json.loads(v) if k != "format" else v
-            except json.JSONDecodeError:
-                raise WeightsError(f"{path}: metadata entry {k!r} is not valid JSON") from None
+        meta = _decoded_metadata(path, raw_meta)
         if meta.get("storage") == "int8" or any(k.endswith(INT8_SCALE_SUFFIX) for k in state):
             state = dequantize_int8(state, str(path))
         return state, meta
