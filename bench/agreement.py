@@ -1,7 +1,7 @@
 """Does the fast inference mode predict the same labels as fp32? Argmax agreement and mIoU on CamVid val.
 
     python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --data-root ../shared/data/camvid \
-        [--precision auto] [--backend torch] [--base-size 240]
+        [--precision auto] [--backend torch] [--base-size N]
     python bench/agreement.py --weights W --data-root R --precision int8 --backend onnxruntime \
         --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
 
@@ -25,6 +25,7 @@ import time
 import torch
 
 from pspnet import bench
+from pspnet.config import recorded_test_settings
 from pspnet.data.datasets import build_dataset, dataset_info
 from pspnet.inference.auto import recorded_int8_agreement
 from pspnet.inference.prepare import prepare_for_inference
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--backend", default="torch")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--base-size", type=int, default=240,
-                   help="long side the images are resized to (the CamVid CPU recipe's eval.base_size; 0: none)")
+    p.add_argument("--base-size", type=int,
+                   help="long side the images are resized to (default: the base size the weights record, as "
+                        "pspnet predict uses; 0: none)")
     p.add_argument("--calibration-images", type=int, default=16,
                    help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
     p.add_argument("--record", action="store_true",
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_machine())
     model, meta = load_weights(a.weights)
     model.eval()
+    recorded_base = recorded_test_settings(meta, a.weights).get("base_size")
+    if a.base_size is None:
+        a.base_size = recorded_base or 0
+    if a.record and (a.base_size or None) != recorded_base:
+        p.error(f"--record measures the agreement at the base size the weights record ({recorded_base}); "
+                f"drop --base-size {a.base_size}")
     info = dataset_info(a.dataset, model.config.num_classes)
     ds = build_dataset(a.dataset, a.root, a.split, info=info)
     calibration = None

@@ -90,7 +90,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError(f"pspnet convert takes IN OUT, or ENCODER DECODER OUT for a CSAILVision model; got "
                           f"{len(args.input)} inputs: {' '.join(args.input)}")
     report = convert(args.input[0] if len(args.input) == 1 else args.input, args.output, class_names=names,
-                     palette=palette, dtype=torch.bfloat16 if args.bf16 else None, **overrides)
+                     palette=palette, dtype=torch.bfloat16 if args.bf16 else None,
+                     storage="int8" if args.int8_storage else None, include_aux=not args.no_aux, **overrides)
     cfg = report["config"]
     stem = "-".join(map(str, cfg["stem_channels"])) + " " if cfg.get("stem_channels") else ""
     print(f"read {' + '.join(args.input)} ({report['source_kind']}): ResNet-{cfg['depth']}, "
@@ -497,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--class-names", help="comma-separated names, or @file with one name per line")
     cv.add_argument("--dataset", help="take class names and palette from a named dataset, e.g. cityscapes")
     cv.add_argument("--bf16", action="store_true", help="store floating-point tensors as bfloat16 (half size)")
+    cv.add_argument("--int8-storage", action="store_true",
+                    help="store convolution weights as int8 with one scale per output channel (about a quarter of "
+                         "fp32; dequantised on load), as the packaged model is")
+    cv.add_argument("--no-aux", action="store_true", help="leave out the auxiliary head (unused at inference)")
     cv.set_defaults(func=_cmd_convert)
 
     ev = sub.add_parser("eval", help="mIoU / mAcc / allAcc of a model on a labelled split")

@@ -144,7 +144,8 @@ class TrainSection(_Section):
     ckpt_every: int = Field(0, ge=0, description="iterations between checkpoints (0: end only)")
     log_every: int = Field(10, ge=1)
     val_max_images: int | None = Field(None, ge=1)
-    pretrained: str | None = None
+    pretrained: str | None = Field(None, description="weight file to start from, or 'packaged': the CamVid model "
+                                                      "that ships with pspnet")
     output_dir: str = "runs/pspnet"
     tensorboard: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")

@@ -180,6 +180,20 @@ def test_camvid_segnet_layout_void_is_ignore(tmp_path):
     np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), rgb())
 
 
+def test_splits_joined_with_plus_are_read_in_order(tmp_path):
+    """``data.train_split=train+val``: the final model of a recipe chosen on val trains on both."""
+    for split, stem in (("train", "0001TP_006690"), ("val", "0016E5_07959")):
+        save(tmp_path / f"{split}/{stem}.png", rgb())
+        save(tmp_path / f"{split}annot/{stem}.png", np.zeros((H, W), np.uint8))
+        (tmp_path / f"{split}.txt").write_text(f"{split}/{stem}.png {split}annot/{stem}.png\n")
+    joined = build_dataset("camvid", tmp_path, "train+val")
+    assert [p[0].name for p in joined.pairs] == ["0001TP_006690.png", "0016E5_07959.png"]
+    with pytest.raises(DataError, match="empty split name"):
+        build_dataset("camvid", tmp_path, "train+")
+    with pytest.raises(DataError, match="test.txt"):
+        build_dataset("camvid", tmp_path, "train+test")
+
+
 def _camvid32_label() -> tuple[np.ndarray, np.ndarray]:
     colours = list(COLOR_32_TO_11)
     idx = np.arange(H * W).reshape(H, W) % len(colours)

@@ -49,3 +49,24 @@ def test_int8_storage_damaged_file_is_refused(tmp_path, damage, tiny_pspnet):
     save_file(state, path, metadata=meta)
     with pytest.raises(WeightsError, match="layer1.0.conv1.weight"):
         load_weights(path)
+
+
+def test_convert_makes_the_packaged_layout_and_keeps_the_test_settings(tmp_path, tiny_pspnet, capsys):
+    """``pspnet convert final.safetensors packaged.safetensors --int8-storage --no-aux`` is how the
+    packaged model is made: the recorded test settings and training record travel, the int8 agreement
+    (measured on other tensors) does not."""
+    from pspnet.cli import main
+    from pspnet.models.weights import read_metadata
+    model = tiny_pspnet(5, head_channels=32, aux_channels=16).eval()
+    src, out = tmp_path / "final.safetensors", tmp_path / "packaged.safetensors"
+    settings = {"base_size": 48, "flip": True}
+    save_weights(model, src, class_names=list("abcde"),
+                 extra={"test_settings": settings, "trained_on": {"split": "train+val", "images": 7},
+                        "int8_agreement": {"agreement": 0.999}})
+    assert main(["convert", str(src), str(out), "--int8-storage", "--no-aux"]) == 0
+    meta = read_metadata(out)
+    assert meta["test_settings"] == settings and meta["trained_on"]["split"] == "train+val"
+    assert "int8_agreement" not in meta and meta["storage"] == "int8" and meta["class_names"] == list("abcde")
+    raw = load_file(out)
+    assert raw["layer1.0.conv1.weight"].dtype == torch.int8 and not any(k.startswith("aux.") for k in raw)
+    assert load_weights(out)[0].config.aux is False

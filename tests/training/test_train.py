@@ -84,6 +84,8 @@ def test_run_writes_every_output(data: Path, tmp_path: Path, tiny_run_config) ->
     assert ckpt["iteration"] == 2 and ckpt["class_names"] == ["class_0", "class_1", "class_2"]
     state, meta = read_state_dict(out / "final.safetensors")
     assert meta["config"]["num_classes"] == 3 and torch.equal(state["cls.4.bias"], ckpt["model"]["cls.4.bias"])
+    trained_on = meta["trained_on"]  # what the weights learnt from travels with them
+    assert trained_on["split"] == "train" and trained_on["iterations"] == 2 and trained_on["images"] > 0
     assert load_config(out / "config.yaml").train.iters == 2  # the run's config, re-loadable
 
 

@@ -93,3 +93,26 @@ def test_pretrained_with_other_widths_fails_clearly(tmp_path: Path, tiny_pspnet)
     with pytest.raises(WeightsError,
                        match=r"(?s)wrongly shaped keys.*cls\.0\.weight: file \(32, 1024, 3, 3\) vs model \(64"):
         Trainer(cfg, progress=False)
+
+
+def test_shipped_transfer_config_starts_from_the_packaged_model(tmp_path: Path, caplog) -> None:
+    """kitti_road/pspnet_r18_from_camvid as shipped (``train.pretrained: packaged``) loads the packaged
+    CamVid file: its model section fits it, every tensor but the classifier comes from it, and a few
+    steps train."""
+    from pspnet.models.pretrained import default_weights_path
+    packaged = default_weights_path()
+    source, _ = read_state_dict(packaged)
+    root = make_kitti_road(tmp_path / "kitti", n=2)
+    cfg = load_config("kitti_road/pspnet_r18_from_camvid", [
+        f"data.root={root}", "data.crop_size=[32,64]", "data.workers=0", "train.iters=2", "train.batch_size=2",
+        "train.precision=fp32", "train.ckpt_every=0", f"train.output_dir={tmp_path / 'run'}"])
+    assert cfg.train.pretrained == "packaged"
+    with caplog.at_level(logging.INFO):
+        trainer = Trainer(cfg, progress=False)
+    assert f"from {packaged}" in caplog.text
+    state = trainer.model.state_dict()
+    assert state["cls.4.weight"].shape[0] == 2
+    for k in (k for k in source if not k.startswith("cls.4.")):
+        assert torch.equal(state[k].float(), source[k].float()), k
+    losses = [r["loss"] for r in trainer.fit().history if r["kind"] == "train"]
+    assert len(losses) == 2 and all(np.isfinite(losses))

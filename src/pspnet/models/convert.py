@@ -46,8 +46,14 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
+CARRIED_METADATA = ("test_settings", "eval_base_size", "trained_on", "recipe")
+"""Metadata of our own files that a conversion keeps. ``int8_agreement`` is not among them: it was
+measured on the source's tensors, and new storage changes them."""
+
+
 def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palette=None,
-            dtype: torch.dtype | None = None, **overrides: Any) -> dict[str, Any]:
+            dtype: torch.dtype | None = None, storage: str | None = None, include_aux: bool = True,
+            **overrides: Any) -> dict[str, Any]:
     """Any supported weight file -> our safetensors format (``pspnet convert``).
 
     The model config is taken from the file's metadata (our files and checkpoints) or read from its
@@ -62,6 +68,10 @@ def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palett
     dilation, head widths, align_corners), class names, palette, preprocessing and test protocol
     (``test_settings``) go into the written file. A file of no known layout is refused with a list
     of the key prefixes that were recognised and those that were not.
+
+    From one of our own files the test settings and training record travel along
+    (:data:`CARRIED_METADATA`); ``storage="int8"`` and ``include_aux=False`` make the small
+    inference file the packaged model is (:func:`~pspnet.models.weights.save_weights`).
     """
     paths = [src] if isinstance(src, (str, os.PathLike)) else list(src)
     if not 1 <= len(paths) <= 2:
@@ -107,8 +117,10 @@ def convert(src: str | Path | list, dst: str | Path, *, class_names=None, palett
         palette = default_palette(config.num_classes)
     kind = (zoo.kind if zoo is not None else "pspnet" if meta.get("config") else "original-release" if full_model
             else "imagenet-deep-stem" if config.deep_stem else "imagenet-torchvision")
-    save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype,
-                 extra={"converted_from": " + ".join(Path(p).name for p in paths), "source_kind": kind,
+    carried = {k: meta[k] for k in CARRIED_METADATA if k in meta}
+    save_weights(model, dst, class_names=class_names, palette=palette, dtype=dtype, storage=storage,
+                 include_aux=include_aux,
+                 extra={**carried, "converted_from": " + ".join(Path(p).name for p in paths), "source_kind": kind,
                         **(zoo.meta if zoo is not None else {})})
     return {"config": config.to_dict(), "source_kind": kind, "inferred": inferred,
             "notes": zoo.notes if zoo is not None else [], **report}

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from ..errors import WeightsError
 
-__all__ = ["DEFAULT_WEIGHTS_NAME", "default_weights_path"]
+__all__ = ["DEFAULT_WEIGHTS_NAME", "PACKAGED", "default_weights_path"]
 
 DEFAULT_WEIGHTS_NAME = "camvid_pspnet18.safetensors"
+PACKAGED = "packaged"
+"""``train.pretrained: packaged`` starts from this model wherever pspnet is installed."""
 
 
 def _weights_dir() -> Path:

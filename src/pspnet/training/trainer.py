@@ -33,6 +33,7 @@ from ..inference.testtime import predict_logits
 from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
+from ..models.pretrained import PACKAGED, default_weights_path
 from ..models.weights import load_into, read_state_dict, save_weights, unwrap
 from .runlog import RunLogger
 from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
@@ -169,11 +170,12 @@ class Trainer:
                               f"{num_classes} classes")
         model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
         if t.pretrained:
-            state, _ = read_state_dict(t.pretrained)
+            source = str(default_weights_path()) if t.pretrained == PACKAGED else t.pretrained
+            state, _ = read_state_dict(source)
             # fine-tuning for this config's classes: a classifier of another class count starts anew
-            report = load_into(model, state, source=t.pretrained, strict=False, reinit_classifier=True)
+            report = load_into(model, state, source=source, strict=False, reinit_classifier=True)
             if self.dist.is_main:
-                log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), t.pretrained, len(report["new"]))
+                log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), source, len(report["new"]))
         if self.dist.enabled and cfg.model.norm in ("bn", "syncbn"):
             model = convert_sync_batchnorm(model, self.device.type)
         freeze(model, backbone=t.freeze_backbone, bn=t.freeze_bn)  # after the conversion, which makes new parameters
@@ -248,8 +250,11 @@ class Trainer:
             try:
                 # the eval section travels with the weights: predict/eval use it unless overridden
                 tested = {k: getattr(self.cfg.eval, k) for k in TEST_SETTING_KEYS}
+                d = self.cfg.data
+                trained_on = {"dataset": d.dataset, "split": d.train_list or d.train_split,
+                              "images": len(self.train_set), "iterations": self.iteration}
                 save_weights(self.model, path, self.info.class_names, self.info.palette,
-                             extra={"test_settings": json.loads(json.dumps(tested))})
+                             extra={"test_settings": json.loads(json.dumps(tested)), "trained_on": trained_on})
             except OSError as e:
                 raise TrainingError(f"{path}: could not write the weights ({e}); the previous file, if any, is "
                                     f"unchanged, and {self.out / CHECKPOINT_NAME} holds the run") from None

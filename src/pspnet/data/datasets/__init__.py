@@ -105,7 +105,7 @@ def build_dataset(name: str, root: str | Path, split: str, *, transform=None, li
                   info: DatasetInfo | None = None, num_classes: int | None = None,
                   check_labels: bool = True, check_files: bool = True) -> SegmentationDataset:
     """A dataset by name (``camvid``, ...), or ``list`` (list file) or ``folder`` (``<root>/<split>/images``
-    and ``<root>/<split>/labels``).
+    and ``<root>/<split>/labels``). Splits joined with ``+`` (``train+val``) are read one after the other.
 
     With ``check_files`` (training) a listed file that does not exist is an error right away;
     ``pspnet data check`` passes ``False`` to report every missing file itself.
@@ -115,14 +115,21 @@ def build_dataset(name: str, root: str | Path, split: str, *, transform=None, li
     if list_file:
         lf = Path(list_file)
         pairs = read_list_file(lf if lf.is_absolute() else root / lf, root)
-    elif name in DATASETS:
-        pairs = DATASETS[name][1](root, split)
-    elif name == "folder":
-        pairs = folder_pairs(root / split / "images", root / split / "labels", strict=check_files)
-    elif name == "list":
-        pairs = read_list_file(root / f"{split}.txt", root)
     else:
-        raise DataError(f"unknown dataset {name!r}")
+        # "train+val": the final model of a recipe chosen on val is trained on both, as CamVid papers do
+        pairs = [pair for part in split.split("+") for pair in _split_pairs(name, root, part.strip(), check_files)]
     if check_files:
         require_files(pairs, f"{name} {split} ({root})")
     return SegmentationDataset(pairs, info, transform, check_labels=check_labels)
+
+
+def _split_pairs(name: str, root: Path, split: str, check_files: bool) -> list:
+    if not split:
+        raise DataError("empty split name; splits are joined with '+', e.g. 'train+val'")
+    if name in DATASETS:
+        return DATASETS[name][1](root, split)
+    if name == "folder":
+        return folder_pairs(root / split / "images", root / split / "labels", strict=check_files)
+    if name == "list":
+        return read_list_file(root / f"{split}.txt", root)
+    raise DataError(f"unknown dataset {name!r}")
