@@ -1,5 +1,5 @@
 """Fixtures shared by the whole suite: a tiny PSPNet, a tiny ``folder`` dataset, a tiny training run,
-and a tiny PSPNet trained until its predictions mean something.
+and a tiny PSPNet trained until its predictions mean something; CSAILVision-layout checkpoints of a model.
 
 Each is a session-scoped factory (or a session-scoped result), so module-scoped fixtures and
 hypothesis tests can use them too. Tiny means PSPNet-18 with a narrow head: the full structure
@@ -8,6 +8,7 @@ hypothesis tests can use them too. Tiny means PSPNet-18 with a narrow head: the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -200,3 +201,44 @@ def trained_tiny() -> tuple[PSPNet, torch.Tensor, torch.Tensor]:
     model, _, _ = train_until_meaningful()
     images, labels = rectangle_scenes(16, 64, 80, 4, seed=0)
     return model, images, labels
+
+
+# CSAILVision's key names for our PSPNet's (encoder_epoch_*.pth / decoder_epoch_*.pth), for tests that
+# make that zoo's checkpoints from a model of ours (conversion, the hub's download-and-convert)
+CSAIL_KEY_RULES = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."),
+                   (r"^layer0\.3\.", "encoder.conv2."), (r"^layer0\.4\.", "encoder.bn2."),
+                   (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
+                   (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
+                   (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
+                   (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
+
+
+def _csail_checkpoints(model: PSPNet, folder: Path) -> tuple[Path, Path]:
+    """encoder_epoch_20.pth + decoder_epoch_20.pth as CSAILVision's train.py saves them (with the
+    synchronised BatchNorm's extra buffers, which hold nonsense here: they must be dropped)."""
+    halves: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "decoder": {}}
+    for k, v in model.state_dict().items():
+        new = next((re.sub(p, r, k) for p, r in CSAIL_KEY_RULES if re.match(p, k)), None)
+        assert new is not None, f"no CSAILVision name for {k}"
+        part, _, key = new.partition(".")
+        halves[part][key] = v.clone()
+        if key.endswith(".running_var"):
+            base = key[: -len("running_var")]
+            halves[part].update({base + "_tmp_running_mean": torch.full_like(v, 1e6),
+                                 base + "_tmp_running_var": torch.full_like(v, -1.0),
+                                 base + "_running_iter": torch.ones(1)})
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, state in halves.items():
+        torch.save(state, folder / f"{part}_epoch_20.pth")
+    return folder / "encoder_epoch_20.pth", folder / "decoder_epoch_20.pth"
+
+
+@pytest.fixture(scope="session")
+def csail_checkpoints() -> Callable[[PSPNet, Path], tuple[Path, Path]]:
+    """``csail_checkpoints(model, folder)`` -> (encoder, decoder) paths of CSAILVision's layout."""
+    return _csail_checkpoints
+
+
+@pytest.fixture(scope="session")
+def csail_key_rules() -> list[tuple[str, str]]:
+    return CSAIL_KEY_RULES

@@ -3,6 +3,7 @@ shipped config (package data, src/pspnet/configs/) validates with the paper's re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,19 @@ def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
     # the crops at the scales the CamVid model learnt, tested at full resolution as it is
     assert (kitti.data.scale_min, kitti.data.scale_max) == (camvid.data.scale_min, camvid.data.scale_max)
 
+
+
+def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_said() -> None:
+    long = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").model_dump()
+    short = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml").model_dump()
+    changed = {(section, key) for section in short for key in short[section]
+               if long[section][key] != short[section][key]}
+    assert changed == {("train", "iters"), ("train", "loss"), ("train", "output_dir")}
+    assert long["train"]["iters"] == 4 * short["train"]["iters"] and long["train"]["loss"] == "ohem"
+    # the staged commands in its header stop at iterations inside the schedule, in order
+    header = (CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").read_text().split("model:")[0]
+    stops = [int(n) for n in re.findall(r"--max-iters (\d+)", header)]
+    assert stops == sorted(stops) and 0 < stops[0] and stops[-1] < long["train"]["iters"]
 
 # ------------------------------------------------------------------------- one schema for the model
 

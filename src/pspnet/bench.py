@@ -54,16 +54,11 @@ MODES: dict[str, dict[str, Any] | None] = {
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, the SIMD/matrix flags that matter for speed, and library versions."""
     flags = cpu.cpu_flags()
-    try:
-        import onnxruntime
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     return {"cpu": cpu.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
             "torch": torch.__version__, "onednn": cpu.onednn_available(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onnxruntime": ort_version, "python": platform.python_version(),
+            "onnxruntime": cpu.onnxruntime_version(), "python": platform.python_version(),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 

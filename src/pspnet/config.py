@@ -97,6 +97,8 @@ class DataSection(_Section):
     rotate: float = Field(10.0, ge=0, le=180)
     blur: bool = True
     flip: bool = True
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation jitter strength "
+                                "(hue a sixth of it), 80% of samples; 0 = off (the paper has none)")
     ignore_index: int = IGNORE_INDEX
     workers: int = Field(2, ge=0)
     skip_bad: bool = False

@@ -83,6 +83,16 @@ def onednn_available(device: torch.device | str = "cpu") -> bool:
             and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
 
 
+def onnxruntime_version() -> str | None:
+    """ONNX Runtime's version, None where it is not installed: its int8 kernels, and so which mode is
+    fastest, change with it (benchmarks report it; ``auto``'s probe cache is keyed on it)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
 def _native_bf16(device: torch.device) -> bool:
     """bf16 arithmetic runs natively on ``device`` (a GPU that supports it, a CPU with :func:`has_bf16`)."""
     if device.type == "cuda":

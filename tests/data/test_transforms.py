@@ -213,6 +213,26 @@ def test_rotation_angle_is_at_most_10_degrees():
     assert max(angles) <= 10.5 and max(angles) > 6
 
 
+def test_color_jitter_changes_colours_only_and_is_off_by_default():
+    rng = np.random.default_rng(0)
+    image = rng.integers(40, 200, (40, 40, 3), dtype=np.uint8)
+    label = _blocks(2, 40, 40, 8)
+    still = dict(scale=(1.0, 1.0), rotate=0, blur=False, flip=False)
+    off = TrainTransform((60, 60), **still)
+    jitter = TrainTransform((60, 60), **still, color_jitter=0.3)
+    changed = 0
+    for seed in range(20):
+        off.seed(seed)
+        jitter.seed(seed)
+        img_off, lab_off = off(image, label)
+        img, lab = jitter(image, label)
+        np.testing.assert_array_equal(lab, lab_off)  # labels never move
+        np.testing.assert_array_equal(img_off[10:50, 10:50], image)  # off: pixels as read
+        pad = lab == IGNORE
+        np.testing.assert_array_equal(img[pad], np.broadcast_to(MEAN_FILL, (int(pad.sum()), 3)))  # fill stays mean
+        changed += not np.array_equal(img[10:50, 10:50], image)
+    assert 10 <= changed <= 20  # applied to 80% of samples
+
 def test_seed_makes_a_sample_reproducible():
     label = _blocks(1, 48, 64, 8)
     t = TrainTransform((32, 32))

@@ -368,32 +368,14 @@ def test_a_source_without_direct_links_needs_the_file_given_with_from(release_ck
     assert local.read_bytes() == data  # the user's file is used in place, untouched
 
 
-_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."),
-             (r"^layer0\.3\.", "encoder.conv2."), (r"^layer0\.4\.", "encoder.bn2."),
-             (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
-             (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
-             (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
-             (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
-
-
-def test_csailvision_entry_downloads_and_converts_the_encoder_decoder_pair(server, monkeypatch, tmp_path, tiny_pspnet):
+def test_csailvision_entry_downloads_and_converts_the_encoder_decoder_pair(server, monkeypatch, tmp_path, tiny_pspnet,
+                                                                          csail_checkpoints):
     base, files, _ = server
     # CSAIL's ResNet-18 variant (stem widths, contracted dilation, dilated BasicBlock conv2, PPM width)
     model = tiny_pspnet(N_CLASSES, seed=1, stem_channels=(64, 64, 128), contract_dilation=True,
                         basic_conv2_dilated=True, ppm_channels=64, head_channels=64, aux_channels=32,
                         align_corners=False).eval()
-    halves: dict[str, dict] = {"encoder": {}, "decoder": {}}
-    for k, v in model.state_dict().items():
-        new = next(re.sub(p, r, k) for p, r in _TO_CSAIL if re.match(p, k))
-        part, _, key = new.partition(".")
-        halves[part][key] = v
-        if key.endswith(".running_var"):  # the synchronised BatchNorm's extra buffers, dropped on conversion
-            halves[part][key[: -len("running_var")] + "_tmp_running_mean"] = torch.zeros_like(v)
-            halves[part][key[: -len("running_var")] + "_tmp_running_var"] = torch.ones_like(v)
-            halves[part][key[: -len("running_var")] + "_running_iter"] = torch.ones(1)
-    for part, state in halves.items():
-        path = tmp_path / f"{part}_epoch_20.pth"
-        torch.save(state, path)
+    for path in csail_checkpoints(model, tmp_path):
         files[path.name] = path.read_bytes()
     use_catalogue(monkeypatch, tmp_path, [local_entry("tiny-csail", "", source="csailvision", files=[
         {"url": f"{base}/files/encoder_epoch_20.pth", "sha256": sha(files["encoder_epoch_20.pth"])},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,32 @@ def test_loss_weights_aux_by_0_4_and_ignores_255():
     total_w, _ = PSPNetLoss(class_weights=weights)(main, target)
     assert total_w.item() == pytest.approx(
         ce(main, target, weight=torch.tensor(weights), ignore_index=255).item(), rel=1e-6)
+
+
+
+def _two_class_logits(p_true: list[float]) -> torch.Tensor:
+    """1 x 2 x 1 x N logits whose softmax gives class 0 the probabilities ``p_true``."""
+    p = torch.tensor(p_true)
+    return torch.stack([p.log(), (1 - p).log()])[None, :, None, :]
+
+
+def test_ohem_averages_the_hard_pixels_only_and_keeps_at_least_min_kept():
+    p_true = [0.9, 0.6, 0.5, 0.95, 0.3]
+    logits, target = _two_class_logits(p_true), torch.tensor([[[0, 0, 0, 0, 255]]])
+    hard = [-math.log(0.6), -math.log(0.5)]  # p(true) < 0.7; the ignored pixel never counts
+    loss, _ = PSPNetLoss(ohem_thresh=0.7, ohem_min_kept=1)(logits, target)
+    assert loss.item() == pytest.approx(sum(hard) / 2, rel=1e-5)
+    loss, _ = PSPNetLoss(ohem_thresh=0.7, ohem_min_kept=3)(logits, target)  # too few hard: the 3 hardest
+    assert loss.item() == pytest.approx((sum(hard) - math.log(0.9)) / 3, rel=1e-5)
+
+
+def test_ohem_judges_hardness_on_the_class_weighted_loss():
+    # weight 2: hard up to p(true) = sqrt(0.7) = 0.837, so 0.8 and 0.82 are hard and 0.9 is not
+    logits, target = _two_class_logits([0.8, 0.82, 0.9]), torch.tensor([[[0, 0, 0]]])
+    loss, _ = PSPNetLoss(class_weights=[2.0, 1.0], ohem_thresh=0.7, ohem_min_kept=1)(logits, target)
+    assert loss.item() == pytest.approx(-(math.log(0.8) + math.log(0.82)), rel=1e-5)
+    loss, _ = PSPNetLoss(ohem_thresh=0.7, ohem_min_kept=1)(logits, target)  # unweighted: none is hard
+    assert loss.item() == pytest.approx(-math.log(0.8), rel=1e-5)  # the one hardest (min_kept)
 
 
 def test_training_step_reduces_loss_on_a_fixed_batch(tiny_pspnet):

@@ -46,12 +46,6 @@ _TO_MMSEG = [(r"^layer0\.(\d)\.", r"backbone.stem.\1."), (r"^(layer[1-4])\.", r"
              (r"^cls\.0\.", "decode_head.bottleneck.conv."), (r"^cls\.1\.", "decode_head.bottleneck.bn."),
              (r"^cls\.4\.", "decode_head.conv_seg."), (r"^aux\.0\.", "auxiliary_head.convs.0.conv."),
              (r"^aux\.1\.", "auxiliary_head.convs.0.bn."), (r"^aux\.4\.", "auxiliary_head.conv_seg.")]
-_TO_CSAIL = [(r"^layer0\.0\.", "encoder.conv1."), (r"^layer0\.1\.", "encoder.bn1."),
-             (r"^layer0\.3\.", "encoder.conv2."), (r"^layer0\.4\.", "encoder.bn2."),
-             (r"^layer0\.6\.", "encoder.conv3."), (r"^layer0\.7\.", "encoder.bn3."),
-             (r"^(layer[1-4])\.", r"encoder.\1."), (r"^ppm\.features\.(\d+)\.", r"decoder.ppm.\1."),
-             (r"^cls\.(\d)\.", r"decoder.conv_last.\1."), (r"^aux\.([01])\.", r"decoder.cbr_deepsup.\1."),
-             (r"^aux\.4\.", "decoder.conv_last_deepsup.")]
 
 
 def rename(key: str, rules) -> str:
@@ -78,24 +72,6 @@ def mmseg_checkpoint(model: PSPNet, path: Path, meta: dict | None = None) -> dic
     state = {rename(k, _TO_MMSEG): v.clone() for k, v in model.state_dict().items()}
     torch.save({"meta": meta or {}, "state_dict": state}, path)
     return state
-
-
-def csail_checkpoints(model: PSPNet, folder: Path) -> tuple[Path, Path]:
-    """encoder_epoch_20.pth + decoder_epoch_20.pth as CSAILVision's train.py saves them (with the
-    synchronised BatchNorm's extra buffers, which hold nonsense here: they must be dropped)."""
-    enc, dec = {}, {}
-    for k, v in model.state_dict().items():
-        part, _, key = rename(k, _TO_CSAIL).partition(".")
-        (enc if part == "encoder" else dec)[key] = v.clone()
-        if key.endswith(".running_var"):
-            base = key[: -len("running_var")]
-            (enc if part == "encoder" else dec).update({base + "_tmp_running_mean": torch.full_like(v, 1e6),
-                                                        base + "_tmp_running_var": torch.full_like(v, -1.0),
-                                                        base + "_running_iter": torch.ones(1)})
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(enc, folder / "encoder_epoch_20.pth")
-    torch.save(dec, folder / "decoder_epoch_20.pth")
-    return folder / "encoder_epoch_20.pth", folder / "decoder_epoch_20.pth"
 
 
 def assert_geometry(model: PSPNet, convs_tsv: str, rules) -> None:
@@ -185,7 +161,8 @@ def test_mmseg_r50_layout_matches_the_zoo(tmp_path):
 
 
 # ------------------------------------------------------------------ CSAILVision
-def test_csail_pair_from_the_command_line_gives_the_same_logits(tmp_path, csail_r50, capsys):
+def test_csail_pair_from_the_command_line_gives_the_same_logits(tmp_path, csail_r50, capsys, csail_checkpoints,
+                                                                 csail_key_rules):
     from pspnet.cli import main
     enc, dec = csail_checkpoints(csail_r50, tmp_path / "ade20k-resnet50dilated-ppm_deepsup")
     assert {k: shape_str(v) for k, v in torch.load(enc, weights_only=True).items()} == dict(
@@ -198,7 +175,7 @@ def test_csail_pair_from_the_command_line_gives_the_same_logits(tmp_path, csail_
     assert "(csailvision): ResNet-50, 64-64-128 deep 3x3 stem" in printed and "contracted dilation" in printed
     assert f"wrote {out}" in printed
     model, meta = load_weights(out)
-    assert_geometry(model, "csail-resnet50dilated-ppm_deepsup_convs.tsv", _TO_CSAIL)
+    assert_geometry(model, "csail-resnet50dilated-ppm_deepsup_convs.tsv", csail_key_rules)
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         assert torch.equal(model(x), csail_r50(x))
@@ -214,7 +191,7 @@ def test_csail_pair_from_the_command_line_gives_the_same_logits(tmp_path, csail_
         assert not [k for k in f.keys() if "_tmp_" in k or "_running_iter" in k]
 
 
-def test_one_half_of_a_csail_pair_or_three_inputs_are_refused(tmp_path, csail_r50, capsys):
+def test_one_half_of_a_csail_pair_or_three_inputs_are_refused(tmp_path, csail_r50, capsys, csail_checkpoints):
     from pspnet.cli import main
     enc, dec = csail_checkpoints(csail_r50, tmp_path / "ckpt")
     with pytest.raises(WeightsError, match="give its decoder too"):

@@ -3,6 +3,7 @@
 Train: random scale in [0.5, 2.0], random rotation in [-10, 10] degrees (image filled with the
 mean, label with ignore), random Gaussian blur, horizontal flip, random crop to the crop size
 (image padded with the mean, label with ignore). Validation: no augmentation.
+Optional, not in the paper: colour jitter (``color_jitter``), off by default.
 
 Built on albumentations (OpenCV kernels, fast; why: docs/data.md); labels are only ever resampled
 with nearest neighbour, so no new label value can appear, and image and label stay aligned
@@ -44,7 +45,8 @@ class TrainTransform:
     """
 
     def __init__(self, crop_size: Sequence[int], scale: Sequence[float] = (0.5, 2.0), rotate: float = 10.0,
-                 blur: bool = True, flip: bool = True, ignore_index: int = IGNORE_INDEX) -> None:
+                 blur: bool = True, flip: bool = True, ignore_index: int = IGNORE_INDEX,
+                 color_jitter: float = 0.0) -> None:
         ch, cw = int(crop_size[0]), int(crop_size[1])
         smin, smax = float(scale[0]), float(scale[1])
         if not 0 < smin <= smax:
@@ -66,6 +68,10 @@ class TrainTransform:
             ops.append(A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(0.1, 2.0), p=0.5))
         if flip:
             ops.append(A.HorizontalFlip(p=0.5))
+        if color_jitter:
+            # before the padding, so padded pixels stay the mean; the label is never touched
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=min(0.5, color_jitter / 6), p=0.8))
         ops += [A.PadIfNeeded(min_height=ch, min_width=cw, position="center", border_mode=cv2.BORDER_CONSTANT,
                               fill=MEAN_255, fill_mask=ignore_index),
                 A.RandomCrop(ch, cw)]

@@ -109,9 +109,7 @@ def int8_unavailable_reason(device: torch.device, int8_agreement: float | None) 
     if int8_agreement < AGREEMENT_BOUND:
         return f"the weights keep only {int8_agreement * 100:.2f}% of the fp32 labels in int8 " \
                f"(bound {AGREEMENT_BOUND * 100:.1f}%)"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if cpu.onnxruntime_version() is None:
         return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
     return None
 
@@ -151,14 +149,9 @@ def available_memory() -> int | None:
 
 
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
-    try:
-        import onnxruntime
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     config = getattr(net, "config", None)
     ident = {"cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": ort_version,
+             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]

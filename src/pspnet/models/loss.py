@@ -18,8 +18,10 @@ class PSPNetLoss(nn.Module):
         aux_weight: weight of the auxiliary loss (0.4 in the paper).
         ignore_index: label value that contributes no loss (255).
         class_weights: optional per-class weights for the cross-entropy.
-        ohem_thresh: if set, online hard example mining: keep pixels whose probability for their
-            true class is below this threshold (at least ``ohem_min_kept`` of them).
+        ohem_thresh: if set, online hard example mining: keep the pixels whose loss exceeds
+            ``-log(ohem_thresh)`` (at least the ``ohem_min_kept`` hardest). The loss is the class-weighted
+            one, so with ``class_weights`` a rare class counts as hard at higher confidence (a pixel of
+            weight 2 stays hard up to p(true) = sqrt(thresh)); without weights it is p(true) < thresh.
     """
 
     def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX,
@@ -41,7 +43,7 @@ class PSPNetLoss(nn.Module):
         if not valid.any():
             return pixel_loss.sum() * 0.0
         losses = pixel_loss[valid]
-        # A pixel is hard when p(true class) < thresh, i.e. loss > -log(thresh) (unweighted CE).
+        # Hard: loss > -log(thresh); p(true class) < thresh for unweighted CE (weights move it, docstring).
         hard = losses > -torch.log(torch.tensor(self.ohem_thresh))
         min_kept = min(self.ohem_min_kept, losses.numel())
         if hard.sum() < min_kept:

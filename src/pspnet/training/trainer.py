@@ -112,7 +112,8 @@ class Trainer:
         if self.cfg.train.class_weights == "auto":
             self._auto_class_weights(base)
         self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
-                                                           d.flip, d.ignore_index), skip_bad=d.skip_bad)
+                                                           d.flip, d.ignore_index, d.color_jitter),
+                                     skip_bad=d.skip_bad)
         self.val_set = None
         if d.val_split or d.val_list:
             try:
