@@ -179,7 +179,6 @@ def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
     assert (kitti.data.scale_min, kitti.data.scale_max) == (camvid.data.scale_min, camvid.data.scale_max)
 
 
-
 def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_said() -> None:
     long = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").model_dump()
     short = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml").model_dump()
@@ -191,6 +190,7 @@ def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_sa
     header = (CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").read_text().split("model:")[0]
     stops = [int(n) for n in re.findall(r"--max-iters (\d+)", header)]
     assert stops == sorted(stops) and 0 < stops[0] and stops[-1] < long["train"]["iters"]
+
 
 # ------------------------------------------------------------------------- one schema for the model
 

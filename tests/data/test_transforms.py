@@ -233,6 +233,7 @@ def test_color_jitter_changes_colours_only_and_is_off_by_default():
         changed += not np.array_equal(img[10:50, 10:50], image)
     assert 10 <= changed <= 20  # applied to 80% of samples
 
+
 def test_seed_makes_a_sample_reproducible():
     label = _blocks(1, 48, 64, 8)
     t = TrainTransform((32, 32))

@@ -271,7 +271,6 @@ def test_loss_weights_aux_by_0_4_and_ignores_255():
         ce(main, target, weight=torch.tensor(weights), ignore_index=255).item(), rel=1e-6)
 
 
-
 def _two_class_logits(p_true: list[float]) -> torch.Tensor:
     """1 x 2 x 1 x N logits whose softmax gives class 0 the probabilities ``p_true``."""
     p = torch.tensor(p_true)
