@@ -180,6 +180,8 @@ def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
 
 
 def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_said() -> None:
+    assert yaml.safe_load((CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").read_text())["base"] == \
+        "camvid/pspnet_r18_cpu"  # it names its changes only, so it cannot drift from the CPU recipe
     long = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").model_dump()
     short = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml").model_dump()
     changed = {(section, key) for section in short for key in short[section]
@@ -190,6 +192,39 @@ def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_sa
     header = (CONFIGS_DIR / "camvid" / "pspnet_r18_cpu_long.yaml").read_text().split("model:")[0]
     stops = [int(n) for n in re.findall(r"--max-iters (\d+)", header)]
     assert stops == sorted(stops) and 0 < stops[0] and stops[-1] < long["train"]["iters"]
+
+
+def test_a_base_config_is_read_first_and_the_file_changes_only_the_keys_it_names(tmp_path) -> None:
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump(
+        {"model": {"depth": 18}, "train": {"lr": 0.03, "iters": 100}, "eval": {"base_size": 480}}))
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  iters: 400\neval:\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.iters, cfg.train.lr, cfg.model.depth, cfg.eval.base_size) == (400, 0.03, 18, 480)
+    # a base may itself have a base, and a shipped name works from any folder
+    (tmp_path / "grandchild.yaml").write_text("base: child.yaml\ntrain:\n  lr: 0.01\n")
+    cfg = load_config(tmp_path / "grandchild.yaml", ["train.iters=7"])
+    assert (cfg.train.iters, cfg.train.lr, cfg.eval.base_size) == (7, 0.01, 480)
+    (tmp_path / "named.yaml").write_text("base: camvid/pspnet_r18_cpu\ntrain:\n  iters: 5\n")
+    shipped = load_config("camvid/pspnet_r18_cpu")
+    assert load_config(tmp_path / "named.yaml").model_dump() == {
+        **shipped.model_dump(), "train": {**shipped.train.model_dump(), "iters": 5}}
+
+
+def test_a_bad_base_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: 'base' goes round in a loop: a.yaml -> b.yaml -> a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: camvid/pspnet_r18_cpux\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: base: .*did you mean camvid/pspnet_r18_cpu"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [1]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: 'base' must name a config"):
+        load_config(tmp_path / "d.yaml")
+    # a misspelled key in the file that names a base is still caught
+    (tmp_path / "e.yaml").write_text("base: camvid/pspnet_r18_cpu\ntrain:\n  itres: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.itres'.*train.iters"):
+        load_config(tmp_path / "e.yaml")
 
 
 # ------------------------------------------------------------------------- one schema for the model

@@ -1,5 +1,6 @@
 """Typed run configuration: a YAML file (a path, or the name of a config shipped in the package's
-``configs/`` folder, e.g. ``camvid/pspnet_r18_cpu``) plus ``key=value`` overrides.
+``configs/`` folder, e.g. ``camvid/pspnet_r18_cpu``) plus ``key=value`` overrides. A file may start
+from another with ``base: camvid/pspnet_r18_cpu`` and list only the keys it changes.
 
 Every section is a pydantic model that forbids unknown keys; an unknown or misspelled key is a
 :class:`ConfigError` that suggests the closest valid key (``train.lr`` for ``train.lrr``).
@@ -20,7 +21,8 @@ from .models.pspnet import CONFIG_FIELDS, PSPNetConfig
 from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
-           "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "CONFIGS_DIR"]
+           "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "read_config_file",
+           "CONFIGS_DIR"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped inside the package (package data: they come with every install)."""
@@ -302,21 +304,62 @@ def resolve_config(spec: str | Path) -> Path:
                       f"('pspnet configs' lists the shipped ones)")
 
 
+def _read_raw(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections {list(SECTIONS)}, "
+                          f"got {type(raw).__name__}")
+    return raw
+
+
+def _resolve_base(spec: Any, child: Path) -> Path:
+    """The file a ``base:`` key names: a path relative to the file that names it, else a shipped config."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"{child}: 'base' must name a config (a shipped name such as camvid/pspnet_r18_cpu, "
+                          f"or a path relative to this file), got {spec!r}")
+    beside = child.parent / spec
+    if beside.is_file():
+        return beside
+    try:
+        return resolve_config(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{child}: base: {e}") from None
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw sections of a YAML config, with its ``base:`` (if any) read first and overridden key by
+    key: a variant names what it changes and nothing else, so it cannot drift from the config it varies."""
+    chain = (*_chain, path.resolve())
+    raw = _read_raw(path)
+    if "base" not in raw:
+        return raw
+    base_path = _resolve_base(raw.pop("base"), path)
+    if base_path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{chain[0]}: 'base' goes round in a loop: {loop}")
+    merged = read_config_file(base_path, chain)
+    for section, values in raw.items():
+        if values is None:  # "eval:" with no keys changes nothing
+            continue
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:  # not a mapping: validation reports it against this file's value
+            merged[section] = values
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (a path or a shipped config's name, :func:`resolve_config`; the defaults when
-    ``path`` is None) and apply overrides."""
+    ``path`` is None), with its ``base:`` config under it (:func:`read_config_file`), and apply overrides."""
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
         path = resolve_config(path)
         source = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections {list(SECTIONS)}, "
-                              f"got {type(raw).__name__}")
+        raw = read_config_file(path)
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source)
 
