@@ -103,6 +103,21 @@ def test_damaged_cache_is_probed_again(net, monkeypatch, tmp_path):
     assert json.loads(cache.read_text())  # rewritten, valid
 
 
+def test_auto_runner_built_at_once_where_the_features_decide(net, monkeypatch, tmp_path):
+    """No int8 record: the mode is known before any input, so it is built in the constructor, once,
+    and runs without a probe or a cache file."""
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", AVX2)
+    monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
+    built: list[str] = []
+    runner = AutoPSPNet(net, fake_build({"fp32/torch": 0.0}, built), int8_agreement=None)
+    assert (runner.precision, runner.backend) == ("fp32", "torch") and built == ["fp32/torch"]
+    assert "int8 not considered" in runner.choice.reason
+    runner(torch.randn(1, 3, 32, 32))
+    runner(torch.randn(1, 3, 48, 48))  # another shape: still no probe and no rebuild
+    assert built == ["fp32/torch"] and runner.runner.calls == 2
+    assert not (tmp_path / "auto_mode.json").exists()
+
+
 def test_auto_runner_runs_what_it_chose(net, monkeypatch, tmp_path):
     """End to end: the runner decides on its first call and then gives the chosen mode's output."""
     pytest.importorskip("onnxruntime")

@@ -44,7 +44,7 @@ from ..files import HOME_ENV, atomic_write, pspnet_home
 log = logging.getLogger("pspnet.fast")
 
 __all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "CACHE_ENV", "AutoChoice", "auto_cache_path", "torch_candidate",
-           "int8_unavailable_reason", "calibration_bytes", "available_memory", "choose_auto",
+           "int8_unavailable_reason", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
            "recorded_int8_agreement"]
 
 AGREEMENT_BOUND = 0.995
@@ -112,6 +112,17 @@ def int8_unavailable_reason(device: torch.device, int8_agreement: float | None) 
     if cpu.onnxruntime_version() is None:
         return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
     return None
+
+
+def choose_from_features(device: torch.device, int8_agreement: float | None) -> AutoChoice | None:
+    """The torch mode, when the device, the CPU's features or the weights rule int8 out (no input
+    shape is needed for that); None when only a probe can decide."""
+    why_not = int8_unavailable_reason(device, int8_agreement)
+    if why_not is None:
+        return None
+    precision, backend = torch_candidate(device)
+    native = "native bf16" if precision == "bf16" else "no native bf16"
+    return AutoChoice(precision, backend, reason=f"{native} on this {device.type}; int8 not considered: {why_not}")
 
 
 def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -215,10 +226,9 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     """
     device = torch.device(device)
     first = torch_candidate(device)
-    why_not = int8_unavailable_reason(device, int8_agreement)
-    if why_not is not None:
-        native = "native bf16" if first[0] == "bf16" else "no native bf16"
-        return AutoChoice(*first, reason=f"{native} on this {device.type}; int8 not considered: {why_not}")
+    decided = choose_from_features(device, int8_agreement)
+    if decided is not None:
+        return decided
     if calls is not None and calls <= FEW_CALLS:
         return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (an ONNX export and an fp32 calibration "
                                          f"pass at this shape) costs more than it could save")

@@ -31,7 +31,7 @@ from .. import cpu
 from ..errors import ConfigError
 from ..models.pspnet import PSPNet
 from ..models.weights import unwrap
-from .auto import AutoChoice, choose_auto, int8_unavailable_reason
+from .auto import AutoChoice, choose_auto, choose_from_features
 from .compiled import CompiledPSPNet
 from .fast import FastPSPNet
 from .folding import fold_batchnorm
@@ -133,10 +133,10 @@ class AutoPSPNet:
         self.calibration = None if calibration is None else list(calibration)
         self.int8_agreement = int8_agreement
         self.config, self.device = net.config, next(net.parameters()).device
-        self.choice: AutoChoice | None = None
+        self.choice: AutoChoice | None = choose_from_features(self.device, int8_agreement)
         self.runner: Any = None
-        if int8_unavailable_reason(self.device, int8_agreement) is not None:  # the features decide: no shape needed
-            self.decide(())
+        if self.choice is not None:  # the features decide: built now, no input shape needed
+            log.info("%s", self.choice.describe())
             self.runner = build(self.choice.precision, self.choice.backend, self.calibration)
 
     @property
