@@ -32,6 +32,16 @@ def _private_pspnet_home(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A training run sets torch's thread count for the whole process (``train.threads``); without this,
+    every later test would run with the count the last such test chose, and float results that
+    depend on the summation order would depend on the order the tests ran in."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------- tiny model
 def _tiny_pspnet(num_classes: int = 3, *, seed: int | None = 0, head_channels: int = 16, aux_channels: int = 8,
                  **config: Any) -> PSPNet:

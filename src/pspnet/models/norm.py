@@ -53,18 +53,20 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
         c = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_full((1,), x.numel() / c)])
-        total = all_reduce(local)
+        # Two passes, as one process's BatchNorm computes them: the global mean first, then the global
+        # sum of squared deviations from it. E[x^2] - E[x]^2 in one pass loses digits where the mean is
+        # large against the spread, and N ranks would then train to other weights than one process.
+        total = all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / c)]))
         n = total[-1]
         mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp(min=0)
+        centred = xf - mean.view(1, c, 1, 1)
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=m)
             self.num_batches_tracked.add_(1)
-        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        y = centred * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
         return y.to(x.dtype)
