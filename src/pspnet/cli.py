@@ -17,7 +17,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
-                   max_iters=args.max_iters)
+                   max_iters=args.max_iters, max_minutes=args.max_minutes)
     if result.bad_files:
         print(f"skipped {len(result.bad_files)} bad file(s):\n  " + "\n  ".join(result.bad_files))
     if result.interrupted:  # SIGINT/SIGTERM: last.pt was saved; 130 tells scripts the run is not finished
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--max-iters", type=int, help="stop after this iteration (the LR schedule keeps the full length)")
+    t.add_argument("--max-minutes", type=float,
+                   help="stop after the iteration that ends this many minutes in, saving last.pt to --resume from "
+                        "(a stage that fits a time slot; the LR schedule keeps the full length)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable/invalid images and labels, count them and list them at the end "

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from pspnet.errors import ConfigError
 from pspnet.models.weights import read_state_dict
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import train
@@ -68,3 +69,21 @@ def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_co
     losses_full = [r["loss"] for r in full.history if r["kind"] == "train"]
     losses_split = [r["loss"] for r in second.history if r["kind"] == "train"]
     np.testing.assert_allclose(losses_split, losses_full, rtol=1e-6)
+
+
+def test_time_limited_stage_stops_with_a_checkpoint_and_resumes_exactly(data: Path, tmp_path: Path,
+                                                                          tiny_run_config) -> None:
+    """``--max-minutes``: a stage that fits a time slot. A limit shorter than one iteration stops after
+    the first; resuming (no limit) ends where the uninterrupted run ends."""
+    full = train(tiny_run_config(data, tmp_path / "full", *RESUMED), progress=False)
+    first = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False, max_minutes=1e-9)
+    assert first.iterations == 1 and not first.interrupted  # a planned stop, not a signal
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 1
+    second = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False,
+                   resume=tmp_path / "split" / "last.pt")
+    assert second.iterations == 4
+    a, _ = read_state_dict(full.weights)
+    b, _ = read_state_dict(second.weights)
+    assert_same_state(a, b)
+    with pytest.raises(ConfigError, match="--max-minutes 0"):
+        train(tiny_run_config(data, tmp_path / "zero", *RESUMED), progress=False, max_minutes=0)

@@ -66,8 +66,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, *, resume: str | Path | None = None, device: str | None = None,
-                 progress: bool = True, max_iters: int | None = None) -> None:
+                 progress: bool = True, max_iters: int | None = None, max_minutes: float | None = None) -> None:
         self.cfg, self.progress = cfg, progress
+        if max_minutes is not None and not max_minutes > 0:
+            raise ConfigError(f"--max-minutes {max_minutes}: give a positive number of minutes "
+                              f"(or leave it out for no limit)")
+        self.max_minutes = max_minutes
         t = cfg.train
         if t.accumulate > t.batch_size:
             raise ConfigError(f"train.accumulate={t.accumulate} splits a batch into micro-batches but "
@@ -326,6 +330,13 @@ class Trainer:
         self._stop_requested = True
         log.warning("signal %d received: saving a checkpoint after this iteration", signum)
 
+    def _out_of_time(self, started: float) -> bool:
+        """``max_minutes`` have passed since this call of fit began (every rank agrees, or the others would hang)."""
+        if self.max_minutes is None:
+            return False
+        late = time.perf_counter() - started >= self.max_minutes * 60
+        return dist_utils.any_rank(late, self.device) if self.dist.enabled else late
+
     def _should_stop(self) -> bool:
         if self.dist.enabled:  # every rank stops after the same iteration, or the others would hang
             self._stop_requested = dist_utils.any_rank(self._stop_requested, self.device)
@@ -371,6 +382,12 @@ class Trainer:
                     if t.ckpt_every and self.iteration % t.ckpt_every == 0:
                         self.save_checkpoint()
                     if self._should_stop() or self.iteration >= self.stop_at:
+                        break
+                    if self._out_of_time(t0):  # a planned stop, like --max-iters at this iteration
+                        self.stop_at = self.iteration
+                        if self.dist.is_main:
+                            log.warning("%g minutes reached at iteration %d of %d; continue with --resume %s",
+                                        self.max_minutes, self.iteration, self.max_iters, self.out / CHECKPOINT_NAME)
                         break
         except DataError as e:
             raise worker_error(e) from None
@@ -498,10 +515,12 @@ class Trainer:
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, device: str | None = None, progress: bool = True,
-          max_iters: int | None = None) -> TrainResult:
-    """Train with a validated :class:`Config`; returns where the weights and logs went."""
+          max_iters: int | None = None, max_minutes: float | None = None) -> TrainResult:
+    """Train with a validated :class:`Config`; returns where the weights and logs went. ``max_iters``
+    and ``max_minutes`` end this call early (a stage): ``last.pt`` then resumes it exactly."""
     try:
-        trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters)
+        trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters,
+                          max_minutes=max_minutes)
         return trainer.fit()
     finally:
         dist_utils.cleanup()
