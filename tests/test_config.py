@@ -179,19 +179,18 @@ def test_transfer_recipe_matches_the_camvid_cpu_model() -> None:
     assert (kitti.data.scale_min, kitti.data.scale_max) == (camvid.data.scale_min, camvid.data.scale_max)
 
 
-def _changes_from_the_cpu_recipe(name: str) -> tuple[dict, set[tuple[str, str]]]:
-    """A derived CamVid recipe, resolved, and the (section, key) pairs where it differs from camvid/pspnet_r18_cpu."""
+def _changes_from_the_cpu_recipe(name: str) -> tuple[dict, dict, set[tuple[str, str]]]:
+    """A derived CamVid recipe and camvid/pspnet_r18_cpu, resolved, and the (section, key) pairs where they differ."""
     assert yaml.safe_load((CONFIGS_DIR / "camvid" / f"{name}.yaml").read_text())["base"] == \
         "camvid/pspnet_r18_cpu"  # it names its changes only, so it cannot drift from the CPU recipe
     derived = load_config(CONFIGS_DIR / "camvid" / f"{name}.yaml").model_dump()
     short = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml").model_dump()
-    return derived, {(section, key) for section in short for key in short[section]
-                     if derived[section][key] != short[section][key]}
+    return derived, short, {(section, key) for section in short for key in short[section]
+                            if derived[section][key] != short[section][key]}
 
 
 def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_said() -> None:
-    long, changed = _changes_from_the_cpu_recipe("pspnet_r18_cpu_long")
-    short = load_config(CONFIGS_DIR / "camvid" / "pspnet_r18_cpu.yaml").model_dump()
+    long, short, changed = _changes_from_the_cpu_recipe("pspnet_r18_cpu_long")
     assert changed == {("train", "iters"), ("train", "loss"), ("train", "output_dir")}
     assert long["train"]["iters"] == 4 * short["train"]["iters"] and long["train"]["loss"] == "ohem"
     # the staged commands in its header stop at iterations inside the schedule, in order
@@ -202,7 +201,7 @@ def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_sa
 
 def test_packaged_model_recipe_is_the_cpu_recipe_with_ohem_only() -> None:
     """camvid/pspnet_r18_cpu_ohem is the round-2 row 'train.loss=ohem' at 2800 iterations, nothing else."""
-    ohem, changed = _changes_from_the_cpu_recipe("pspnet_r18_cpu_ohem")
+    ohem, _, changed = _changes_from_the_cpu_recipe("pspnet_r18_cpu_ohem")
     assert changed == {("train", "loss"), ("train", "output_dir")} and ohem["train"]["loss"] == "ohem"
 
 

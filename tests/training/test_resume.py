@@ -37,10 +37,16 @@ def data(tmp_path_factory, folder_dataset) -> Path:
     return folder_dataset(tmp_path_factory.mktemp("resume_data"), n=6, ignore="top_band")
 
 
-def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_config) -> None:
+@pytest.fixture(scope="module")
+def full(data: Path, tmp_path_factory, tiny_run_config):
+    """The uninterrupted 4-iteration run that every split run must end equal to."""
+    run = train(tiny_run_config(data, tmp_path_factory.mktemp("resume_full"), *RESUMED), progress=False)
+    assert run.iterations == 4
+    return run
+
+
+def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_config, full) -> None:
     # 6 images, batch 2: 3 iterations per epoch; stop at 2 (mid-epoch 0), resume to 4 (epoch 1)
-    full = train(tiny_run_config(data, tmp_path / "full", *RESUMED), progress=False)
-    assert full.iterations == 4
 
     first = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False, max_iters=2)
     assert first.iterations == 2
@@ -51,11 +57,11 @@ def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_co
                    resume=tmp_path / "split" / "last.pt")
     assert second.iterations == 4
 
-    a, _ = read_state_dict(tmp_path / "full" / "final.safetensors")
+    a, _ = read_state_dict(full.weights)
     b, _ = read_state_dict(tmp_path / "split" / "final.safetensors")
     assert_same_state(a, b)
     # the optimiser state (momentum buffers) too
-    oa = load_checkpoint(tmp_path / "full" / "last.pt")["optimizer"]["state"]
+    oa = load_checkpoint(full.output_dir / "last.pt")["optimizer"]["state"]
     ob = load_checkpoint(tmp_path / "split" / "last.pt")["optimizer"]["state"]
     assert oa.keys() == ob.keys()
     for k in oa:
@@ -72,10 +78,9 @@ def test_resume_equals_uninterrupted_run(data: Path, tmp_path: Path, tiny_run_co
 
 
 def test_time_limited_stage_stops_with_a_checkpoint_and_resumes_exactly(data: Path, tmp_path: Path,
-                                                                          tiny_run_config) -> None:
+                                                                          tiny_run_config, full) -> None:
     """``--max-minutes``: a stage that fits a time slot. A limit shorter than one iteration stops after
     the first; resuming (no limit) ends where the uninterrupted run ends."""
-    full = train(tiny_run_config(data, tmp_path / "full", *RESUMED), progress=False)
     first = train(tiny_run_config(data, tmp_path / "split", *RESUMED), progress=False, max_minutes=1e-9)
     assert first.iterations == 1 and not first.interrupted  # a planned stop, not a signal
     assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 1
