@@ -4,10 +4,12 @@
         [--precision auto] [--backend torch] [--base-size N]
     python bench/agreement.py --weights W --data-root R --precision int8 --backend onnxruntime \
         --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
+    python bench/agreement.py ... --backend torch --calibration-images 0 --record   # torch's int8 (torchao)
 
 ``--calibration-images 0`` calibrates int8 on the first image it predicts, as ``pspnet predict``
-does; ``--record`` writes the measured agreement into the weight file's ``int8_agreement``
-metadata, which ``precision="auto"`` reads to consider int8 (pspnet/inference/auto.py).
+does; ``--record`` writes the measured agreement into the weight file's metadata
+(``int8_agreement`` for ONNX Runtime, ``int8_agreement_torch`` for torch), which ``precision="auto"``
+reads to consider int8 on that backend (pspnet/inference/auto.py).
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
 backend)`` predict through ``pspnet.inference.testtime.predict_logits`` (same resizing); the script
@@ -27,7 +29,7 @@ import torch
 from pspnet import bench
 from pspnet.config import recorded_test_settings
 from pspnet.data.datasets import build_dataset, dataset_info
-from pspnet.inference.auto import recorded_int8_agreement
+from pspnet.inference.auto import AGREEMENT_KEYS, recorded_int8_agreements
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.inference.testtime import predict_logits
 from pspnet.metrics import ConfusionMatrix
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=16,
                    help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
     p.add_argument("--record", action="store_true",
-                   help="write the measured int8 agreement into the weight file (int8 on onnxruntime, "
+                   help="write the measured int8 agreement into the weight file (int8 on onnxruntime or torch, "
                         "--calibration-images 0 only)")
     p.add_argument("--max-images", type=int)
     p.add_argument("--threads", type=int)
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     info = dataset_info(a.dataset, model.config.num_classes)
     ds = build_dataset(a.dataset, a.root, a.split, info=info)
     calibration = None
-    if a.record and (a.precision, a.backend, a.calibration_images) != ("int8", "onnxruntime", 0):
-        p.error("--record measures int8 as auto runs it: --precision int8 --backend onnxruntime "
+    if a.record and (a.precision, a.calibration_images, a.backend in AGREEMENT_KEYS) != ("int8", 0, True):
+        p.error("--record measures int8 as auto runs it: --precision int8 --backend onnxruntime (or torch) "
                 "--calibration-images 0")
     if a.precision == "int8" and a.calibration_images > 0:
         train = build_dataset(a.dataset, a.root, "train", info=info)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             img = train[i][0][None]
             calibration.append(predict_input(img, a.base_size))
     fast = prepare_for_inference(model, a.precision, backend=a.backend, compile=a.compile, calibration=calibration,
-                                 int8_agreement=recorded_int8_agreement(meta))
+                                 int8_agreement=recorded_int8_agreements(meta))
     n = len(ds) if a.max_images is None else min(len(ds), a.max_images)
     k = model.config.num_classes
     cm_ref, cm_fast = ConfusionMatrix(k, info.ignore_index), ConfusionMatrix(k, info.ignore_index)
@@ -121,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, "
           f"mIoU drop <= {MAX_MIOU_DROP} points)")
     if a.record and ok:
-        update_metadata(a.weights, {"int8_agreement": {
+        update_metadata(a.weights, {AGREEMENT_KEYS[a.backend]: {
             "agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
             "images": n, "base_size": base, "calibration": "the first image predicted",
             "command": res["command"]}})
-        print(f"  recorded int8_agreement in {a.weights}")
+        print(f"  recorded {AGREEMENT_KEYS[a.backend]} in {a.weights}")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

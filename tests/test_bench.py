@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 import pytest
@@ -31,6 +32,18 @@ def test_training_reports_flops_and_the_fraction_of_the_bf16_peak():
         assert res["fraction_of_bf16_peak"][p] > 0
         assert res["fraction_of_bf16_peak"][p] == pytest.approx(res["gflops"][p] / res["matmul_peak_gflops"]["bf16"])
         assert res["gflops"][p] == pytest.approx(res["gflop_per_step"] / res["median_s"][p])
+
+
+def test_training_reads_the_peak_after_every_round_and_pairs_each_step_with_it(monkeypatch):
+    """A drifting matmul peak: each step is judged against the reading taken right after it."""
+    readings = iter([100.0, 400.0, 100.0, 400.0, 50.0])  # bf16 after rounds 1-4, then fp32
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: next(readings))
+    res = bench.bench_training(**TINY_TRAIN, batch=2, steps=4, warmup=0, precisions=("bf16",), matmul_n=128,
+                               matmul_reps=2, **QUIET)
+    assert res["bf16_peak_readings"] == [100.0, 400.0, 100.0, 400.0]
+    assert res["matmul_peak_gflops"] == {"bf16": 250.0, "fp32": 50.0}
+    pairs = [res["gflop_per_step"] / t / r for t, r in zip(res["times_s"]["bf16"], res["bf16_peak_readings"])]
+    assert res["fraction_per_round"]["bf16"] == pytest.approx(statistics.median(pairs))
 
 
 def test_training_flops_cover_the_backward_pass_and_scale_with_the_batch():

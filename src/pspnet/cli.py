@@ -218,11 +218,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if main_rank:
         print(_settings_line(s))
     sources = s.pop("sources")
-    from .inference.auto import recorded_int8_agreement
+    from .inference.auto import recorded_int8_agreements
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
                    absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
-                   int8_agreement=recorded_int8_agreement(meta), **s)
+                   int8_agreement=recorded_int8_agreements(meta), **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file, "sources": sources})
     if not main_rank:  # every rank returns the whole result (bad files included): the same exit status
@@ -274,8 +274,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if main_rank:
         print(_settings_line(s))
     s.pop("sources")
-    from .inference.auto import recorded_int8_agreement
-    s["int8_agreement"] = recorded_int8_agreement(meta)
+    from .inference.auto import recorded_int8_agreements
+    s["int8_agreement"] = recorded_int8_agreements(meta)
     from .inference.video import predict_videos, split_video_inputs
     videos, images = split_video_inputs(args.inputs)
     failed = []

@@ -190,3 +190,64 @@ def test_one_image_skips_the_probe(net, monkeypatch, tmp_path):
                               calls=1)
     assert choice.mode == "bf16/torch" and "1 call(s)" in choice.reason
     assert not (tmp_path / "c.json").exists()
+
+
+BOTH = {"onnxruntime": 0.998, "torch": 0.997}
+
+
+@pytest.mark.parametrize(("torch_s", "expected"), [(0.001, "int8/torch"), (0.05, "int8/onnxruntime")])
+def test_torch_int8_is_a_third_candidate_where_its_agreement_is_recorded(net, monkeypatch, tmp_path, torch_s,
+                                                                          expected):
+    """With a torch int8 record and torchao installed, the probe times all three and the fastest wins."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto, "torchao_available", lambda: True)
+    built: list[str] = []
+    speeds = {"bf16/torch": 0.03, "int8/onnxruntime": 0.01, "int8/torch": torch_s}
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=BOTH,
+                              cache_path=tmp_path / "c.json")
+    assert choice.mode == expected
+    assert sorted(built) == sorted(speeds) and set(choice.times_ms) == set(speeds)
+    assert "int8 on onnxruntime keeps 99.80%" in choice.reason and "int8 on torch keeps 99.70%" in choice.reason
+
+
+@pytest.mark.parametrize(("agreement", "torchao", "why"), [
+    (0.998, True, "torch: the weights record no int8 agreement measurement on torch"),  # one number: onnxruntime's
+    ({"onnxruntime": 0.998, "torch": 0.99}, True, "keep only 99.00% of the fp32 labels in int8 on torch"),
+    (BOTH, False, "torchao is not installed"),
+])
+def test_torch_int8_needs_its_own_record_and_torchao(net, monkeypatch, tmp_path, agreement, torchao, why):
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto, "torchao_available", lambda: torchao)
+    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+    backends, why_not = auto.int8_candidates(torch.device("cpu"), agreement)
+    assert backends == ["onnxruntime"] and why in f"torch: {why_not['torch']}"
+    # onnxruntime's record below the bound too: no int8 candidate at all, and the reason names both backends
+    low = {"onnxruntime": 0.9, **({} if isinstance(agreement, float) else {"torch": agreement["torch"]})}
+    choice = auto.choose_from_features(torch.device("cpu"), low)
+    assert choice is not None and choice.backend == "torch"
+    assert "onnxruntime: the weights keep only 90.00%" in choice.reason and why in choice.reason
+
+
+def test_memory_guard_leaves_out_onnxruntime_only(net, monkeypatch, tmp_path):
+    """ONNX Runtime's calibration holds every activation; torch's observers do not, so torch int8 stays."""
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto, "torchao_available", lambda: True)
+    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+    monkeypatch.setattr(auto, "available_memory", lambda: 1)
+    built: list[str] = []
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.02, "int8/torch": 0.001}, built),
+                              int8_agreement=BOTH, cache_path=tmp_path / "c.json")
+    assert sorted(built) == ["bf16/torch", "int8/torch"] and choice.mode == "int8/torch"
+    assert "int8 on onnxruntime not considered" in choice.reason
+
+
+def test_recorded_agreements_per_backend(net, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights(net, path, ["a", "b", "c"], [[0, 0, 0], [1, 1, 1], [2, 2, 2]])
+    assert auto.recorded_int8_agreements(read_state_dict(path)[1]) == {}
+    update_metadata(path, {"int8_agreement_torch": {"agreement": 0.9971}})
+    assert auto.recorded_int8_agreements(read_state_dict(path)[1]) == {"torch": pytest.approx(0.9971)}
+    update_metadata(path, {"int8_agreement": {"agreement": 0.9982}})
+    assert auto.recorded_int8_agreements(read_state_dict(path)[1]) == {"onnxruntime": pytest.approx(0.9982),
+                                                                       "torch": pytest.approx(0.9971)}

@@ -5,13 +5,15 @@ int8 runs PSPNet-50 at 473x473 about twice as fast as bf16, on an Intel Xeon wit
 faster (docs/benchmarks.md). So ``auto`` decides in two steps:
 
 1. **Features.** The torch candidate is bf16 where the CPU has native bf16 (:func:`pspnet.cpu.has_bf16`),
-   else fp32. int8 through ONNX Runtime is a candidate only where onnxruntime is installed, the CPU
-   has int8 dot-product instructions (VNNI or AMX-INT8), and the weights are known to keep the labels
-   in int8: their file records an argmax agreement with fp32 of at least :data:`AGREEMENT_BOUND`
-   (``int8_agreement`` metadata, measured by ``bench/agreement.py --record``). With one candidate
-   the features decide.
-2. **Probe.** With two, both run on the input's shape (two warm-up calls, then :data:`PROBE_ROUNDS`
-   alternating calls on a random image) and the faster wins; when the caller says how many calls
+   else fp32. int8 is a candidate on two backends, ONNX Runtime and torch (PT2E lowered to oneDNN
+   by inductor, :mod:`.int8`, where torchao is installed), each only where the CPU has int8
+   dot-product instructions (VNNI or AMX-INT8), the backend's library is installed and the weights
+   are known to keep the labels in int8 *on that backend*: their file records an argmax agreement
+   with fp32 of at least :data:`AGREEMENT_BOUND` (``int8_agreement`` metadata for ONNX Runtime,
+   ``int8_agreement_torch`` for torch, measured by ``bench/agreement.py --record``). With one
+   candidate the features decide.
+2. **Probe.** With more, all run on the input's shape (two warm-up calls, then :data:`PROBE_ROUNDS`
+   alternating calls on a random image) and the fastest wins; when the caller says how many calls
    the job makes (``pspnet predict`` on N images), the one with the least setup + N x time per call
    wins, so a single image is not worth int8's quantisation. The result is cached per machine in
    ``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet``), keyed by the CPU, its flags, the
@@ -21,7 +23,12 @@ faster (docs/benchmarks.md). So ``auto`` decides in two steps:
 int8 calibrates its activation ranges on the first input batch it sees (:mod:`.calibration`); the
 recorded agreement is measured the same way. ONNX Runtime's calibration holds every activation of
 that batch at once (about 2.3 GB for PSPNet-50 at 473x473, 10 times that for a whole 1024x2048
-Cityscapes frame), so int8 is not considered where that would take more than half the free memory.
+Cityscapes frame), so its int8 is not considered where that would take more than half the free
+memory (torch's observers keep only running ranges).
+
+Why two int8 backends: which is faster depends on the CPU's int8 units. On a Zen 4 (VNNI) ONNX
+Runtime's int8 beats torch's; torch's goes through oneDNN, which uses AMX-INT8 on a Xeon that has it
+(docs/benchmarks.md). The probe, not a rule, decides.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +50,10 @@ from ..files import HOME_ENV, atomic_write, pspnet_home
 
 log = logging.getLogger("pspnet.fast")
 
-__all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "CACHE_ENV", "AutoChoice", "auto_cache_path", "torch_candidate",
-           "int8_unavailable_reason", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
-           "recorded_int8_agreement"]
+__all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "INT8_BACKENDS", "AGREEMENT_KEYS", "CACHE_ENV", "AutoChoice",
+           "Int8Agreement", "auto_cache_path", "torch_candidate", "int8_agreements", "int8_unavailable_reason",
+           "int8_candidates", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
+           "recorded_int8_agreement", "recorded_int8_agreements"]
 
 AGREEMENT_BOUND = 0.995
 """The least argmax agreement with fp32 a lower-precision mode must keep to be chosen automatically."""
@@ -53,6 +61,14 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what 
 CACHE_ENV = HOME_ENV
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
 FEW_CALLS = 2  # at most this many calls: int8 cannot win back its setup, so no probe either
+INT8_BACKENDS = ("onnxruntime", "torch")
+"""The backends int8 may run on, in the order the probe tries them."""
+AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "torch": "int8_agreement_torch"}
+"""The weight-file metadata key that records each int8 backend's agreement (``bench/agreement.py --record``)."""
+
+Int8Agreement = float | Mapping[str, float] | None
+"""What callers pass as ``int8_agreement``: None (nothing recorded), one number (the ONNX Runtime
+record, as before there were two int8 backends) or ``{backend: agreement}``."""
 
 
 @dataclass
@@ -86,11 +102,32 @@ def auto_cache_path() -> Path:
     return pspnet_home() / "auto_mode.json"
 
 
-def recorded_int8_agreement(meta: dict[str, Any] | None) -> float | None:
-    """The int8 argmax agreement a weight file's metadata records, or None."""
-    rec = (meta or {}).get("int8_agreement")
+def recorded_int8_agreement(meta: dict[str, Any] | None, backend: str = "onnxruntime") -> float | None:
+    """The int8 argmax agreement on ``backend`` a weight file's metadata records, or None."""
+    rec = (meta or {}).get(AGREEMENT_KEYS[backend])
     value = rec.get("agreement") if isinstance(rec, dict) else rec
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
+def recorded_int8_agreements(meta: dict[str, Any] | None) -> dict[str, float]:
+    """``{backend: agreement}`` for every int8 backend the metadata records a measurement of."""
+    found = {b: recorded_int8_agreement(meta, b) for b in INT8_BACKENDS}
+    return {b: v for b, v in found.items() if v is not None}
+
+
+def int8_agreements(int8_agreement: Int8Agreement) -> dict[str, float]:
+    """``int8_agreement`` as ``{backend: agreement}`` (a single number is the ONNX Runtime record)."""
+    if int8_agreement is None:
+        return {}
+    if isinstance(int8_agreement, Mapping):
+        return {b: float(v) for b, v in int8_agreement.items() if v is not None}
+    return {"onnxruntime": float(int8_agreement)}
+
+
+def torchao_available() -> bool:
+    """torchao (torch's int8 backend, :mod:`.int8`) can be imported; it is an optional dependency."""
+    import importlib.util
+    return importlib.util.find_spec("torchao") is not None
 
 
 def torch_candidate(device: torch.device) -> tuple[str, str]:
@@ -98,31 +135,50 @@ def torch_candidate(device: torch.device) -> tuple[str, str]:
     return cpu.resolve_inference_precision("auto", device), "torch"
 
 
-def int8_unavailable_reason(device: torch.device, int8_agreement: float | None) -> str | None:
-    """Why int8 through ONNX Runtime is not a candidate here, or None when it is."""
+def int8_unavailable_reason(device: torch.device, int8_agreement: Int8Agreement,
+                            backend: str = "onnxruntime") -> str | None:
+    """Why int8 on ``backend`` is not a candidate here, or None when it is."""
     if device.type != "cpu":
         return f"int8 runs on the CPU only (device {device.type})"
     if cpu.cpu_flags().isdisjoint(INT8_FLAGS):
         return f"the CPU has no int8 dot-product instructions ({'/'.join(INT8_FLAGS)})"
-    if int8_agreement is None:
-        return "the weights record no int8 agreement measurement (bench/agreement.py --record)"
-    if int8_agreement < AGREEMENT_BOUND:
-        return f"the weights keep only {int8_agreement * 100:.2f}% of the fp32 labels in int8 " \
+    agreement = int8_agreements(int8_agreement).get(backend)
+    if agreement is None:
+        return f"the weights record no int8 agreement measurement on {backend} " \
+               f"(bench/agreement.py --backend {backend} --record)"
+    if agreement < AGREEMENT_BOUND:
+        return f"the weights keep only {agreement * 100:.2f}% of the fp32 labels in int8 on {backend} " \
                f"(bound {AGREEMENT_BOUND * 100:.1f}%)"
-    if cpu.onnxruntime_version() is None:
+    if backend == "onnxruntime" and cpu.onnxruntime_version() is None:
         return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
+    if backend == "torch" and not torchao_available():
+        return "torchao is not installed (optional: pip install torchao)"
     return None
 
 
-def choose_from_features(device: torch.device, int8_agreement: float | None) -> AutoChoice | None:
-    """The torch mode, when the device, the CPU's features or the weights rule int8 out (no input
-    shape is needed for that); None when only a probe can decide."""
-    why_not = int8_unavailable_reason(device, int8_agreement)
-    if why_not is None:
+def int8_candidates(device: torch.device, int8_agreement: Int8Agreement) -> tuple[list[str], dict[str, str]]:
+    """(the int8 backends that are candidates here, why each other one is not)."""
+    why = {b: int8_unavailable_reason(device, int8_agreement, b) for b in INT8_BACKENDS}
+    return [b for b, w in why.items() if w is None], {b: w for b, w in why.items() if w is not None}
+
+
+def _why_not(reasons: dict[str, str]) -> str:
+    """One reason where every backend has the same one (the CPU, the device), else one per backend."""
+    if len(set(reasons.values())) == 1:
+        return next(iter(reasons.values()))
+    return "; ".join(f"{b}: {w}" for b, w in reasons.items())
+
+
+def choose_from_features(device: torch.device, int8_agreement: Int8Agreement) -> AutoChoice | None:
+    """The torch mode, when the device, the CPU's features or the weights rule int8 out on every
+    backend (no input shape is needed for that); None when only a probe can decide."""
+    backends, why_not = int8_candidates(device, int8_agreement)
+    if backends:
         return None
     precision, backend = torch_candidate(device)
     native = "native bf16" if precision == "bf16" else "no native bf16"
-    return AutoChoice(precision, backend, reason=f"{native} on this {device.type}; int8 not considered: {why_not}")
+    return AutoChoice(precision, backend,
+                      reason=f"{native} on this {device.type}; int8 not considered: {_why_not(why_not)}")
 
 
 def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -159,10 +215,18 @@ def available_memory() -> int | None:
     return None
 
 
+def _torchao_version() -> str | None:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     config = getattr(net, "config", None)
     ident = {"cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(),
+             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _torchao_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -214,7 +278,7 @@ def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: lis
 
 
 def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[str, str, list[torch.Tensor]], Any],
-                *, int8_agreement: float | None = None, device: torch.device | str = "cpu",
+                *, int8_agreement: Int8Agreement = None, device: torch.device | str = "cpu",
                 cache_path: Path | None = None, calls: int | None = None) -> AutoChoice:
     """The mode ``auto`` runs for ``net`` on inputs of ``shape`` (module docstring).
 
@@ -230,14 +294,19 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     if decided is not None:
         return decided
     if calls is not None and calls <= FEW_CALLS:
-        return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (an ONNX export and an fp32 calibration "
+        return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (a graph export and an fp32 calibration "
                                          f"pass at this shape) costs more than it could save")
+    backends, _ = int8_candidates(device, int8_agreement)
+    memory = ""
     need, free = calibration_bytes(net, shape), available_memory()
-    if free is not None and need > free / 2:
-        return AutoChoice(*first, reason=f"int8 not considered at {'x'.join(map(str, shape))}: calibrating it "
-                                         f"takes about {need / 1e9:.1f} GB (ONNX Runtime keeps every activation), "
-                                         f"more than half the free memory ({free / 1e9:.1f} GB)")
-    candidates = [first, ("int8", "onnxruntime")]
+    if "onnxruntime" in backends and free is not None and need > free / 2:
+        backends.remove("onnxruntime")
+        memory = (f"int8 on onnxruntime not considered at {'x'.join(map(str, shape))}: calibrating it takes "
+                  f"about {need / 1e9:.1f} GB (ONNX Runtime keeps every activation), more than half the free "
+                  f"memory ({free / 1e9:.1f} GB)")
+        if not backends:
+            return AutoChoice(*first, reason=memory)
+    candidates = [first] + [("int8", b) for b in backends]
     path = cache_path or auto_cache_path()
     key = _cache_key(net, shape, candidates)
     entry = _read_cache(path).get(key)
@@ -259,5 +328,7 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
         best = min(times, key=lambda k: setup[k] + calls * times[k])
         how = f"fastest for {calls} call(s) with setup, in a probe at {'x'.join(map(str, shape))}"
     precision, backend = best.split("/")
-    agreement = f"int8 keeps {int8_agreement * 100:.2f}% of the fp32 labels (recorded in the weights)"
+    recorded = int8_agreements(int8_agreement)
+    agreement = "; ".join(f"int8 on {b} keeps {recorded[b] * 100:.2f}% of the fp32 labels" for b in backends) + \
+        " (recorded in the weights)" + (f"; {memory}" if memory else "")
     return AutoChoice(precision, backend, reason=f"{how}; {agreement}", times_ms=times, setup_ms=setup, cached=cached)

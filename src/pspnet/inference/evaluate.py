@@ -23,6 +23,7 @@ import torch
 from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import ConfigError, DataError
 from ..metrics import Absent, ConfusionMatrix
+from .auto import Int8Agreement
 from .per_image import PerImageScores, worst_first
 from .prepare import prepare_model
 from .testtime import model_device, network_calls, predict_logits
@@ -46,7 +47,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
              max_images: int | None = None, backend: str = "torch", protocol: str = "release",
-             per_image: bool = False, int8_agreement: float | None = None) -> dict[str, Any]:
+             per_image: bool = False, int8_agreement: Int8Agreement = None) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``

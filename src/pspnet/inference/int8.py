@@ -10,6 +10,8 @@ backend is the other int8 path.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +24,23 @@ from .calibration import calibration_batches, or_first_batch, resized
 from .compiled import frozen_compile_context
 
 __all__ = ["TorchInt8PSPNet"]
+
+
+def _import_torchao_quietly() -> None:
+    """Import what this module needs from torchao. Its wheel's import logs a warning for each of its
+    CUDA kernel libraries that cannot load (mxfp8, cutlass) on a CPU-only torch; they play no part
+    in CPU int8, and torch's pytree logs a deprecation of how torchao registers an enum; those lines
+    are held back rather than printed into every predict run."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class _ReLU(nn.Module):
@@ -63,8 +82,7 @@ class TorchInt8PSPNet(nn.Module):
     def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None) -> None:
         super().__init__()
         try:
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
-            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
+            _import_torchao_quietly()
         except ImportError:
             raise ConfigError("precision='int8' with backend='torch' needs torchao (pip install torchao), or "
                               "use backend='onnxruntime' (pspnet predict/eval --backend onnxruntime)") from None
@@ -87,7 +105,9 @@ class TorchInt8PSPNet(nn.Module):
         quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
         quantizer.set_module_name_qconfig(self.classifier_name, None)  # classifier: fp32
         exported = torch.export.export(self.plain, (x,)).module()
-        prepared = prepare_pt2e(exported, quantizer)
+        with warnings.catch_warnings():  # the stem's max-pool stays fp32 (its input is a fp32 ReLU): expected
+            warnings.filterwarnings("ignore", message="The input of maxpool2d is not quantized")
+            prepared = prepare_pt2e(exported, quantizer)
         for c in resized(or_first_batch(self.calibration, x), shape):
             prepared(c)
         converted = convert_pt2e(prepared)

@@ -39,6 +39,7 @@ from ..data.datasets.base import IMAGE_EXTS
 from ..data.io import read_image
 from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import DataError, PSPNetError
+from .auto import Int8Agreement
 from .prepare import prepare_model
 from .testtime import network_calls, predict_logits
 
@@ -187,7 +188,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
                   protocol: str = "release", save_probs: bool = False,
-                  int8_agreement: float | None = None) -> PredictOutputs:
+                  int8_agreement: Int8Agreement = None) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
 
     Returns the written paths (three per image, six with ``save_probs``, then ``legend.png``) as a

@@ -31,7 +31,7 @@ from .. import cpu
 from ..errors import ConfigError
 from ..models.pspnet import PSPNet
 from ..models.weights import unwrap
-from .auto import AutoChoice, choose_auto, choose_from_features
+from .auto import AutoChoice, Int8Agreement, choose_auto, choose_from_features
 from .compiled import CompiledPSPNet
 from .fast import FastPSPNet
 from .folding import fold_batchnorm
@@ -60,7 +60,7 @@ def _plain_pspnet(model: nn.Module) -> PSPNet:
 def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: str = "torch", compile: bool = False,
                           *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
                           threads: int | None = None, onednn: bool | None = None,
-                          factor_head: bool = True, int8_agreement: float | None = None,
+                          factor_head: bool = True, int8_agreement: Int8Agreement = None,
                           expected_calls: int | None = None) -> Any:
     """The fastest faithful form of ``model`` for inference (see the module docstring).
 
@@ -69,7 +69,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         precision: ``auto`` (the fastest of the modes below that keeps the labels on this CPU:
             :mod:`~pspnet.inference.auto`), ``fp32``, ``bf16`` or ``int8``.
         backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``; with ``precision="auto"`` on the
-            torch backend, ``auto`` may pick int8 on onnxruntime (see ``int8_agreement``).
+            torch backend, ``auto`` may pick int8 on onnxruntime or torch (see ``int8_agreement``).
         compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
             input shape compiles (minutes on a small CPU).
         channels_last: NHWC activations for the torch backend (oneDNN's native layout).
@@ -81,9 +81,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
             onnxruntime backend.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
         threads: intra-op threads of the onnxruntime backend (default: torch's).
-        int8_agreement: the argmax agreement with fp32 these weights are known to keep in int8 (a
-            weight file's ``int8_agreement`` metadata); ``auto`` considers int8 only when it is at
-            least 99.5%.
+        int8_agreement: the argmax agreement with fp32 these weights are known to keep in int8, per
+            backend (``{"onnxruntime": 0.998, "torch": 0.997}``; one number is the onnxruntime
+            record), as a weight file's metadata records it
+            (:func:`~pspnet.inference.auto.recorded_int8_agreements`); ``auto`` considers int8 on a
+            backend only when it is at least 99.5% there.
         expected_calls: with ``auto``, how many calls the job will make, when known (see
             :func:`pspnet.inference.auto.choose_auto`).
 
@@ -128,7 +130,7 @@ class AutoPSPNet:
     ``.precision`` / ``.backend`` read ``auto`` until then. ``.choice`` says what was picked and why."""
 
     def __init__(self, net: PSPNet, build, *, calibration: Iterable[torch.Tensor] | None = None,
-                 int8_agreement: float | None = None, calls: int | None = None) -> None:
+                 int8_agreement: Int8Agreement = None, calls: int | None = None) -> None:
         self.net, self.build, self.calls = net, build, calls
         self.calibration = None if calibration is None else list(calibration)
         self.int8_agreement = int8_agreement
@@ -171,7 +173,7 @@ _PREPARED = (*_PREPARED, AutoPSPNet)
 
 
 def prepare_model(model: nn.Module, precision: str = "fp32", backend: str = "torch",
-                  int8_agreement: float | None = None, expected_calls: int | None = None) -> tuple[Any, str]:
+                  int8_agreement: Int8Agreement = None, expected_calls: int | None = None) -> tuple[Any, str]:
     """``(runner, precision used)``: the model in eval mode for ``fp32`` on the torch backend, else the
     callable of :func:`prepare_for_inference` (``auto`` reads ``auto`` until its first call)."""
     if isinstance(model, nn.Module):

@@ -47,6 +47,7 @@ import torch
 
 from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import ConfigError, DataError, PSPNetError
+from .auto import Int8Agreement
 from .predict import PredictOutputs, draw_legend, label_image, overlay, palette_array, unique_stems
 from .prepare import prepare_model
 from .testtime import predict_logits
@@ -242,7 +243,7 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
                    base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    mode: str = "whole", crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
                    precision: str = "fp32", backend: str = "torch", protocol: str = "release",
-                   progress: bool = True, int8_agreement: float | None = None) -> PredictOutputs:
+                   progress: bool = True, int8_agreement: Int8Agreement = None) -> PredictOutputs:
     """Segment each video file (or camera index) of ``sources`` into ``out_dir`` (module docstring).
 
     ``color``: also the colour-label video; ``frame_labels``: also label PNGs of every ``every``-th
