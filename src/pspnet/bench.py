@@ -43,6 +43,7 @@ MODES: dict[str, dict[str, Any] | None] = {
     "fp32+compile": {"precision": "fp32", "compile": True},
     "bf16+compile": {"precision": "bf16", "compile": True},
     "int8": {"precision": "int8"},
+    "int8-unfactored": {"precision": "int8", "factor_head": False},
     "ort-fp32": {"precision": "fp32", "backend": "onnxruntime"},
     "ort-int8": {"precision": "int8", "backend": "onnxruntime"},
     "ort-fp32-unfactored": {"precision": "fp32", "backend": "onnxruntime", "factor_head": False},

@@ -579,8 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--modes", default="eager,fp32,bf16",
                     help="for --what inference: eager (plain fp32 model), auto, fp32, bf16, fp32-unfused, "
                          "bf16-unfused, fp32-unfactored, bf16-unfactored, fp32+compile, bf16+compile, "
-                         "int8 (torch, needs torchao), ort-fp32, ort-int8, ort-fp32-unfactored, ort-int8-unfactored "
-                         "(default eager,fp32,bf16)")
+                         "int8 (torch, needs torchao), int8-unfactored, ort-fp32, ort-int8, ort-fp32-unfactored, "
+                         "ort-int8-unfactored (default eager,fp32,bf16)")
     bn.add_argument("--reps", type=int,
                     help="timed repetitions (training: steps) per case (default 5); memory: images per case "
                          "(default 4)")

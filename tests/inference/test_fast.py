@@ -187,11 +187,15 @@ def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(t
     assert biases and all(b == "DequantizeLinear" for b in biases), biases
 
 
-def test_int8_torch_backend_keeps_most_labels(trained_tiny):
-    """PT2E int8 through torchao, a dev dependency: this runs in CI, it does not skip."""
+@pytest.mark.parametrize("factor_head", [True, False])
+def test_int8_torch_backend_keeps_most_labels(trained_tiny, factor_head):
+    """PT2E int8 through torchao, a dev dependency: this runs in CI, it does not skip. The factored head
+    (the default) is exported as such, and its classifier stays fp32 under the name it has there."""
     model, images, _ = trained_tiny
-    q = prepare_for_inference(model, "int8", calibration=[images[:12]])
-    assert q.precision == "int8"
+    q = prepare_for_inference(model, "int8", calibration=[images[:12]], factor_head=factor_head)
+    assert q.precision == "int8" and q.factored == factor_head
+    if factor_head:
+        assert any(name.startswith("rest.") for name in q.classifier_names)
     with torch.no_grad():
         ref, out = model(images[12:]), q(images[12:])
     assert out.shape == ref.shape and out.dtype == torch.float32

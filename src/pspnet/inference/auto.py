@@ -17,8 +17,9 @@ faster (docs/benchmarks.md). So ``auto`` decides in two steps:
    the job makes (``pspnet predict`` on N images), the one with the least setup + N x time per call
    wins, so a single image is not worth int8's quantisation. The result is cached per machine in
    ``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet``), keyed by the CPU, its flags, the
-   thread count, the library versions, the network's architecture and the input shape, so the probe
-   runs once. Timing does not depend on the weight values, so the key holds no weights.
+   thread count, the library versions (pspnet's own included), the network's architecture and the
+   input shape, so the probe runs once. Timing does not depend on the weight values, so the key
+   holds no weights.
 
 int8 calibrates its activation ranges on the first input batch it sees (:mod:`.calibration`); the
 recorded agreement is measured the same way. ONNX Runtime's calibration holds every activation of
@@ -225,7 +226,9 @@ def _torchao_version() -> str | None:
 
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     config = getattr(net, "config", None)
-    ident = {"cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
+    from .. import __version__  # our own fast paths change between releases too
+    ident = {"pspnet": __version__, "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()),
+             "threads": torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _torchao_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}

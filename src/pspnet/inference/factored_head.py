@@ -30,8 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FactoredPPMHead", "interpolation_matrix", "shifted_interpolation_matrices", "factorable_head_conv",
-           "split_head_conv"]
+from ..models.pspnet import PSPNet
+
+__all__ = ["FactoredPPMHead", "FactoredPSPNet", "ConvAddReLU", "interpolation_matrix", "shifted_interpolation_matrices",
+           "factorable_head_conv", "split_head_conv"]
 
 
 def interpolation_matrix(out_size: int, in_size: int, align_corners: bool) -> torch.Tensor:
@@ -141,3 +143,43 @@ class FactoredPPMHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.levels(x).to(dtype=x.dtype, memory_format=torch.channels_last)
         return self.conv_x(x, residual)
+
+
+class ConvAddReLU(nn.Module):
+    """``relu(conv(x) + residual)`` with plain ops (what the exported graph needs)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + residual)
+
+
+class FactoredPSPNet(nn.Module):
+    """A folded PSPNet's eval forward whose PPM + head convolution run as a :class:`FactoredPPMHead`
+    with plain ops, for the fixed-shape graphs that are exported (the interpolation matrices
+    become constants of the graph): ONNX Runtime's (:mod:`.onnxruntime`) and torch int8's
+    (:mod:`.int8`)."""
+
+    def __init__(self, net: PSPNet) -> None:
+        super().__init__()
+        self.net = net
+        head = net.head
+        conv_x, tap_weight = split_head_conv(head[0], net.ppm)
+        self.factored = FactoredPPMHead(net.ppm.features, net.ppm.bins, tap_weight, ConvAddReLU(conv_x),
+                                        net.config.align_corners)
+        # what follows the head's conv, BN (folded) and ReLU: eval-mode dropout (Identity), the classifier
+        rest = [m for m in list(head)[3:] if not isinstance(m, nn.Identity)]
+        self.rest = nn.Sequential(*rest, net.get_classifier())
+
+    @staticmethod
+    def applies(net: PSPNet) -> bool:
+        """The folded head is the factorable conv, Identity (its BN), ReLU, ... and each level a 1x1 conv."""
+        head = net.head
+        return (len(head) >= 3 and factorable_head_conv(head[0], net.ppm) and isinstance(head[1], nn.Identity)
+                and isinstance(head[2], nn.ReLU) and all(isinstance(f[1], nn.Conv2d) for f in net.ppm.features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, features = self.net.forward_features(x)
+        return self.net.upsample(self.rest(self.factored(features)), x.shape[-2:])

@@ -22,6 +22,7 @@ from ..errors import ConfigError, PSPNetError
 from ..models.pspnet import PSPNet, check_image_batch
 from .calibration import calibration_batches, or_first_batch, resized
 from .compiled import frozen_compile_context
+from .factored_head import FactoredPSPNet
 
 __all__ = ["TorchInt8PSPNet"]
 
@@ -66,7 +67,6 @@ class _PlainForward(nn.Module):
     def __init__(self, net: PSPNet) -> None:
         super().__init__()
         self.net = net
-        _replace_relu(net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, features = self.net.forward_features(x)
@@ -74,12 +74,17 @@ class _PlainForward(nn.Module):
 
 
 class TorchInt8PSPNet(nn.Module):
-    """int8 PSPNet through PT2E (module docstring). One graph per input shape, built on first use."""
+    """int8 PSPNet through PT2E (module docstring). One graph per input shape, built on first use.
+
+    ``factor_head``: export the PPM and head convolution in their factored form
+    (:class:`~pspnet.inference.factored_head.FactoredPSPNet`: the levels' share of the head
+    convolution at the levels' own resolution, in fp32), as the other fast paths do."""
 
     backend = "torch+compile"
     precision = "int8"
 
-    def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None) -> None:
+    def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None,
+                 factor_head: bool = True) -> None:
         super().__init__()
         try:
             _import_torchao_quietly()
@@ -87,10 +92,15 @@ class TorchInt8PSPNet(nn.Module):
             raise ConfigError("precision='int8' with backend='torch' needs torchao (pip install torchao), or "
                               "use backend='onnxruntime' (pspnet predict/eval --backend onnxruntime)") from None
         self.config = net.config
-        self.plain = _PlainForward(net.cpu().float().eval())
-        # the quantizer names modules by their path in the exported graph ("net.cls.4")
+        net = net.cpu().float().eval()
+        self.factored = factor_head and FactoredPSPNet.applies(net)  # before the ReLUs are replaced: it looks for them
+        _replace_relu(net)
+        self.plain = FactoredPSPNet(net).eval() if self.factored else _PlainForward(net)
+        # the quantizer names modules by their path in the exported graph ("net.cls.4", or "rest.2" where the
+        # factored form calls the classifier from its own Sequential)
         classifier = net.get_classifier()
-        self.classifier_name = next(name for name, m in self.plain.named_modules() if m is classifier)
+        self.classifier_names = [name for name, m in self.plain.named_modules(remove_duplicate=False)
+                                 if m is classifier]
         self.calibration = calibration_batches(calibration)
         self.graphs: dict[tuple[int, ...], Any] = {}
         self.device = torch.device("cpu")
@@ -103,7 +113,8 @@ class TorchInt8PSPNet(nn.Module):
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
         quantizer = xiq.X86InductorQuantizer()
         quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-        quantizer.set_module_name_qconfig(self.classifier_name, None)  # classifier: fp32
+        for name in self.classifier_names:  # classifier: fp32
+            quantizer.set_module_name_qconfig(name, None)
         exported = torch.export.export(self.plain, (x,)).module()
         with warnings.catch_warnings():  # the stem's max-pool stays fp32 (its input is a fp32 ReLU): expected
             warnings.filterwarnings("ignore", message="The input of maxpool2d is not quantized")

@@ -27,50 +27,11 @@ from ..errors import ConfigError
 from ..export import make_exportable
 from ..models.pspnet import PSPNet, check_image_batch
 from .calibration import calibration_batches, or_first_batch, resized
-from .factored_head import FactoredPPMHead, factorable_head_conv, split_head_conv
+from .factored_head import FactoredPSPNet
 
 log = logging.getLogger("pspnet.fast")
 
 __all__ = ["OnnxRuntimePSPNet"]
-
-
-class _ConvAddReLU(nn.Module):
-    """``relu(conv(x) + residual)`` with plain ops (what the exported graph needs)."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x) + residual)
-
-
-class _FactoredExport(nn.Module):
-    """A folded, exportable PSPNet whose PPM + head convolution run as a
-    :class:`~pspnet.inference.factored_head.FactoredPPMHead` with plain ops, for the fixed-shape
-    graphs of this backend (the interpolation matrices become constants of the graph)."""
-
-    def __init__(self, net: PSPNet) -> None:
-        super().__init__()
-        self.net = net
-        head = net.head
-        conv_x, tap_weight = split_head_conv(head[0], net.ppm)
-        self.factored = FactoredPPMHead(net.ppm.features, net.ppm.bins, tap_weight, _ConvAddReLU(conv_x),
-                                        net.config.align_corners)
-        # what follows the head's conv, BN (folded) and ReLU: eval-mode dropout (Identity), the classifier
-        rest = [m for m in list(head)[3:] if not isinstance(m, nn.Identity)]
-        self.rest = nn.Sequential(*rest, net.get_classifier())
-
-    @staticmethod
-    def applies(net: PSPNet) -> bool:
-        """The folded head is the factorable conv, Identity (its BN), ReLU, ... and each level a 1x1 conv."""
-        head = net.head
-        return (len(head) >= 3 and factorable_head_conv(head[0], net.ppm) and isinstance(head[1], nn.Identity)
-                and isinstance(head[2], nn.ReLU) and all(isinstance(f[1], nn.Conv2d) for f in net.ppm.features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, features = self.net.forward_features(x)
-        return self.net.upsample(self.rest(self.factored(features)), x.shape[-2:])
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -100,7 +61,8 @@ class _CalibrationReader:
 class OnnxRuntimePSPNet:
     """The folded fp32 network exported to ONNX and run by ONNX Runtime (module docstring),
     optionally statically quantised to int8 with calibration images. With ``factor_head`` the PPM
-    and head convolution are exported in their factored form (:class:`_FactoredExport`)."""
+    and head convolution are exported in their factored form
+    (:class:`~pspnet.inference.factored_head.FactoredPSPNet`)."""
 
     backend = "onnxruntime"
 
@@ -117,9 +79,9 @@ class OnnxRuntimePSPNet:
         self.config, self.precision = net.config, precision
         # not ``.module``: that name marks a DDP-style wrapper to ``pspnet.models.weights.unwrap``
         self.exportable = make_exportable(net).cpu().float()
-        self.factored = factor_head and _FactoredExport.applies(self.exportable)
+        self.factored = factor_head and FactoredPSPNet.applies(self.exportable)
         if self.factored:
-            self.exportable = _FactoredExport(self.exportable).eval()
+            self.exportable = FactoredPSPNet(self.exportable).eval()
         self.calibration = calibration_batches(calibration)
         self.threads = threads or torch.get_num_threads()
         self._tmp = tempfile.TemporaryDirectory(prefix="pspnet-onnx-") if cache_dir is None else None

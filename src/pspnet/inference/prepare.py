@@ -116,7 +116,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
-        return TorchInt8PSPNet(folded, calibration)
+        return TorchInt8PSPNet(folded, calibration, factor_head=factor_head)
     # compile: inductor packs and fuses itself (from the plain folded modules)
     fast = FastPSPNet(folded, precision, channels_last=channels_last, onednn=False if compile else onednn,
                       factor_head=factor_head)
