@@ -216,20 +216,20 @@ def available_memory() -> int | None:
     return None
 
 
-def _torchao_version() -> str | None:
+def _version_of(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (None where it is not installed)."""
     import importlib.metadata
     try:
-        return importlib.metadata.version("torchao")
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     config = getattr(net, "config", None)
-    from .. import __version__  # our own fast paths change between releases too
-    ident = {"pspnet": __version__, "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()),
-             "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _torchao_version(),
+    ident = {"pspnet": _version_of("pspnet"),  # our own fast paths change between releases too
+             "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
