@@ -113,11 +113,11 @@ def make_runner(model: PSPNet, mode: str, example: torch.Tensor) -> Callable[[to
     if spec is None:
         return model
     calibration = [example] if spec["precision"] == "int8" else None
-    extra = {"int8_agreement": packaged_int8_agreement()} if spec["precision"] == "auto" else {}
+    extra = {"int8_agreement": packaged_int8_agreements()} if spec["precision"] == "auto" else {}
     return prepare_for_inference(model, **spec, calibration=calibration, **extra)
 
 
-def packaged_int8_agreement() -> dict[str, float] | None:
+def packaged_int8_agreements() -> dict[str, float] | None:
     """The int8 agreements (per backend) the packaged CamVid model records: mode ``auto`` in a benchmark runs what
     ``pspnet predict`` runs by default (for that model), whatever weights are timed."""
     from .inference.auto import recorded_int8_agreements

@@ -126,9 +126,8 @@ def int8_agreements(int8_agreement: Int8Agreement) -> dict[str, float]:
 
 
 def torchao_available() -> bool:
-    """torchao (torch's int8 backend, :mod:`.int8`) can be imported; it is an optional dependency."""
-    import importlib.util
-    return importlib.util.find_spec("torchao") is not None
+    """torchao (torch's int8 backend, :mod:`.int8`) is installed; it is an optional dependency."""
+    return _version_of("torchao") is not None
 
 
 def torch_candidate(device: torch.device) -> tuple[str, str]:
@@ -170,16 +169,18 @@ def _why_not(reasons: dict[str, str]) -> str:
     return "; ".join(f"{b}: {w}" for b, w in reasons.items())
 
 
-def choose_from_features(device: torch.device, int8_agreement: Int8Agreement) -> AutoChoice | None:
-    """The torch mode, when the device, the CPU's features or the weights rule int8 out on every
-    backend (no input shape is needed for that); None when only a probe can decide."""
-    backends, why_not = int8_candidates(device, int8_agreement)
-    if backends:
-        return None
+def _torch_mode_without_int8(device: torch.device, why_not: dict[str, str]) -> AutoChoice:
     precision, backend = torch_candidate(device)
     native = "native bf16" if precision == "bf16" else "no native bf16"
     return AutoChoice(precision, backend,
                       reason=f"{native} on this {device.type}; int8 not considered: {_why_not(why_not)}")
+
+
+def choose_from_features(device: torch.device, int8_agreement: Int8Agreement) -> AutoChoice | None:
+    """The torch mode, when the device, the CPU's features or the weights rule int8 out on every
+    backend (no input shape is needed for that); None when only a probe can decide."""
+    backends, why_not = int8_candidates(device, int8_agreement)
+    return None if backends else _torch_mode_without_int8(device, why_not)
 
 
 def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -293,13 +294,12 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     """
     device = torch.device(device)
     first = torch_candidate(device)
-    decided = choose_from_features(device, int8_agreement)
-    if decided is not None:
-        return decided
+    backends, why_not = int8_candidates(device, int8_agreement)
+    if not backends:
+        return _torch_mode_without_int8(device, why_not)
     if calls is not None and calls <= FEW_CALLS:
         return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (a graph export and an fp32 calibration "
                                          f"pass at this shape) costs more than it could save")
-    backends, _ = int8_candidates(device, int8_agreement)
     memory = ""
     need, free = calibration_bytes(net, shape), available_memory()
     if "onnxruntime" in backends and free is not None and need > free / 2:
