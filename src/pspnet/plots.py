@@ -13,10 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss (and its main/aux parts) per iteration, and val mIoU, side by side."""
+    """Loss (and its main/aux parts) per iteration, and val mIoU, side by side.
+
+    A run without validation (``data.val_split=null``, e.g. train+val) gets the loss panel alone,
+    not an empty validation panel that reads like a failed one."""
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 6, 4), squeeze=False)
+    axes = axes[0]
     ax = axes[0]
     if train:
         its = [r["iter"] for r in train]
@@ -27,14 +31,14 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     ax.set(xlabel="iteration", ylabel="loss", title="training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax = axes[1]
     if val:
+        ax = axes[1]
         ax.plot([r["iter"] for r in val], [r["mIoU"] for r in val], "o-", label="val mIoU")
         ax.plot([r["iter"] for r in val], [r["allAcc"] for r in val], "s--", label="val allAcc", alpha=0.7)
         ax.set_ylim(0, 1)
         ax.legend()
-    ax.set(xlabel="iteration", title="validation")
-    ax.grid(alpha=0.3)
+        ax.set(xlabel="iteration", title="validation")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
