@@ -71,6 +71,14 @@ def test_onnx_one_file_any_size(tmp_path, pool, tiny_pspnet):
         assert r["max_abs_logit"] > 5  # logits large enough for the tolerance to mean something
 
 
+def test_onnx_pooling_has_no_matmul(tmp_path, tiny_pspnet):
+    """The pyramid pools export as Einsum, not MatMul: NNCF's default int8 quantisation quantises both
+    inputs of every MatMul, and OpenVINO on an AMX CPU then has no kernel for the graph."""
+    path = export_onnx(tiny_pspnet(4, aux=False), tmp_path / "m.onnx", example_size=(64, 80))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "MatMul" not in ops and ops.count("Einsum") == 4, sorted(set(ops))
+
+
 def test_torchscript_any_size(tmp_path, tiny_pspnet):
     model = _nontrivial(tiny_pspnet(4, aux=False))
     path = export_torchscript(model, tmp_path / "m.pt", class_names=["a", "b", "c", "d"])

@@ -7,8 +7,8 @@ PyTorch's TorchScript-based exporter refuses it when the input size is dynamic (
 accessible"), and the dynamo exporter bakes the example's bin indices into the graph, so the file
 fails (or is wrong) at other sizes. Here each pool is replaced, for export only, by an exact
 formulation computed from the runtime shape: the bin edges above give an averaging matrix
-``P_n`` (``b x n``, ``1 / bin length`` inside bin ``i``) and ``pool(x) = P_h @ x @ P_w^T`` (two
-MatMuls; averaging over a rectangle is separable). Max pooling (``pool="max"``) uses the same
+``P_n`` (``b x n``, ``1 / bin length`` inside bin ``i``) and ``pool(x) = P_h @ x @ P_w^T`` (one
+Einsum; averaging over a rectangle is separable). Max pooling (``pool="max"``) uses the same
 bin masks with a masked max. One exported file then works for every input size and matches
 PyTorch to float rounding; :func:`check_onnx` measures that on several sizes.
 
@@ -67,7 +67,10 @@ class BinPool2d(nn.Module):
         if self.mode == "avg":
             ph = mh.to(x.dtype) / mh.sum(1, keepdim=True).to(x.dtype)
             pw = mw.to(x.dtype) / mw.sum(1, keepdim=True).to(x.dtype)
-            return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))
+            # One Einsum, not two MatMuls: NNCF's default int8 quantisation puts int8 on both inputs of
+            # a MatMul, and OpenVINO on an AMX CPU then finds no bf16 kernel for it ("No suitable
+            # implementations"); an Einsum stays float and compiles everywhere (docs/benchmarks.md).
+            return torch.einsum("bh,nchw,kw->ncbk", ph, x, pw)
         neg = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
         # rows: N x C x b x W  (max over H within each row bin), then columns: N x C x b x b
         rows = torch.where(mh.view(1, 1, self.bins, -1, 1), x.unsqueeze(2), neg).amax(3)
