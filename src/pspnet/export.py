@@ -46,13 +46,22 @@ MIN_AGREEMENT = 0.999
 
 
 class BinPool2d(nn.Module):
-    """``adaptive_{avg,max}_pool2d(x, bins)`` written with ops that ONNX exports for dynamic sizes."""
+    """``adaptive_{avg,max}_pool2d(x, bins)`` written with ops that ONNX exports for dynamic sizes.
 
-    def __init__(self, bins: int, mode: str = "avg") -> None:
+    ``product`` (average pooling): ``"einsum"``, one Einsum, what ``pspnet export`` writes: NNCF's
+    default int8 quantisation puts int8 on both inputs of a MatMul, and OpenVINO on an AMX CPU then
+    finds no bf16 kernel for it ("No suitable implementations"), while an Einsum stays float and
+    compiles everywhere; ``"matmul"``, two MatMuls, which ONNX Runtime runs faster (its own int8 and
+    fp32 sessions use it; docs/benchmarks.md, pspnet 0.7).
+    """
+
+    def __init__(self, bins: int, mode: str = "avg", product: str = "einsum") -> None:
         super().__init__()
         if mode not in ("avg", "max"):
             raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
-        self.bins, self.mode = int(bins), mode
+        if product not in ("einsum", "matmul"):
+            raise ValueError(f"product must be 'einsum' or 'matmul', got {product!r}")
+        self.bins, self.mode, self.product = int(bins), mode, product
 
     def _mask(self, n, ref: torch.Tensor) -> torch.Tensor:
         """``bins x n`` bool: element ``k`` of the axis lies in bin ``i``."""
@@ -67,9 +76,8 @@ class BinPool2d(nn.Module):
         if self.mode == "avg":
             ph = mh.to(x.dtype) / mh.sum(1, keepdim=True).to(x.dtype)
             pw = mw.to(x.dtype) / mw.sum(1, keepdim=True).to(x.dtype)
-            # One Einsum, not two MatMuls: NNCF's default int8 quantisation puts int8 on both inputs of
-            # a MatMul, and OpenVINO on an AMX CPU then finds no bf16 kernel for it ("No suitable
-            # implementations"); an Einsum stays float and compiles everywhere (docs/benchmarks.md).
+            if self.product == "matmul":
+                return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))
             return torch.einsum("bh,nchw,kw->ncbk", ph, x, pw)
         neg = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
         # rows: N x C x b x W  (max over H within each row bin), then columns: N x C x b x b
@@ -77,7 +85,7 @@ class BinPool2d(nn.Module):
         return torch.where(mw.view(1, 1, 1, self.bins, -1), rows.unsqueeze(3), neg).amax(4)
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}, mode={self.mode}"
+        return f"bins={self.bins}, mode={self.mode}, product={self.product}"
 
 
 def _pspnet_copy(model: nn.Module) -> PSPNet:
@@ -88,15 +96,16 @@ def _pspnet_copy(model: nn.Module) -> PSPNet:
     return copy.deepcopy(net).eval()
 
 
-def make_exportable(model: nn.Module) -> PSPNet:
-    """A copy of ``model`` in eval mode whose pyramid pools are :class:`BinPool2d` (same weights)."""
+def make_exportable(model: nn.Module, pool_product: str = "einsum") -> PSPNet:
+    """A copy of ``model`` in eval mode whose pyramid pools are :class:`BinPool2d` (same weights;
+    ``pool_product`` as its ``product``)."""
     net = _pspnet_copy(model)
     for branch in net.ppm.features:
         pool = branch[0]
         if isinstance(pool, nn.AdaptiveAvgPool2d):
-            branch[0] = BinPool2d(_bins(pool.output_size), "avg")
+            branch[0] = BinPool2d(_bins(pool.output_size), "avg", pool_product)
         elif isinstance(pool, nn.AdaptiveMaxPool2d):
-            branch[0] = BinPool2d(_bins(pool.output_size), "max")
+            branch[0] = BinPool2d(_bins(pool.output_size), "max", pool_product)
     return net
 
 

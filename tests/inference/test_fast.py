@@ -16,7 +16,7 @@ from torch import nn
 from pspnet import cpu
 from pspnet.cpu import onednn_available, resolve_inference_precision
 from pspnet.errors import ConfigError, PSPNetError
-from pspnet.export import make_exportable
+from pspnet.export import BinPool2d, make_exportable
 from pspnet.inference import onnxruntime as ort_backend
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
@@ -140,6 +140,8 @@ def test_onnxruntime_backend_matches_torch(trained_tiny):
         ort_model = prepare_for_inference(model, "fp32", backend="onnxruntime", factor_head=factor_head)
         assert ort_model.backend == "onnxruntime" and ort_model.precision == "fp32"
         assert ort_model.factored == factor_head
+        pools = [m for m in ort_model.exportable.modules() if isinstance(m, BinPool2d)]
+        assert pools and all(m.product == "matmul" for m in pools)  # ONNX Runtime's faster form
         with torch.no_grad():
             ref = model(images[:3])
         out = ort_model(images[:3])
