@@ -5,10 +5,12 @@
     python bench/agreement.py --weights W --data-root R --precision int8 --backend onnxruntime \
         --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
     python bench/agreement.py ... --backend torch --calibration-images 0 --record   # torch's int8 (torchao)
+    python bench/agreement.py ... --backend openvino --calibration-images 0 --record  # OpenVINO's int8
 
 ``--calibration-images 0`` calibrates int8 on the first image it predicts, as ``pspnet predict``
 does; ``--record`` writes the measured agreement into the weight file's metadata
-(``int8_agreement`` for ONNX Runtime, ``int8_agreement_torch`` for torch), which ``precision="auto"``
+(``int8_agreement`` for ONNX Runtime, ``int8_agreement_torch`` for torch, ``int8_agreement_openvino``
+for OpenVINO), which ``precision="auto"``
 reads to consider int8 on that backend (pspnet/inference/auto.py).
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=16,
                    help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
     p.add_argument("--record", action="store_true",
-                   help="write the measured int8 agreement into the weight file (int8 on onnxruntime or torch, "
-                        "--calibration-images 0 only)")
+                   help="write the measured int8 agreement into the weight file (int8 on onnxruntime, torch or "
+                        "openvino, --calibration-images 0 only)")
     p.add_argument("--max-images", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", help="JSON results")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = build_dataset(a.dataset, a.root, a.split, info=info)
     calibration = None
     if a.record and (a.precision, a.calibration_images, a.backend in AGREEMENT_KEYS) != ("int8", 0, True):
-        p.error("--record measures int8 as auto runs it: --precision int8 --backend onnxruntime (or torch) "
+        p.error("--record measures int8 as auto runs it: --precision int8 --backend onnxruntime (or torch, openvino) "
                 "--calibration-images 0")
     if a.precision == "int8" and a.calibration_images > 0:
         train = build_dataset(a.dataset, a.root, "train", info=info)

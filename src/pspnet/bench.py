@@ -48,6 +48,9 @@ MODES: dict[str, dict[str, Any] | None] = {
     "ort-int8": {"precision": "int8", "backend": "onnxruntime"},
     "ort-fp32-unfactored": {"precision": "fp32", "backend": "onnxruntime", "factor_head": False},
     "ort-int8-unfactored": {"precision": "int8", "backend": "onnxruntime", "factor_head": False},
+    "ov-fp32": {"precision": "fp32", "backend": "openvino"},
+    "ov-bf16": {"precision": "bf16", "backend": "openvino"},
+    "ov-int8": {"precision": "int8", "backend": "openvino"},
 }
 
 
@@ -59,16 +62,19 @@ def machine_info() -> dict[str, Any]:
             "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
             "torch": torch.__version__, "onednn": cpu.onednn_available(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onnxruntime": cpu.onnxruntime_version(), "python": platform.python_version(),
+            "onnxruntime": cpu.onnxruntime_version(), "openvino": cpu.openvino_version(),
+            "python": platform.python_version(),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def format_machine(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
+    openvino = f"openvino {info['openvino']}, " if info.get("openvino") else ""
     return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
             f"flags{f' (forced by {cpu.FLAGS_ENV})' if info.get('flags_forced') else ''}: "
             f"{' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
-            f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, python {info['python']}; "
+            f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, "
+            f"{openvino}python {info['python']}; "
             f"load average (1 min) at start {info['load_average_1m']}")
 
 

@@ -349,13 +349,14 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
                         "per window, flip inside each window, half-pixel resizes); logit-average = pspnet 0.1's")
     q.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
                    help="eval: fp32 (default); predict: auto (default) = the fastest mode that keeps the labels "
-                        "on this CPU: bf16 where bf16 is native, else fp32, or int8 on onnxruntime where the "
-                        "weights record >= 99.5%% int8 agreement and a probe (cached per machine) finds it faster; "
-                        "int8 needs --backend onnxruntime (calibrated on the first image) or torchao "
-                        "(docs/benchmarks.md)")
-    q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                   help="torch (default) or onnxruntime (CPU; one graph per input size, so keep sizes fixed "
-                        "with --base-size or --sliding)")
+                        "on this CPU: bf16 where bf16 is native, else fp32, or int8 (onnxruntime, torch or "
+                        "openvino) where the weights record >= 99.5%% int8 agreement on that backend and a probe "
+                        "(cached per machine) finds it faster; int8 calibrates on the first image; on the torch "
+                        "backend it needs torchao (docs/benchmarks.md)")
+    q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="torch (default), onnxruntime or openvino (optional: pip install \"pspnet[openvino]\"); "
+                        "the last two run on the CPU with one graph per input size, so keep sizes fixed "
+                        "with --base-size or --sliding")
     q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -93,6 +93,16 @@ def onnxruntime_version() -> str | None:
     return onnxruntime.__version__
 
 
+def openvino_version() -> str | None:
+    """OpenVINO's version, None where it is not installed (an optional backend; ``auto``'s probe
+    cache is keyed on it)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
 def _native_bf16(device: torch.device) -> bool:
     """bf16 arithmetic runs natively on ``device`` (a GPU that supports it, a CPU with :func:`has_bf16`)."""
     if device.type == "cuda":

@@ -257,3 +257,50 @@ def test_recorded_agreements_per_backend(net, tmp_path):
     update_metadata(path, {"int8_agreement": {"agreement": 0.9982}})
     assert auto.recorded_int8_agreements(read_state_dict(path)[1]) == {"onnxruntime": pytest.approx(0.9982),
                                                                        "torch": pytest.approx(0.9971)}
+
+
+THREE = {**BOTH, "openvino": 0.996}
+
+
+@pytest.mark.parametrize(("openvino_s", "installed", "expected"), [
+    (0.001, True, "int8/openvino"), (0.05, True, "int8/onnxruntime"), (0.001, False, "int8/onnxruntime")])
+def test_openvino_int8_is_a_candidate_where_installed_and_recorded(net, monkeypatch, tmp_path, openvino_s, installed,
+                                                                    expected):
+    """With its own record and OpenVINO installed, OpenVINO's int8 joins the probe; the fastest wins."""
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto, "torchao_available", lambda: False)
+    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0" if installed else None)
+    built: list[str] = []
+    speeds = {"bf16/torch": 0.03, "int8/onnxruntime": 0.01, "int8/openvino": openvino_s}
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=THREE,
+                              cache_path=tmp_path / "c.json")
+    assert choice.mode == expected
+    assert ("int8/openvino" in built) == installed
+    assert ("int8 on openvino keeps 99.60%" in choice.reason) == installed
+    if not installed:
+        _, why_not = auto.int8_candidates(torch.device("cpu"), THREE)
+        assert "OpenVINO is not installed" in why_not["openvino"]
+        assert 'pip install "pspnet[openvino]"' in why_not["openvino"]
+
+
+def test_openvino_int8_needs_its_own_record(net, monkeypatch):
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0")
+    _, why_not = auto.int8_candidates(torch.device("cpu"), BOTH)
+    assert "no int8 agreement measurement on openvino" in why_not["openvino"]
+    assert "--backend openvino --record" in why_not["openvino"]
+
+
+def test_memory_guard_leaves_out_openvino_too(net, monkeypatch, tmp_path):
+    """OpenVINO's int8 is calibrated by ONNX Runtime's quantiser, which holds every activation."""
+    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    monkeypatch.setattr(auto, "torchao_available", lambda: True)
+    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0")
+    monkeypatch.setattr(auto, "available_memory", lambda: 1)
+    built: list[str] = []
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.02, "int8/torch": 0.001}, built),
+                              int8_agreement=THREE, cache_path=tmp_path / "c.json")
+    assert sorted(built) == ["bf16/torch", "int8/torch"] and choice.mode == "int8/torch"
+    assert "int8 on onnxruntime and openvino not considered" in choice.reason

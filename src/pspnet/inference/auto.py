@@ -5,12 +5,12 @@ int8 runs PSPNet-50 at 473x473 about twice as fast as bf16, on an Intel Xeon wit
 faster (docs/benchmarks.md). So ``auto`` decides in two steps:
 
 1. **Features.** The torch candidate is bf16 where the CPU has native bf16 (:func:`pspnet.cpu.has_bf16`),
-   else fp32. int8 is a candidate on two backends, ONNX Runtime and torch (PT2E lowered to oneDNN
-   by inductor, :mod:`.int8`, where torchao is installed), each only where the CPU has int8
-   dot-product instructions (VNNI or AMX-INT8), the backend's library is installed and the weights
-   are known to keep the labels in int8 *on that backend*: their file records an argmax agreement
-   with fp32 of at least :data:`AGREEMENT_BOUND` (``int8_agreement`` metadata for ONNX Runtime,
-   ``int8_agreement_torch`` for torch, measured by ``bench/agreement.py --record``). With one
+   else fp32. int8 is a candidate on three backends, ONNX Runtime, torch (PT2E lowered to oneDNN
+   by inductor, :mod:`.int8`, where torchao is installed) and OpenVINO (:mod:`.openvino`, where it
+   is installed), each only where the CPU has int8 dot-product instructions (VNNI or AMX-INT8), the
+   backend's library is installed and the weights are known to keep the labels in int8 *on that
+   backend*: their file records an argmax agreement with fp32 of at least :data:`AGREEMENT_BOUND`
+   (metadata :data:`AGREEMENT_KEYS`, measured by ``bench/agreement.py --record``). With one
    candidate the features decide.
 2. **Probe.** With more, all run on the input's shape (two warm-up calls, then :data:`PROBE_ROUNDS`
    alternating calls on a random image) and the fastest wins; when the caller says how many calls
@@ -24,12 +24,13 @@ faster (docs/benchmarks.md). So ``auto`` decides in two steps:
 int8 calibrates its activation ranges on the first input batch it sees (:mod:`.calibration`); the
 recorded agreement is measured the same way. ONNX Runtime's calibration holds every activation of
 that batch at once (about 2.3 GB for PSPNet-50 at 473x473, 10 times that for a whole 1024x2048
-Cityscapes frame), so its int8 is not considered where that would take more than half the free
-memory (torch's observers keep only running ranges).
+Cityscapes frame), and OpenVINO's int8 is calibrated by the same quantiser, so neither is
+considered where that would take more than half the free memory (torch's observers keep only
+running ranges).
 
-Why two int8 backends: which is faster depends on the CPU's int8 units. On a Zen 4 (VNNI) ONNX
-Runtime's int8 beats torch's; torch's goes through oneDNN, which uses AMX-INT8 on a Xeon that has it
-(docs/benchmarks.md). The probe, not a rule, decides.
+Why three int8 backends: which is faster depends on the CPU's int8 units. On a Zen 4 (VNNI) ONNX
+Runtime's int8 beats torch's; torch's goes through oneDNN and OpenVINO's through its own kernels,
+both of which use AMX-INT8 on a Xeon that has it (docs/benchmarks.md). The probe, not a rule, decides.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what 
 CACHE_ENV = HOME_ENV
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
 FEW_CALLS = 2  # at most this many calls: int8 cannot win back its setup, so no probe either
-INT8_BACKENDS = ("onnxruntime", "torch")
+INT8_BACKENDS = ("onnxruntime", "torch", "openvino")
 """The backends int8 may run on, in the order the probe tries them."""
-AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "torch": "int8_agreement_torch"}
+AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "torch": "int8_agreement_torch",
+                  "openvino": "int8_agreement_openvino"}
 """The weight-file metadata key that records each int8 backend's agreement (``bench/agreement.py --record``)."""
 
 Int8Agreement = float | Mapping[str, float] | None
@@ -153,6 +155,8 @@ def int8_unavailable_reason(device: torch.device, int8_agreement: Int8Agreement,
         return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
     if backend == "torch" and not torchao_available():
         return "torchao is not installed (optional: pip install torchao)"
+    if backend == "openvino" and cpu.openvino_version() is None:
+        return "OpenVINO is not installed (optional: pip install \"pspnet[openvino]\")"
     return None
 
 
@@ -231,6 +235,7 @@ def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tu
     ident = {"pspnet": _version_of("pspnet"),  # our own fast paths change between releases too
              "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
+             "openvino": cpu.openvino_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -302,11 +307,12 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
                                          f"pass at this shape) costs more than it could save")
     memory = ""
     need, free = calibration_bytes(net, shape), available_memory()
-    if "onnxruntime" in backends and free is not None and need > free / 2:
-        backends.remove("onnxruntime")
-        memory = (f"int8 on onnxruntime not considered at {'x'.join(map(str, shape))}: calibrating it takes "
-                  f"about {need / 1e9:.1f} GB (ONNX Runtime keeps every activation), more than half the free "
-                  f"memory ({free / 1e9:.1f} GB)")
+    heavy = [b for b in ("onnxruntime", "openvino") if b in backends]  # calibrated by ONNX Runtime's quantiser
+    if heavy and free is not None and need > free / 2:
+        backends = [b for b in backends if b not in heavy]
+        memory = (f"int8 on {' and '.join(heavy)} not considered at {'x'.join(map(str, shape))}: calibrating "
+                  f"it takes about {need / 1e9:.1f} GB (ONNX Runtime's quantiser keeps every activation), more "
+                  f"than half the free memory ({free / 1e9:.1f} GB)")
         if not backends:
             return AutoChoice(*first, reason=memory)
     candidates = [first] + [("int8", b) for b in backends]

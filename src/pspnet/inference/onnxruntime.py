@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from .factored_head import FactoredPSPNet
 
 log = logging.getLogger("pspnet.fast")
 
-__all__ = ["OnnxRuntimePSPNet"]
+__all__ = ["OnnxGraphPSPNet", "OnnxRuntimePSPNet"]
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -58,13 +59,78 @@ class _CalibrationReader:
         self.i = 0
 
 
-class OnnxRuntimePSPNet:
-    """The folded fp32 network exported to ONNX and run by ONNX Runtime (module docstring),
-    optionally statically quantised to int8 with calibration images. With ``factor_head`` the PPM
-    and head convolution are exported in their factored form
+class OnnxGraphPSPNet:
+    """What the ONNX Runtime and OpenVINO backends share: the folded fp32 network exported to one
+    fixed-shape ONNX graph per input shape (statically quantised to int8 where asked), loaded by the
+    subclass's engine (:meth:`load`) and run on numpy arrays (:meth:`run`). With ``factor_head`` the
+    PPM and head convolution are exported in their factored form
     (:class:`~pspnet.inference.factored_head.FactoredPSPNet`)."""
 
+    backend = ""
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    pool_product = "matmul"  # the pools as two MatMuls (export.BinPool2d)
+    quantization: dict[str, Any] = {}  # keyword arguments of _quantize_static
+
+    def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
+                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
+        if precision not in self.precisions:
+            raise ConfigError(f"the {self.backend} backend runs {' or '.join(self.precisions)}, got {precision!r}"
+                              + (" (bf16 runs with backend='torch')" if "bf16" not in self.precisions else ""))
+        self.config, self.precision = net.config, precision
+        # not ``.module``: that name marks a DDP-style wrapper to ``pspnet.models.weights.unwrap``
+        self.exportable = make_exportable(net, pool_product=self.pool_product).cpu().float()
+        self.factored = factor_head and FactoredPSPNet.applies(self.exportable)
+        if self.factored:
+            self.exportable = FactoredPSPNet(self.exportable).eval()
+        self.calibration = calibration_batches(calibration)
+        self.threads = threads or torch.get_num_threads()
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"pspnet-{self.backend}-") if cache_dir is None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(self._tmp.name)
+        self.sessions: dict[tuple[int, ...], Any] = {}
+        self.device = torch.device("cpu")
+
+    def eval(self) -> OnnxGraphPSPNet:
+        return self
+
+    def graph(self, shape: tuple[int, ...], example: torch.Tensor) -> Path:
+        """The ONNX file for inputs of ``shape``: fp32, or int8 calibrated on this backend's images
+        (the first input batch where none were given)."""
+        tag = "x".join(str(s) for s in shape)
+        fp32_path = self.cache_dir / f"pspnet_{tag}.onnx"
+        _export_onnx(self.exportable, example.float().contiguous(), fp32_path)
+        if self.precision != "int8":
+            return fp32_path
+        path = self.cache_dir / f"pspnet_{tag}_int8.onnx"
+        _quantize_static(fp32_path, path, or_first_batch(self.calibration, example), shape, **self.quantization)
+        return path
+
+    def load(self, path: Path) -> Any:
+        """The engine's runnable form of the ONNX file at ``path``."""
+        raise NotImplementedError
+
+    def run(self, session: Any, x: np.ndarray) -> np.ndarray:
+        """The logits of ``x`` (N x 3 x H x W float32) through ``session`` (what :meth:`load` made)."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.config.output_stride)
+        x = x.detach().float().cpu().contiguous()
+        shape = tuple(x.shape)
+        if shape not in self.sessions:
+            self.sessions[shape] = self.load(self.graph(shape, x))
+        return torch.from_numpy(self.run(self.sessions[shape], x.numpy()))
+
+    forward = __call__
+
+
+class OnnxRuntimePSPNet(OnnxGraphPSPNet):
+    """The folded fp32 network exported to ONNX and run by ONNX Runtime (module docstring),
+    optionally statically quantised to int8 with calibration images."""
+
     backend = "onnxruntime"
+    # the pools as two MatMuls: faster in ONNX Runtime than the Einsum `pspnet export` writes
+    # (which exists for OpenVINO's NNCF int8; export.BinPool2d)
+    pool_product = "matmul"
 
     def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
                  threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
@@ -73,54 +139,18 @@ class OnnxRuntimePSPNet:
         except ImportError:
             raise ConfigError("backend='onnxruntime' needs onnxruntime (a dependency of pspnet missing from "
                               "this environment): pip install onnx onnxruntime") from None
-        if precision not in ("fp32", "int8"):
-            raise ConfigError(f"the onnxruntime backend runs fp32 or int8, got {precision!r} "
-                              f"(bf16 runs with backend='torch')")
-        self.config, self.precision = net.config, precision
-        # not ``.module``: that name marks a DDP-style wrapper to ``pspnet.models.weights.unwrap``
-        # the pools as two MatMuls: faster in ONNX Runtime than the Einsum `pspnet export` writes
-        # (which exists for OpenVINO's NNCF int8; export.BinPool2d)
-        self.exportable = make_exportable(net, pool_product="matmul").cpu().float()
-        self.factored = factor_head and FactoredPSPNet.applies(self.exportable)
-        if self.factored:
-            self.exportable = FactoredPSPNet(self.exportable).eval()
-        self.calibration = calibration_batches(calibration)
-        self.threads = threads or torch.get_num_threads()
-        self._tmp = tempfile.TemporaryDirectory(prefix="pspnet-onnx-") if cache_dir is None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(self._tmp.name)
-        self.sessions: dict[tuple[int, ...], Any] = {}
-        self.device = torch.device("cpu")
+        super().__init__(net, precision, calibration, threads, cache_dir, factor_head)
 
-    def eval(self) -> OnnxRuntimePSPNet:
-        return self
-
-    def _session(self, shape: tuple[int, ...], example: torch.Tensor):
+    def load(self, path: Path) -> Any:
         import onnxruntime as ort
-        if shape in self.sessions:
-            return self.sessions[shape]
-        tag = "x".join(str(s) for s in shape)
-        fp32_path = self.cache_dir / f"pspnet_{tag}.onnx"
-        _export_onnx(self.exportable, example.float().contiguous(), fp32_path)
-        path = fp32_path
-        if self.precision == "int8":
-            path = self.cache_dir / f"pspnet_{tag}_int8.onnx"
-            _quantize_static(fp32_path, path, or_first_batch(self.calibration, example), shape)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.sessions[shape] = sess
-        return sess
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.config.output_stride)
-        x = x.detach().float().cpu().contiguous()
-        sess = self._session(tuple(x.shape), x)
-        out = sess.run(["logits"], {"image": x.numpy()})[0]
-        return torch.from_numpy(out)
-
-    forward = __call__
+    def run(self, session: Any, x: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"image": x})[0]
 
 
 def _own_initializers(model: Any) -> int:
@@ -147,7 +177,12 @@ def _own_initializers(model: Any) -> int:
     return added
 
 
-def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
+def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...], *,
+                     op_types: Sequence[str] = ("Conv", "MaxPool", "Add", "Concat", "Relu"),
+                     activations: str = "uint8") -> None:
+    """ONNX Runtime's static quantisation of ``src`` into ``dst`` (QDQ, per-channel symmetric int8
+    weights, min/max calibration on ``calibration`` resized to ``shape``), every op of ``op_types``
+    but the classifier; activations ``uint8`` (asymmetric) or ``int8`` (symmetric)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     arrays = [c.numpy() for c in resized(calibration, shape)]
@@ -163,10 +198,11 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], 
     logging.getLogger().addFilter(quiet)
     try:
         quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
-                        op_types_to_quantize=["Conv", "MaxPool", "Add", "Concat", "Relu"],
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        op_types_to_quantize=list(op_types),
+                        extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True})
     finally:
         logging.getLogger().removeFilter(quiet)
     if quiet.dropped:

@@ -6,16 +6,16 @@ None of the fast paths changes what the network computes in exact arithmetic: Ba
 the convolutions (:mod:`~pspnet.inference.folding`), conv + bias + add + ReLU run as one oneDNN
 primitive (:mod:`~pspnet.inference.onednn`), and the pyramid levels' share of the head's 3x3
 convolution is computed at the levels' own 1x1..6x6 resolution (:mod:`~pspnet.inference.factored_head`,
-about a fifth less work for PSPNet-50 at 473x473); each changes nothing but rounding. bf16 and
-int8 (:mod:`~pspnet.inference.int8`, :mod:`~pspnet.inference.onnxruntime`) lower the arithmetic
-precision only: the final 1x1 classifier and the bilinear upsampling of the logits (Zhao et al.
+about a fifth less work for PSPNet-50 at 473x473); each changes nothing but rounding. bf16 and int8
+(:mod:`~pspnet.inference.int8`, :mod:`~pspnet.inference.onnxruntime`, :mod:`~pspnet.inference.openvino`)
+lower the arithmetic precision only: the final 1x1 classifier and the bilinear upsampling of the logits (Zhao et al.
 2017, Fig. 2(d)) always run in fp32, so near-ties between classes are not decided by rounding.
 
 ``precision="auto"`` (:mod:`~pspnet.inference.auto`) is the fastest mode that keeps the predictions
 (argmax agreement with fp32 of at least 99.5% of pixels): bf16 on CPUs with native bf16
-instructions (avx512_bf16 or AMX), fp32 elsewhere, and int8 through ONNX Runtime where the weights
-are known to keep their labels in int8 and a probe on this CPU finds it faster; docs/benchmarks.md
-has the measurements behind this choice.
+instructions (avx512_bf16 or AMX), fp32 elsewhere, and int8 (on ONNX Runtime, torch or OpenVINO)
+where the weights are known to keep their labels in int8 there and a probe on this CPU finds it
+faster; docs/benchmarks.md has the measurements behind this choice.
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ from .fast import FastPSPNet
 from .folding import fold_batchnorm
 from .int8 import TorchInt8PSPNet
 from .onnxruntime import OnnxRuntimePSPNet
+from .openvino import OpenVinoPSPNet
 
 __all__ = ["PRECISIONS", "BACKENDS", "AutoPSPNet", "prepare_for_inference", "prepare_model", "argmax_agreement"]
 
 log = logging.getLogger("pspnet.fast")
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-BACKENDS = ("torch", "onnxruntime")
-_PREPARED: tuple[type, ...] = (FastPSPNet, CompiledPSPNet, TorchInt8PSPNet, OnnxRuntimePSPNet)
+BACKENDS = ("torch", "onnxruntime", "openvino")
+_PREPARED: tuple[type, ...] = (FastPSPNet, CompiledPSPNet, TorchInt8PSPNet, OnnxRuntimePSPNet, OpenVinoPSPNet)
 
 
 def _plain_pspnet(model: nn.Module) -> PSPNet:
@@ -68,8 +69,9 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         model: a :class:`~pspnet.models.PSPNet` (not modified; a folded copy is made).
         precision: ``auto`` (the fastest of the modes below that keeps the labels on this CPU:
             :mod:`~pspnet.inference.auto`), ``fp32``, ``bf16`` or ``int8``.
-        backend: ``torch`` (oneDNN via PyTorch) or ``onnxruntime``; with ``precision="auto"`` on the
-            torch backend, ``auto`` may pick int8 on onnxruntime or torch (see ``int8_agreement``).
+        backend: ``torch`` (oneDNN via PyTorch), ``onnxruntime`` or ``openvino`` (optional:
+            ``pip install "pspnet[openvino]"``); with ``precision="auto"`` on the torch backend,
+            ``auto`` may pick int8 on any of the three (see ``int8_agreement``).
         compile: ``torch.compile`` (inductor, frozen weights) the torch backend; the first call per
             input shape compiles (minutes on a small CPU).
         channels_last: NHWC activations for the torch backend (oneDNN's native layout).
@@ -78,11 +80,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         factor_head: compute the pyramid levels' share of the 3x3 head convolution at the levels'
             own resolution (:mod:`pspnet.inference.factored_head`; same function, about a fifth less
             work for PSPNet-50 at 473x473), on the torch backend's fused oneDNN path and on the
-            onnxruntime backend.
+            onnxruntime and openvino backends.
         calibration: for int8, normalised float or uint8 image batches to calibrate activation ranges.
-        threads: intra-op threads of the onnxruntime backend (default: torch's).
+        threads: intra-op threads of the onnxruntime and openvino backends (default: torch's).
         int8_agreement: the argmax agreement with fp32 these weights are known to keep in int8, per
-            backend (``{"onnxruntime": 0.998, "torch": 0.997}``; one number is the onnxruntime
+            backend (``{"onnxruntime": 0.998, "torch": 0.997, "openvino": 0.997}``; one number is the onnxruntime
             record), as a weight file's metadata records it
             (:func:`~pspnet.inference.auto.recorded_int8_agreements`); ``auto`` considers int8 on a
             backend only when it is at least 99.5% there.
@@ -106,13 +108,13 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         return AutoPSPNet(net, build, calibration=calibration, int8_agreement=int8_agreement, calls=expected_calls)
     precision = cpu.resolve_inference_precision(precision, device)
     folded = fold_batchnorm(net)
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         if device.type != "cpu":
-            raise ConfigError("backend='onnxruntime' runs on the CPU; move the model to the CPU first")
+            raise ConfigError(f"backend={backend!r} runs on the CPU; move the model to the CPU first")
         if compile:
             raise ConfigError("compile=True applies to backend='torch' only")
-        return OnnxRuntimePSPNet(folded, precision, calibration=calibration, threads=threads,
-                                 factor_head=factor_head)
+        runner = OnnxRuntimePSPNet if backend == "onnxruntime" else OpenVinoPSPNet
+        return runner(folded, precision, calibration=calibration, threads=threads, factor_head=factor_head)
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
