@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
     import openvino
-    print(bench.format_machine() + f"; openvino {openvino.__version__}")
+    print(bench.format_machine())  # names OpenVINO's version
     size = bench.parse_size(a.size)
     model = bench.build_model(a.depth, a.classes)
     g = torch.Generator().manual_seed(0)

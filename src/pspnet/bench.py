@@ -169,9 +169,10 @@ def bench_headline(depth: int = 50, size: tuple[int, int] = (473, 473), num_clas
     if getattr(fast, "choice", None) is not None:
         res["auto_choice"] = fast.choice.describe()
         log(f"  {fast.choice.describe()}")
-    log(f"  plain fp32 eager                      median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
-    log(f"  default CPU mode {mode}->{resolved:<5s} alternating median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
-    log(f"  default CPU mode {mode}->{resolved:<5s} alone       median {a * 1000:8.1f} ms  ({1 / a:6.2f} images/s)")
+    log(f"  plain fp32 eager                                  median {b * 1000:8.1f} ms  ({1 / b:6.2f} images/s)")
+    used = f"{mode}->{resolved}/{res['backend']}"
+    log(f"  default CPU mode {used:<17s} alternating median {f * 1000:8.1f} ms  ({1 / f:6.2f} images/s)")
+    log(f"  default CPU mode {used:<17s} alone       median {a * 1000:8.1f} ms  ({1 / a:6.2f} images/s)")
     log(f"  speedup (fp32 eager / default): {b / f:.2f}x alternating, {b / a:.2f}x against the default alone   "
         f"(argmax agreement on this random-weight model: {agree * 100:.2f}%)")
     return res
