@@ -80,6 +80,30 @@ def test_onnx_pooling_has_no_matmul(tmp_path, tiny_pspnet):
     assert "MatMul" not in ops and ops.count("Einsum") == 4, sorted(set(ops))
 
 
+def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, tiny_pspnet):
+    """The file `pspnet export` writes runs in OpenVINO's CPU plugin, reshaped to a static size (its
+    fastest form), at f32 and, on CPUs with native bf16, bf16 (NNCF int8 is checked by hand with
+    bench/openvino_compare.py: NNCF is not a test dependency)."""
+    ov = pytest.importorskip("openvino")
+    from pspnet import cpu
+    model = _nontrivial(tiny_pspnet(4, aux=False))
+    path = export_onnx(model, tmp_path / "m.onnx")
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    core = ov.Core()
+    for hint in ["f32"] + (["bf16"] if cpu.has_bf16() else []):
+        net = core.read_model(str(path))
+        net.reshape({net.inputs[0].get_any_name(): list(x.shape)})
+        compiled = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        out = torch.from_numpy(compiled({0: x.numpy()})[compiled.output(0)].copy())
+        assert out.shape == ref.shape
+        if hint == "f32":
+            assert float((out - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+        else:
+            assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.97
+
+
 def test_torchscript_any_size(tmp_path, tiny_pspnet):
     model = _nontrivial(tiny_pspnet(4, aux=False))
     path = export_torchscript(model, tmp_path / "m.pt", class_names=["a", "b", "c", "d"])
