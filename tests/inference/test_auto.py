@@ -235,17 +235,24 @@ def test_torch_int8_needs_its_own_record_and_torchao(net, monkeypatch, tmp_path,
     assert "onnxruntime: the weights keep only 90.00%" in choice.reason and why in choice.reason
 
 
-def test_memory_guard_leaves_out_onnxruntime_only(net, monkeypatch, tmp_path):
-    """ONNX Runtime's calibration holds every activation; torch's observers do not, so torch int8 stays."""
+@pytest.mark.parametrize(("openvino", "agreement", "left_out"), [
+    (None, BOTH, "int8 on onnxruntime not considered"),
+    ("2026.0", {**BOTH, "openvino": 0.996}, "int8 on onnxruntime and openvino not considered"),
+])
+def test_memory_guard_leaves_out_the_onnxruntime_quantiser_only(net, monkeypatch, tmp_path, openvino, agreement,
+                                                                 left_out):
+    """ONNX Runtime's calibration holds every activation, and OpenVINO's int8 is calibrated by the same
+    quantiser; torch's observers do not, so torch int8 stays."""
     monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
     monkeypatch.setattr(auto, "torchao_available", lambda: True)
     monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: openvino)
     monkeypatch.setattr(auto, "available_memory", lambda: 1)
     built: list[str] = []
     choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.02, "int8/torch": 0.001}, built),
-                              int8_agreement=BOTH, cache_path=tmp_path / "c.json")
+                              int8_agreement=agreement, cache_path=tmp_path / "c.json")
     assert sorted(built) == ["bf16/torch", "int8/torch"] and choice.mode == "int8/torch"
-    assert "int8 on onnxruntime not considered" in choice.reason
+    assert left_out in choice.reason
 
 
 def test_recorded_agreements_per_backend(net, tmp_path):
@@ -290,17 +297,3 @@ def test_openvino_int8_needs_its_own_record(net, monkeypatch):
     _, why_not = auto.int8_candidates(torch.device("cpu"), BOTH)
     assert "no int8 agreement measurement on openvino" in why_not["openvino"]
     assert "--backend openvino --record" in why_not["openvino"]
-
-
-def test_memory_guard_leaves_out_openvino_too(net, monkeypatch, tmp_path):
-    """OpenVINO's int8 is calibrated by ONNX Runtime's quantiser, which holds every activation."""
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto, "torchao_available", lambda: True)
-    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
-    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0")
-    monkeypatch.setattr(auto, "available_memory", lambda: 1)
-    built: list[str] = []
-    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.02, "int8/torch": 0.001}, built),
-                              int8_agreement=THREE, cache_path=tmp_path / "c.json")
-    assert sorted(built) == ["bf16/torch", "int8/torch"] and choice.mode == "int8/torch"
-    assert "int8 on onnxruntime and openvino not considered" in choice.reason
