@@ -4,8 +4,9 @@ input's shape, in fp32, bf16 or int8.
 
 int8 is the same static quantisation the ONNX Runtime backend makes (ONNX Runtime's
 ``quantize_static``, QDQ format, min/max calibration, the classifier left in fp32) with the
-placement OpenVINO's CPU plugin runs fastest: only the convolutions' inputs quantised, symmetric
-int8 activations and per-channel symmetric int8 weights. OpenVINO reads the QDQ pairs as its own
+placement OpenVINO's CPU plugin runs fastest: only the convolutions' inputs and outputs quantised
+(the outputs let one int8 convolution hand int8 to the next), symmetric int8 activations and
+per-channel symmetric int8 weights. OpenVINO reads the QDQ pairs as its own
 quantisation (FakeQuantize) and runs the convolutions with int8 kernels: AMX-INT8 tiles on a Xeon that
 has them, VNNI elsewhere. No NNCF is needed: on a Xeon with AMX this ran 1.19x faster than
 ``nncf.quantize`` of the file ``pspnet export`` writes (docs/benchmarks.md).
