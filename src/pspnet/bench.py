@@ -228,6 +228,7 @@ def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: 
     from .data.transforms import normalize
     from .models import PSPNetLoss
     images, labels = _training_batch(crop, batch, num_classes, root)
+    cpu.keep_freed_memory()  # as the trainer does
     torch.manual_seed(0)
     model = PSPNet(PSPNetConfig(num_classes=num_classes, depth=depth, head_channels=head_channels,
                                 aux_channels=aux_channels)).train()
@@ -303,6 +304,9 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     log(f"  matmul peak {matmul_n}^3 in this run: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s "
         f"(median of {len(readings)} readings, one after each round of steps: {min(readings):.0f}-"
         f"{max(readings):.0f}); one step (forward with aux head, loss, backward) counts {flop / 1e9:.1f} GFLOP")
+    from .models.norm_act import fused_bn_available
+    log(f"  fused batch norm + ReLU kernel: {'on' if fused_bn_available() else 'off'}; malloc keeps freed memory: "
+        f"{'yes' if cpu.keep_freed_memory() else 'no'}")
     for p in precisions:
         log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s), {flop / 1e9:.1f} GFLOP/step, "
             f"{rate[p]:.1f} GFLOP/s = {fraction[p]:.2f} of the bf16 matmul peak ({peak['bf16']:.1f} GFLOP/s, "
@@ -310,7 +314,8 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     res = {"depth": depth, "crop": list(crop), "batch": batch, "steps": steps, "times_s": times,
            "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()},
            "gflop_per_step": flop / 1e9, "gflops": rate, "matmul_n": matmul_n, "matmul_peak_gflops": peak,
-           "bf16_peak_readings": readings, "fraction_of_bf16_peak": fraction, "fraction_per_round": per_round}
+           "bf16_peak_readings": readings, "fraction_of_bf16_peak": fraction, "fraction_per_round": per_round,
+           "fused_bn_relu": fused_bn_available(), "malloc_keeps_freed_memory": cpu.keep_freed_memory()}
     if "fp32" in med and "bf16" in med:
         res["bf16_speedup"] = med["fp32"] / med["bf16"]
         log(f"  bf16 speedup over fp32: {res['bf16_speedup']:.2f}x")

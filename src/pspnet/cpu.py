@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 __all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
-           "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision"]
+           "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision",
+           "ALLOCATOR_ENV", "keep_freed_memory"]
 
 FLAGS_ENV = "PSPNET_CPU_FLAGS"
+ALLOCATOR_ENV = "PSPNET_KEEP_FREED_MEMORY"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic: bf16 autocast / inference pays off
 AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
 # the flags that matter for this project's speed, in the order benchmarks print them
@@ -133,3 +135,28 @@ def resolve_inference_precision(precision: str, device: torch.device | str = "cp
     if precision != "auto":
         return precision
     return "bf16" if _native_bf16(torch.device(device)) else "fp32"
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, <malloc.h>
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A training step frees and allocates its large activations again every step. glibc serves blocks
+    of 32 MB and more from fresh ``mmap`` pages, and gives freed heap memory back above 128 KB; every
+    reuse then page-faults the memory in again (about 70 000 faults, some 10% of a CamVid bf16 step on
+    a Xeon with AMX, docs/benchmarks.md). With no ``mmap`` and a 1 GB trim threshold the process keeps
+    its peak heap instead, so resident memory stays at the step's peak and stops moving. Called once
+    per process by the trainer and the training benchmark; glibc Linux only (False elsewhere), and
+    ``PSPNET_KEEP_FREED_MEMORY=0`` leaves malloc alone.
+    """
+    if os.environ.get(ALLOCATOR_ENV, "1") == "0" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from ..errors import DataError
 from .norm import NORM_NAMES, norm_layer
+from .norm_act import NormActSequential
 from .ppm import PyramidPoolingModule
 from .resnet import RESNET_LAYERS, ResNet
 from .schema import describe, problems, spec
@@ -206,8 +207,8 @@ def check_image_batch(x: torch.Tensor, output_stride: int, *, normalised: bool =
 
 
 def _head(in_ch: int, hidden: int, num_classes: int, dropout: float, norm) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, hidden, 3, padding=1, bias=False), norm(hidden), nn.ReLU(inplace=True),
-                         nn.Dropout2d(dropout), nn.Conv2d(hidden, num_classes, 1))
+    return NormActSequential(nn.Conv2d(in_ch, hidden, 3, padding=1, bias=False), norm(hidden),
+                             nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(hidden, num_classes, 1))
 
 
 def build_pspnet(config: PSPNetConfig | dict[str, Any]) -> PSPNet:

@@ -9,6 +9,10 @@ convolution ("ResNet v1.5"), as in both of those releases.
 The dilated network strategy (paper Sec. 3.2, after DeepLab) removes the stride of the last
 stages and dilates their 3x3 convolutions instead: output stride 8 uses dilation 2 in ``layer3``
 and 4 in ``layer4``; output stride 16 keeps ``layer3`` strided and uses dilation 2 in ``layer4``.
+
+Each batch norm and the ReLU after it (with the residual add between them at a block's end) go
+through :func:`~pspnet.models.norm_act.bn_relu`: one fused pass when training on a CPU, exactly
+these modules otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from .norm import norm_layer
+from .norm_act import NormActSequential, bn_relu
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "RESNET_LAYERS"]
@@ -52,9 +57,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = bn_relu(self.bn1, self.conv1(x), self.relu)
+        return bn_relu(self.bn2, self.conv2(out), self.relu, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -76,10 +80,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = bn_relu(self.bn1, self.conv1(x), self.relu)
+        out = bn_relu(self.bn2, self.conv2(out), self.relu)
+        return bn_relu(self.bn3, self.conv3(out), self.relu, residual=identity)
 
 
 RESNET_LAYERS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -180,15 +183,16 @@ class ResNet(nn.Module):
     def stem(self) -> nn.Sequential:
         """The stem as one Sequential, laid out as the original release's ``layer0``."""
         if self.deep_stem:
-            return nn.Sequential(self.conv1, self.bn1, nn.ReLU(inplace=True), self.conv2, self.bn2,
-                                 nn.ReLU(inplace=True), self.conv3, self.bn3, nn.ReLU(inplace=True),
-                                 self.maxpool)
-        return nn.Sequential(self.conv1, self.bn1, nn.ReLU(inplace=True), self.maxpool)
+            return NormActSequential(self.conv1, self.bn1, nn.ReLU(inplace=True), self.conv2, self.bn2,
+                                     nn.ReLU(inplace=True), self.conv3, self.bn3, nn.ReLU(inplace=True),
+                                     self.maxpool)
+        return NormActSequential(self.conv1, self.bn1, nn.ReLU(inplace=True), self.maxpool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = bn_relu(self.bn1, self.conv1(x), self.relu)
         if self.deep_stem:
-            x = self.relu(self.bn3(self.conv3(self.relu(self.bn2(self.conv2(x))))))
+            x = bn_relu(self.bn2, self.conv2(x), self.relu)
+            x = bn_relu(self.bn3, self.conv3(x), self.relu)
         x = self.maxpool(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

@@ -97,6 +97,8 @@ class Trainer:
         self.device = self.dist.device
         if t.threads:
             torch.set_num_threads(t.threads)
+        if self.device.type == "cpu":
+            cpu.keep_freed_memory()
         seed_everything(t.seed, t.deterministic)
         self.out = Path(t.output_dir)
         if self.dist.is_main:
