@@ -235,14 +235,14 @@ def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    criterion = PSPNetLoss(0.4, 255)
+    criterion = PSPNetLoss(0.4, 255, align_corners=model.config.align_corners)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward_backward(dtype: torch.dtype | None) -> None:
         x = normalize(images).contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            out = model(x)
+            out = model(x, upsample=False)  # as the trainer does: the loss upsamples
         loss, _ = criterion(out, labels)
         loss.backward()
 
@@ -304,8 +304,10 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     log(f"  matmul peak {matmul_n}^3 in this run: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s "
         f"(median of {len(readings)} readings, one after each round of steps: {min(readings):.0f}-"
         f"{max(readings):.0f}); one step (forward with aux head, loss, backward) counts {flop / 1e9:.1f} GFLOP")
+    from .models.loss import upsampled_ce_available
     from .models.norm_act import fused_bn_available
-    log(f"  fused batch norm + ReLU kernel: {'on' if fused_bn_available() else 'off'}; malloc keeps freed memory: "
+    log(f"  CPU kernels: batch norm + ReLU {'on' if fused_bn_available() else 'off'}, upsampled cross-entropy "
+        f"{'on' if upsampled_ce_available() else 'off'}; malloc keeps freed memory: "
         f"{'yes' if cpu.keep_freed_memory() else 'no'}")
     for p in precisions:
         log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s), {flop / 1e9:.1f} GFLOP/step, "
@@ -315,7 +317,8 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
            "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()},
            "gflop_per_step": flop / 1e9, "gflops": rate, "matmul_n": matmul_n, "matmul_peak_gflops": peak,
            "bf16_peak_readings": readings, "fraction_of_bf16_peak": fraction, "fraction_per_round": per_round,
-           "fused_bn_relu": fused_bn_available(), "malloc_keeps_freed_memory": cpu.keep_freed_memory()}
+           "fused_bn_relu": fused_bn_available(), "fused_upsampled_ce": upsampled_ce_available(),
+           "malloc_keeps_freed_memory": cpu.keep_freed_memory()}
     if "fp32" in med and "bf16" in med:
         res["bf16_speedup"] = med["fp32"] / med["bf16"]
         log(f"  bf16 speedup over fp32: {res['bf16_speedup']:.2f}x")

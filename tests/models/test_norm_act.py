@@ -11,7 +11,8 @@ from torch import nn
 
 from pspnet import cpu
 from pspnet.models import norm_act
-from pspnet.models.norm_act import FUSED_BN_ENV, bn_relu, fused_bn_available
+from pspnet.models.kernels import ENV
+from pspnet.models.norm_act import bn_relu, fused_bn_available
 
 pytestmark = pytest.mark.skipif(not fused_bn_available(), reason="no C++ compiler: the eager layers train")
 
@@ -47,7 +48,7 @@ def _case(dtype, residual: bool, shape=(3, 24, 10, 14), seed=0):
 
 def _run(bn, x, r, grad, *, fused: bool, monkeypatch, dtype=None):
     """Output, gradients (x, weight, bias, residual) and BN state after one training forward/backward."""
-    monkeypatch.setenv(FUSED_BN_ENV, "1" if fused else "0")
+    monkeypatch.setenv(ENV, "1" if fused else "0")
     bn = copy.deepcopy(bn)
     if dtype is not None:
         bn = bn.to(dtype)
@@ -111,7 +112,7 @@ def test_the_eager_layers_run_where_the_kernel_does_not_apply(case, monkeypatch,
         x, r = x.contiguous(), r.contiguous()
     elif case == "groupnorm":
         bn = nn.GroupNorm(4, x.shape[1])
-    monkeypatch.setenv(FUSED_BN_ENV, "0" if case == "disabled" else "1")
+    monkeypatch.setenv(ENV, "0" if case == "disabled" else "1")
     relu = nn.ReLU()
     assert torch.equal(bn_relu(bn, x, relu, r), relu(bn(x) + r))
     assert not fused_calls
@@ -124,7 +125,7 @@ def test_a_training_step_of_pspnet_matches_eager(tiny_pspnet, monkeypatch, fused
     target = torch.randint(0, 3, (2, 64, 64))
     results = []
     for fused in (False, True):
-        monkeypatch.setenv(FUSED_BN_ENV, "1" if fused else "0")
+        monkeypatch.setenv(ENV, "1" if fused else "0")
         net = tiny_pspnet().train().to(memory_format=CL)
         out, aux = net(x)
         loss = nn.functional.cross_entropy(out, target) + 0.4 * nn.functional.cross_entropy(aux, target)

@@ -9,77 +9,35 @@ reads the gradient and ``x`` twice. It is the same function as the eager layers 
 statistics, running-average update (unbiased variance, ``momentum``), ``num_batches_tracked``, and
 the gradients of input, weight, bias and residual.
 
-The kernel is built on first use with the system's ``g++`` (about a second; no torch headers) for
-this CPU and cached in :func:`pspnet.files.pspnet_home` ``/kernels``. Everywhere else the eager
+The kernel is built on first use with the system's ``g++`` for this CPU and cached
+(:mod:`pspnet.models.kernels`). Everywhere else the eager
 layers run, unchanged: in eval mode (inference and export never see the kernel), off the CPU, for
 tensors not in channels-last layout, for other norms (GroupNorm, the synchronised BatchNorm of a DDP
-run), under ``torch.compile``, where no compiler is found, or with ``PSPNET_FUSED_BN=0``.
+run), under ``torch.compile``, where no compiler is found, or with ``PSPNET_CPU_KERNELS=0``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..files import atomic_write, pspnet_home
+from . import kernels
 
-__all__ = ["FUSED_BN_ENV", "NormActSequential", "bn_relu", "fused_bn_available"]
+__all__ = ["NormActSequential", "bn_relu", "fused_bn_available"]
 
-log = logging.getLogger(__name__)
-
-FUSED_BN_ENV = "PSPNET_FUSED_BN"
-_SOURCE = Path(__file__).with_name("kernels") / "bn_relu.cpp"
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
-
-
-def _machine() -> bytes:
-    """This CPU's model and instruction-set flags (/proc/cpuinfo), for the name of a -march=native build."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}".encode()
-    return "\n".join(sorted({line for line in text.splitlines() if line.startswith(("model name", "flags"))})).encode()
-
-
-def _build(compiler: str, target: Path) -> None:
-    def compile_to(tmp: Path) -> None:
-        proc = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{compiler} failed on {_SOURCE}:\n{proc.stderr[-2000:]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, compile_to)
 
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None (eager layers) where it cannot be built."""
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
-        log.info("fused batch norm + ReLU off: no C++ compiler (g++ or $CXX) found; eager layers train")
+    """The compiled kernel (``kernels/bn_relu.cpp``) with its signatures; None where it cannot be built."""
+    lib = kernels.load("bn_relu")
+    if lib is None:
         return None
-    # -march=native: the file is for this CPU only, so its model and flags are part of the name
-    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), compiler.encode(), _machine()]))
-    target = pspnet_home() / "kernels" / f"bn_relu-{key.hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, RuntimeError) as err:
-        log.warning("fused batch norm + ReLU off, eager layers train: %s", err)
-        return None
-    ptr, i64, f32p = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
-    c_int = ctypes.c_int
+    ptr, i64, f32p, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
     lib.pspnet_bn_stats.argtypes = [c_int, ptr, i64, i64, c_int, f32p, f32p]
     lib.pspnet_bn_forward.argtypes = [c_int, ptr, ptr, ptr, i64, i64, f32p, f32p, c_int, c_int]
     lib.pspnet_bn_backward_reduce.argtypes = [c_int, ptr, ptr, ptr, ptr, i64, i64, f32p, f32p, f32p, c_int, c_int,
@@ -91,15 +49,10 @@ def _library() -> ctypes.CDLL | None:
 
 def fused_bn_available() -> bool:
     """Whether :func:`bn_relu` runs the kernel where it applies (not disabled, and it builds here)."""
-    return os.environ.get(FUSED_BN_ENV, "1") != "0" and _library() is not None
+    return kernels.enabled() and _library() is not None
 
 
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-def _fptr(t: torch.Tensor):
-    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
+_ptr, _fptr = kernels.ptr, kernels.float_ptr
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -177,14 +177,17 @@ class PSPNet(nn.Module):
         """Logits bilinearly resized to the input's ``size`` (the model's ``align_corners``)."""
         return F.interpolate(logits, size, mode="bilinear", align_corners=self.config.align_corners)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the input's size (``upsample=False``: at the output stride, for a loss that
+        upsamples them itself, :class:`PSPNetLoss`); in training also the aux head's, as a pair."""
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             self.check_input(x)
         size = x.shape[-2:]
+        resize = (lambda logits: self.upsample(logits, size)) if upsample else (lambda logits: logits)
         c3, c4 = self.forward_features(x)
-        out = self.upsample(self.forward_head(c4), size)
+        out = resize(self.forward_head(c4))
         if self.training and self.aux is not None:
-            return out, self.upsample(self.aux(c3), size)
+            return out, resize(self.aux(c3))
         return out
 
 

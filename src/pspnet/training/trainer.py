@@ -203,7 +203,8 @@ class Trainer:
             find_unused_parameters=False) if self.dist.enabled else self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = PSPNetLoss(t.aux_weight, self.cfg.data.ignore_index, t.class_weights,
-                                    ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None).to(self.device)
+                                    ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None,
+                                    align_corners=self.model.config.align_corners).to(self.device)
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, rng_ranks: list[Any]) -> dict[str, Any]:
@@ -488,7 +489,7 @@ class Trainer:
             sync = nullcontext() if (i == len(chunks) - 1 or not self.dist.enabled) else self.ddp.no_sync()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = self.ddp(xc)
+                    out = self.ddp(xc, upsample=False)  # the loss upsamples (PSPNetLoss, a CPU kernel)
                 if scale == 0.0:  # no valid pixel here: zero gradients, but keep DDP's reducer in step
                     outs = out if isinstance(out, (tuple, list)) else (out,)
                     loss, parts = sum(o.float().sum() for o in outs) * 0.0, {}
