@@ -42,6 +42,23 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def count_forward_calls(monkeypatch) -> Callable[[type], list]:
+    """``count_forward_calls(Function)``: a list that gains an item each time that autograd Function's
+    forward runs, for the tests that a CPU kernel ran (or did not)."""
+    def install(function: type) -> list:
+        calls: list = []
+        forward = function.forward
+
+        def counted(*args):
+            calls.append(1)
+            return forward(*args)
+
+        monkeypatch.setattr(function, "forward", staticmethod(counted))
+        return calls
+    return install
+
+
 # ----------------------------------------------------------------------------------------- tiny model
 def _tiny_pspnet(num_classes: int = 3, *, seed: int | None = 0, head_channels: int = 16, aux_channels: int = 8,
                  **config: Any) -> PSPNet:

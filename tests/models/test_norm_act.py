@@ -20,17 +20,9 @@ CL = torch.channels_last
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
+def fused_calls(count_forward_calls):
     """How many times the kernel ran (its autograd Function's forward)."""
-    calls = []
-    forward = norm_act._BatchNormReLU.forward
-
-    def counted(*args):
-        calls.append(1)
-        return forward(*args)
-
-    monkeypatch.setattr(norm_act._BatchNormReLU, "forward", staticmethod(counted))
-    return calls
+    return count_forward_calls(norm_act._BatchNormReLU)
 
 
 def _case(dtype, residual: bool, shape=(3, 24, 10, 14), seed=0):

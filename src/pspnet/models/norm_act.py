@@ -55,11 +55,6 @@ def fused_bn_available() -> bool:
 _ptr, _fptr = kernels.ptr, kernels.float_ptr
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """A channels-last (N, C, H, W) tensor as its (N*H*W, C) rows, sharing memory."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, running_mean, running_var, momentum, eps):
