@@ -117,17 +117,19 @@ class PSPNetLoss(nn.Module):
         self.register_buffer("class_weights", weight, persistent=False)
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-2:] != target.shape[-2:] and not _kernel_applies(logits, target):
-            logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        if logits.shape[-2:] != target.shape[-2:]:  # logits at the output stride: the kernel upsamples
-            pixel_loss = _UpsampledCrossEntropy.apply(logits, target, self.class_weights, self.ignore_index,
-                                                      self.align_corners)
-            if self.ohem_thresh is None:  # F.cross_entropy's mean: sum(w[t] * nll) / sum(w[t]) over valid pixels
+        if logits.shape[-2:] != target.shape[-2:]:  # logits at the output stride: upsample here
+            if not _kernel_applies(logits, target):
+                logits = F.interpolate(logits, target.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            else:
+                pixel_loss = _UpsampledCrossEntropy.apply(logits, target, self.class_weights, self.ignore_index,
+                                                          self.align_corners)
+                if self.ohem_thresh is not None:
+                    return self._ohem(pixel_loss.flatten(), target)
+                # F.cross_entropy's mean: sum(w[t] * nll) / sum(w[t]) over the valid pixels
                 valid = target != self.ignore_index
                 if self.class_weights is None:
                     return pixel_loss.sum() / valid.sum()
                 return pixel_loss.sum() / (self.class_weights[target.clamp(min=0) * valid] * valid).sum()
-            return self._ohem(pixel_loss.flatten(), target)
         logits = logits.float()
         if self.ohem_thresh is None:
             return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
