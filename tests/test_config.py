@@ -200,12 +200,13 @@ def test_long_camvid_recipe_differs_from_the_cpu_recipe_only_where_its_search_sa
 
 
 def test_large_crops_recipe_is_the_long_recipe_with_round_5_crops_only() -> None:
-    """camvid/pspnet_r18_cpu_large_crops is round 5's train-only run: the long recipe, 288x384 crops x 4."""
+    """camvid/pspnet_r18_cpu_large_crops is round 5's runs: the long recipe, 288x384 crops x 4, tested with flip."""
     large, short, changed = _changes_from_the_cpu_recipe("pspnet_r18_cpu_large_crops")
     long, _, changed_long = _changes_from_the_cpu_recipe("pspnet_r18_cpu_long")
-    assert changed == changed_long | {("data", "crop_size"), ("train", "batch_size")}
+    assert changed == changed_long | {("data", "crop_size"), ("train", "batch_size"), ("eval", "flip")}
     assert (large["train"]["iters"], large["train"]["loss"]) == (long["train"]["iters"], long["train"]["loss"])
     assert tuple(large["data"]["crop_size"]) == (288, 384) and large["train"]["batch_size"] == 4
+    assert large["eval"]["flip"] and not long["eval"]["flip"]  # recorded in its weights, chosen on both halves
     # about as many pixels a step as the 8 x 192x256 it replaces
     pixels = [r["train"]["batch_size"] * r["data"]["crop_size"][0] * r["data"]["crop_size"][1] for r in (large, short)]
     assert 1 <= pixels[0] / pixels[1] <= 1.25
