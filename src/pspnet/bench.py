@@ -227,6 +227,7 @@ def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: 
 
     from .data.transforms import normalize
     from .models import PSPNetLoss
+    from .training.schedule import sgd
     images, labels = _training_batch(crop, batch, num_classes, root)
     cpu.keep_freed_memory()  # as the trainer does
     torch.manual_seed(0)
@@ -234,7 +235,7 @@ def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: 
                                 aux_channels=aux_channels)).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    opt = sgd([{"params": list(model.parameters())}], lr=1e-3, momentum=0.9, weight_decay=1e-4)  # the trainer's
     criterion = PSPNetLoss(0.4, 255, align_corners=model.config.align_corners)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 

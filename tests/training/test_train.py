@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import sys
@@ -20,7 +21,7 @@ from pspnet.data.datasets.base import map_label
 from pspnet.errors import ConfigError, DataError, TrainingError
 from pspnet.models.weights import read_state_dict
 from pspnet.training.sampler import EpochSampler
-from pspnet.training.schedule import poly_lr
+from pspnet.training.schedule import poly_lr, sgd
 from pspnet.training.state import load_checkpoint
 from pspnet.training.trainer import Trainer, train
 
@@ -64,6 +65,54 @@ def test_poly_lr_with_warmup() -> None:
 
 
 # ------------------------------------------------------------------------------------ whole runs
+def _sgd_run(model, optimizer, steps: int, scaler=None) -> list[torch.Tensor]:
+    """``steps`` updates from fixed gradients; the parameters after them."""
+    params = list(model.parameters())
+    for i in range(steps):
+        for j, p in enumerate(params):
+            p.grad = torch.full_like(p, 0.01 * (i + 1)) + 0.001 * torch.arange(p.numel()).view_as(p).sin()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+    return [p.detach().clone() for p in params]
+
+
+def test_sgd_is_fused_on_cpu_and_steps_as_the_per_tensor_loop(tiny_pspnet) -> None:
+    groups = lambda m: [{"params": list(m.backbone_parameters())}, {"params": list(m.head_parameters()), "lr": 0.1}]
+    fused_model, loop_model = tiny_pspnet(3, seed=1), tiny_pspnet(3, seed=1)
+    fused = sgd(groups(fused_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
+    assert all(g["fused"] for g in fused.param_groups)
+    loop = torch.optim.SGD(groups(loop_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
+    for a, b in zip(_sgd_run(fused_model, fused, 5), _sgd_run(loop_model, loop, 5)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # the fp16 loss scaler's skip of a step with an inf gradient works through the fused kernel as well
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    before = [p.detach().clone() for p in fused_model.parameters()]
+    scaler.scale(torch.ones(()))  # what scales the loss sets the scaler up
+    for p in fused_model.parameters():
+        p.grad = torch.ones_like(p)
+    p.grad[0] = float("inf")
+    scaler.step(fused)
+    assert all(torch.equal(a, b) for a, b in zip(before, fused_model.parameters()))
+    scaler.update()
+    assert scaler.get_scale() < 2.0 ** 8
+
+
+def test_resuming_an_unfused_optimizer_state_keeps_the_loop(tiny_pspnet) -> None:
+    """A checkpoint written before the fused update resumes with the per-tensor loop, bit for bit."""
+    old_model, new_model = tiny_pspnet(3, seed=2), tiny_pspnet(3, seed=2)
+    old = torch.optim.SGD([{"params": list(old_model.parameters())}], lr=0.03, momentum=0.9, weight_decay=2e-4)
+    _sgd_run(old_model, old, 2)
+    new_model.load_state_dict(old_model.state_dict())
+    resumed = sgd([{"params": list(new_model.parameters())}], lr=0.03, momentum=0.9, weight_decay=2e-4)
+    resumed.load_state_dict(copy.deepcopy(old.state_dict()))  # as if read from a file: no shared buffers
+    assert resumed.param_groups[0]["fused"] is None
+    for a, b in zip(_sgd_run(new_model, resumed, 3), _sgd_run(old_model, old, 3)):
+        assert torch.equal(a, b)
+
+
 def test_run_writes_every_output(data: Path, tmp_path: Path, tiny_run_config) -> None:
     out = tmp_path / "run"
     res = train(tiny_run_config(data, out, "train.val_every=1", "train.ckpt_every=1"), progress=False)
