@@ -65,26 +65,25 @@ def test_poly_lr_with_warmup() -> None:
 
 
 # ------------------------------------------------------------------------------------ whole runs
-def _sgd_run(model, optimizer, steps: int, scaler=None) -> list[torch.Tensor]:
+def _sgd_run(model, optimizer, steps: int) -> list[torch.Tensor]:
     """``steps`` updates from fixed gradients; the parameters after them."""
     params = list(model.parameters())
     for i in range(steps):
-        for j, p in enumerate(params):
+        for p in params:
             p.grad = torch.full_like(p, 0.01 * (i + 1)) + 0.001 * torch.arange(p.numel()).view_as(p).sin()
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer.step()
     return [p.detach().clone() for p in params]
 
 
+def _two_groups(model) -> list[dict]:
+    return [{"params": list(model.backbone_parameters())}, {"params": list(model.head_parameters()), "lr": 0.1}]
+
+
 def test_sgd_is_fused_on_cpu_and_steps_as_the_per_tensor_loop(tiny_pspnet) -> None:
-    groups = lambda m: [{"params": list(m.backbone_parameters())}, {"params": list(m.head_parameters()), "lr": 0.1}]
     fused_model, loop_model = tiny_pspnet(3, seed=1), tiny_pspnet(3, seed=1)
-    fused = sgd(groups(fused_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
+    fused = sgd(_two_groups(fused_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
     assert all(g["fused"] for g in fused.param_groups)
-    loop = torch.optim.SGD(groups(loop_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
+    loop = torch.optim.SGD(_two_groups(loop_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
     for a, b in zip(_sgd_run(fused_model, fused, 5), _sgd_run(loop_model, loop, 5)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     # the fp16 loss scaler's skip of a step with an inf gradient works through the fused kernel as well
