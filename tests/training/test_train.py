@@ -64,7 +64,6 @@ def test_poly_lr_with_warmup() -> None:
     assert [poly_lr(0.01, i, 100, 0.9, warmup=4) for i in range(4)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
 
 
-# ------------------------------------------------------------------------------------ whole runs
 def _sgd_run(model, optimizer, steps: int) -> list[torch.Tensor]:
     """``steps`` updates from fixed gradients; the parameters after them."""
     params = list(model.parameters())
@@ -112,6 +111,7 @@ def test_resuming_an_unfused_optimizer_state_keeps_the_loop(tiny_pspnet) -> None
         assert torch.equal(a, b)
 
 
+# ------------------------------------------------------------------------------------ whole runs
 def test_run_writes_every_output(data: Path, tmp_path: Path, tiny_run_config) -> None:
     out = tmp_path / "run"
     res = train(tiny_run_config(data, out, "train.val_every=1", "train.ckpt_every=1"), progress=False)
