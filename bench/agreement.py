@@ -1,7 +1,7 @@
 """Does the fast inference mode predict the same labels as fp32? Argmax agreement and mIoU on CamVid val.
 
     python bench/agreement.py --weights runs/camvid_r18_cpu/best.safetensors --data-root ../shared/data/camvid \
-        [--precision auto] [--backend torch] [--base-size N]
+        [--precision auto] [--backend torch] [--base-size N] [--flip | --no-flip]
     python bench/agreement.py --weights W --data-root R --precision int8 --backend onnxruntime \
         --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
     python bench/agreement.py ... --backend torch --calibration-images 0 --record   # torch's int8 (torchao)
@@ -14,7 +14,8 @@ for OpenVINO), which ``precision="auto"``
 reads to consider int8 on that backend (pspnet/inference/auto.py).
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
-backend)`` predict through ``pspnet.inference.testtime.predict_logits`` (same resizing); the script
+backend)`` predict through ``pspnet.inference.testtime.predict_logits`` at the base size and flip the
+weights record (what ``pspnet predict`` runs; the flipped image is batched with the original); the script
 prints the fraction of pixels with the same arg-max class, each mode's mIoU against the labels, and
 the mIoU difference. Pass: agreement >= 99.5% and mIoU drop <= 0.3 points.
 """
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-size", type=int,
                    help="long side the images are resized to (default: the base size the weights record, as "
                         "pspnet predict uses; 0: none)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                   help="average in the mirrored image (default: what the weights record, as pspnet predict does)")
     p.add_argument("--calibration-images", type=int, default=16,
                    help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
     p.add_argument("--record", action="store_true",
@@ -69,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     recorded_base = recorded_test_settings(meta, a.weights).get("base_size")
     if a.base_size is None:
         a.base_size = recorded_base or 0
+    recorded_flip = bool(recorded_test_settings(meta, a.weights).get("flip", False))
+    if a.flip is None:
+        a.flip = recorded_flip
     if a.record and (a.base_size or None) != recorded_base:
         p.error(f"--record measures the agreement at the base size the weights record ({recorded_base}); "
                 f"drop --base-size {a.base_size}")
+    if a.record and a.flip != recorded_flip:
+        p.error(f"--record measures the agreement with the flip the weights record ({recorded_flip}); drop --"
+                f"{'' if a.flip else 'no-'}flip")
     info = dataset_info(a.dataset, model.config.num_classes)
     ds = build_dataset(a.dataset, a.root, a.split, info=info)
     calibration = None
@@ -96,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(n):
         image, label = ds[i]
         t = time.perf_counter()
-        ref = predict_logits(model, image[None], base_size=base, softmax=False).argmax(1)
+        ref = predict_logits(model, image[None], base_size=base, flip=a.flip, softmax=False).argmax(1)
         t_ref += time.perf_counter() - t
         t = time.perf_counter()
-        out = predict_logits(fast, image[None], base_size=base, softmax=False).argmax(1)
+        out = predict_logits(fast, image[None], base_size=base, flip=a.flip, softmax=False).argmax(1)
         t_fast += time.perf_counter() - t
         same += int((ref == out).sum())
         total += ref.numel()
@@ -112,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     agree = same / total
     drop = (m_ref.miou - m_fast.miou) * 100
     res = {"weights": a.weights, "split": a.split, "images": n, "precision": a.precision, "resolved_precision": used,
-           "backend": getattr(fast, "backend", a.backend), "compile": a.compile, "base_size": base,
+           "backend": getattr(fast, "backend", a.backend), "compile": a.compile, "base_size": base, "flip": a.flip,
            "argmax_agreement": agree,
            "miou_fp32": m_ref.miou, "miou_fast": m_fast.miou, "miou_drop_points": drop,
            "seconds_fp32": t_ref, "seconds_fast": t_fast, "command": " ".join(["python"] + sys.argv)}
-    print(f"{a.dataset} {a.split}: {n} images, base size {base}, weights {a.weights}")
+    print(f"{a.dataset} {a.split}: {n} images, base size {base}, flip {a.flip}, weights {a.weights}")
     print(f"  mode: precision {a.precision} -> {used}, backend {a.backend} -> {res['backend']}, compile {a.compile}")
     print(f"  argmax agreement with fp32: {agree * 100:.3f}% of {total} pixels")
     print(f"  mIoU fp32 {m_ref.miou * 100:.2f}   mIoU fast {m_fast.miou * 100:.2f}   drop {drop:+.3f} points")
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.record and ok:
         update_metadata(a.weights, {AGREEMENT_KEYS[a.backend]: {
             "agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
-            "images": n, "base_size": base, "calibration": "the first image predicted",
+            "images": n, "base_size": base, "flip": a.flip, "calibration": "the first image predicted",
             "command": res["command"]}})
         print(f"  recorded {AGREEMENT_KEYS[a.backend]} in {a.weights}")
     if a.out:
