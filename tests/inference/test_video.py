@@ -122,6 +122,26 @@ def test_every_third_frame_gives_four_label_pngs_equal_to_the_frames_predictions
     assert _hidden(out) == []
 
 
+def test_auto_weighs_its_setup_against_the_passes_the_video_headers_announce(tmp_path, tiny, monkeypatch):
+    # A 40-frame clip chose int8 (44 s of calibration) over bf16 (4 s in all) while auto did not know
+    # the job's size; now it gets the forward passes: 12 + 7 frames at 5 a pass = 3 + 2, an
+    # unreadable file none; flip under logit-average doubles them; a camera has no end.
+    model, _ = tiny
+    seen = []
+    real = video_module.prepare_model
+    monkeypatch.setattr(video_module, "prepare_model",
+                        lambda *a, **k: seen.append(k.get("expected_calls")) or real(*a, **k))
+    clips = [_write_video(tmp_path / "a.avi", "MJPG"), _write_video(tmp_path / "b.avi", "MJPG", frames=7)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    common = dict(class_names=NAMES, palette=PALETTE.tolist(), precision="fp32", batch_size=5, progress=False)
+    out = predict_videos(model, [*clips, broken], tmp_path / "out", **common)
+    assert [name for name, _ in out.failed] == [str(broken)]
+    out = predict_videos(model, clips, tmp_path / "out2", flip=True, protocol="logit-average", **common)
+    assert seen == [5, 10]
+    assert video_module._batches_in([clips[0], 0], 5) is None  # camera 0: never opened, no end
+
+
 @pytest.mark.parametrize("fourcc, ext, problem", [
     ("mp4v", ".mp4", "cannot be opened as a video"),  # the index (moov atom) is at the end: nothing opens
     ("MJPG", ".avi", r"decoded \d+ of the 12 frames its header announces"),  # the frames end early

@@ -50,7 +50,7 @@ from ..errors import ConfigError, DataError, PSPNetError
 from .auto import Int8Agreement
 from .predict import PredictOutputs, draw_legend, label_image, overlay, palette_array, unique_stems
 from .prepare import prepare_model
-from .testtime import predict_logits
+from .testtime import network_calls, predict_logits
 
 log = logging.getLogger("pspnet.video")
 
@@ -238,6 +238,25 @@ def _predict_video(runner, source: str | Path | int, out_dir: Path, stem: str, *
 
 
 @torch.no_grad()
+def _batches_in(sources: Sequence[str | Path | int], batch_size: int) -> int | None:
+    """Forward passes the videos' headers announce, ``batch_size`` frames each; None when a source
+    has no end (a camera) or its header no frame count. ``auto`` weighs its setup against this:
+    a short clip should not pay an int8 calibration that only a long one earns back."""
+    total = 0
+    for source in sources:
+        if isinstance(source, int):
+            return None
+        try:
+            with closing(VideoSource(source)) as video:
+                frames = video.frame_count
+        except DataError:
+            continue  # reported when its turn comes; it costs no forward pass
+        if frames is None:
+            return None
+        total += math.ceil(frames / batch_size)
+    return total
+
+
 def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Path, *, class_names: Sequence[str],
                    palette, color: bool = False, frame_labels: bool = False, every: int = 1, batch_size: int = 4,
                    base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -259,15 +278,18 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pal = palette_array(palette, len(class_names))
-    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement)
-    settings = {"base_size": base_size, "scales": scales, "flip": flip, "mode": mode, "crop_size": crop_size,
-                "stride_rate": stride_rate, "protocol": protocol}
     files = [Path(s) for s in sources if not isinstance(s, int)]
     file_stems = iter(unique_stems(files))
     stems = [f"camera{source}" if isinstance(source, int) else next(file_stems) for source in sources]
     rank, world = rank_and_world()
+    mine = shard(list(zip(sources, stems)), rank, world)
+    batches = _batches_in([source for source, _ in mine], batch_size)
+    calls = None if batches is None else network_calls(batches, scales, flip, mode, protocol)
+    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
+    settings = {"base_size": base_size, "scales": scales, "flip": flip, "mode": mode, "crop_size": crop_size,
+                "stride_rate": stride_rate, "protocol": protocol}
     written = PredictOutputs()
-    for source, stem in shard(list(zip(sources, stems)), rank, world):
+    for source, stem in mine:
         try:
             written.extend(_predict_video(runner, source, out_dir, stem, pal=pal, num_classes=len(class_names),
                                           color=color, frame_labels=frame_labels, every=every,
