@@ -129,8 +129,8 @@ def test_auto_weighs_its_setup_against_the_passes_the_video_headers_announce(tmp
     model, _ = tiny
     seen = []
     real = video_module.prepare_model
-    monkeypatch.setattr(video_module, "prepare_model",
-                        lambda *a, **k: seen.append(k.get("expected_calls")) or real(*a, **k))
+    monkeypatch.setattr(video_module, "prepare_model", lambda *a, **k: seen.append(
+        (k.get("expected_calls"), torch.is_grad_enabled())) or real(*a, **k))
     clips = [_write_video(tmp_path / "a.avi", "MJPG"), _write_video(tmp_path / "b.avi", "MJPG", frames=7)]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
@@ -138,7 +138,7 @@ def test_auto_weighs_its_setup_against_the_passes_the_video_headers_announce(tmp
     out = predict_videos(model, [*clips, broken], tmp_path / "out", **common)
     assert [name for name, _ in out.failed] == [str(broken)]
     out = predict_videos(model, clips, tmp_path / "out2", flip=True, protocol="logit-average", **common)
-    assert seen == [5, 10]
+    assert seen == [(5, False), (10, False)]  # and no autograd graph is kept for the frames
     assert video_module._batches_in([clips[0], 0], 5) is None  # camera 0: never opened, no end
 
 

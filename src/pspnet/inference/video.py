@@ -237,7 +237,6 @@ def _predict_video(runner, source: str | Path | int, out_dir: Path, stem: str, *
             bar.close()
 
 
-@torch.no_grad()
 def _batches_in(sources: Sequence[str | Path | int], batch_size: int) -> int | None:
     """Forward passes the videos' headers announce, ``batch_size`` frames each; None when a source
     has no end (a camera) or its header no frame count. ``auto`` weighs its setup against this:
@@ -257,6 +256,7 @@ def _batches_in(sources: Sequence[str | Path | int], batch_size: int) -> int | N
     return total
 
 
+@torch.no_grad()
 def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Path, *, class_names: Sequence[str],
                    palette, color: bool = False, frame_labels: bool = False, every: int = 1, batch_size: int = 4,
                    base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
