@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_machine())
     model, meta = load_weights(a.weights)
     model.eval()
-    recorded_base = recorded_test_settings(meta, a.weights).get("base_size")
+    recorded = recorded_test_settings(meta, a.weights)
+    recorded_base, recorded_flip = recorded.get("base_size"), bool(recorded.get("flip", False))
     if a.base_size is None:
         a.base_size = recorded_base or 0
-    recorded_flip = bool(recorded_test_settings(meta, a.weights).get("flip", False))
     if a.flip is None:
         a.flip = recorded_flip
     if a.record and (a.base_size or None) != recorded_base:

@@ -137,7 +137,7 @@ def test_auto_weighs_its_setup_against_the_passes_the_video_headers_announce(tmp
     common = dict(class_names=NAMES, palette=PALETTE.tolist(), precision="fp32", batch_size=5, progress=False)
     out = predict_videos(model, [*clips, broken], tmp_path / "out", **common)
     assert [name for name, _ in out.failed] == [str(broken)]
-    out = predict_videos(model, clips, tmp_path / "out2", flip=True, protocol="logit-average", **common)
+    predict_videos(model, clips, tmp_path / "out2", flip=True, protocol="logit-average", **common)
     assert seen == [(5, False), (10, False)]  # and no autograd graph is kept for the frames
     assert video_module._batches_in([clips[0], 0], 5) is None  # camera 0: never opened, no end
 

@@ -54,8 +54,7 @@ class PyramidPoolingModule(nn.Module):
         # The upsampled 1x1 level comes back NCHW whatever x's layout, and a concatenation of mixed
         # layouts is NCHW: on a channels_last network the head's 3x3 convolution would then reorder its
         # input (twice x's width) forward and backward. Matching x's layout keeps the values as they are.
-        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            else torch.contiguous_format
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = [x]
         for branch in self.features:
             level = F.interpolate(branch(x), size, mode="bilinear", align_corners=self.align_corners)
