@@ -43,7 +43,8 @@ Taps taps(int64_t out_size, int64_t in_size, bool align_corners) {
 }
 
 // exp for x <= ~0 (Cephes' single-precision polynomial; relative error about 1e-7), branch-free so
-// that loops over pixels vectorise.
+// that loops over pixels vectorise (GCC vectorises its floor only with -fno-trapping-math, which
+// kernels/__init__.py passes).
 inline float exp_neg(float x) {
     x = std::max(x, -87.0f);
     const float n = std::floor(x * 1.44269504088896341f + 0.5f);
