@@ -393,26 +393,6 @@ def test_ppm_options(tiny_pspnet):
         assert m(torch.randn(1, 3, 50, 30)).shape == (1, 5, 50, 30)
 
 
-def test_ppm_keeps_a_channels_last_input_channels_last_with_the_same_values():
-    # Its 1x1 level upsamples to NCHW; without matching the input's layout the concatenation is NCHW
-    # and the head's convolution reorders twice its width forward and backward in channels_last training.
-    from pspnet.models.ppm import PyramidPoolingModule
-    torch.manual_seed(0)
-    ppm = PyramidPoolingModule(16).train()
-    x = torch.randn(2, 16, 6, 8)
-    x_last = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = ppm(x_last)
-    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    assert ppm(x).is_contiguous()  # an NCHW input stays NCHW (export, fp32 inference)
-    levels = [F.interpolate(f(x_last), (6, 8), mode="bilinear", align_corners=True) for f in ppm.features]
-    expected = torch.cat([x_last, *levels], 1)
-    assert torch.equal(out, expected)
-    grad = torch.randn_like(out)
-    (got,) = torch.autograd.grad(out, x_last, grad)
-    (want,) = torch.autograd.grad(expected, x_last, grad)
-    assert torch.equal(got, want)
-
-
 def test_config_round_trip_and_errors():
     cfg = PSPNetConfig(num_classes=3, depth=34, bins=[1, 2], pool="max", norm="gn")
     again = PSPNetConfig.from_dict(cfg.to_dict())

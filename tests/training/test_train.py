@@ -98,6 +98,29 @@ def test_sgd_is_fused_on_cpu_and_steps_as_the_per_tensor_loop(tiny_pspnet) -> No
     assert scaler.get_scale() < 2.0 ** 8
 
 
+def test_the_fused_update_of_channels_last_weights_is_torchs_bit_for_bit(tiny_pspnet) -> None:
+    """FusedSGD hands torch's kernel channels_last tensors as their memory (no copies): the same weights
+    and momentum buffers as torch's fused SGD, also where a gradient's layout differs from its weight's."""
+    ours_model = tiny_pspnet(3, seed=4).to(memory_format=torch.channels_last)
+    torch_model = tiny_pspnet(3, seed=4).to(memory_format=torch.channels_last)
+    ours = sgd(_two_groups(ours_model), lr=0.03, momentum=0.9, weight_decay=2e-4)
+    theirs = torch.optim.SGD(_two_groups(torch_model), lr=0.03, momentum=0.9, weight_decay=2e-4, fused=True)
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in ours_model.parameters())
+    for step in range(4):
+        for i, (a, b) in enumerate(zip(ours_model.parameters(), torch_model.parameters())):
+            g = torch.randn(a.shape, generator=torch.Generator().manual_seed(100 * step + i))
+            layout = torch.contiguous_format if step == 2 and i % 2 else torch.channels_last
+            a.grad = g.contiguous(memory_format=layout) if g.dim() == 4 else g
+            b.grad = a.grad.clone()
+        ours.step()
+        theirs.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours_model.parameters(), torch_model.parameters()))
+    mine, torchs = ours.state_dict(), theirs.state_dict()
+    assert mine["param_groups"] == torchs["param_groups"]
+    assert all(torch.equal(mine["state"][k]["momentum_buffer"], torchs["state"][k]["momentum_buffer"])
+               for k in torchs["state"])
+
+
 def test_resuming_an_unfused_optimizer_state_keeps_the_loop(tiny_pspnet) -> None:
     """A checkpoint written before the fused update resumes with the per-tensor loop, bit for bit."""
     old_model, new_model = tiny_pspnet(3, seed=2), tiny_pspnet(3, seed=2)
