@@ -305,10 +305,16 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     log(f"  matmul peak {matmul_n}^3 in this run: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s "
         f"(median of {len(readings)} readings, one after each round of steps: {min(readings):.0f}-"
         f"{max(readings):.0f}); one step (forward with aux head, loss, backward) counts {flop / 1e9:.1f} GFLOP")
+    from .models import kernels
     from .models.loss import upsampled_ce_available
+    from .models.max_pool import max_pool_kernel_available
     from .models.norm_act import fused_bn_available
-    log(f"  CPU kernels: batch norm + ReLU {'on' if fused_bn_available() else 'off'}, upsampled cross-entropy "
-        f"{'on' if upsampled_ce_available() else 'off'}; malloc keeps freed memory: "
+
+    def on(flag: bool) -> str:
+        return "on" if flag else "off"
+    log(f"  CPU kernels: batch norm + ReLU {on(fused_bn_available())}, upsampled cross-entropy "
+        f"{on(upsampled_ce_available())}, max pooling {on(max_pool_kernel_available())}, pyramid pooling's "
+        f"backward as matrix products {on(kernels.enabled())}; malloc keeps freed memory: "
         f"{'yes' if cpu.keep_freed_memory() else 'no'}")
     for p in precisions:
         log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s), {flop / 1e9:.1f} GFLOP/step, "
@@ -319,6 +325,7 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
            "gflop_per_step": flop / 1e9, "gflops": rate, "matmul_n": matmul_n, "matmul_peak_gflops": peak,
            "bf16_peak_readings": readings, "fraction_of_bf16_peak": fraction, "fraction_per_round": per_round,
            "fused_bn_relu": fused_bn_available(), "fused_upsampled_ce": upsampled_ce_available(),
+           "max_pool_kernel": max_pool_kernel_available(),
            "malloc_keeps_freed_memory": cpu.keep_freed_memory()}
     if "fp32" in med and "bf16" in med:
         res["bf16_speedup"] = med["fp32"] / med["bf16"]

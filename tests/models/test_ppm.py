@@ -83,11 +83,12 @@ def test_the_matrix_backward_is_as_close_to_float64_in_bfloat16_as_autograds(mon
     assert all(a <= 1.5 * b + 1e-3 for a, b in zip(ours, err))
 
 
-def test_without_grad_or_with_max_pooling_the_module_runs_autograds_code(count_forward_calls, monkeypatch):
+def test_without_grad_in_eval_mode_or_with_max_pooling_the_module_runs_autograds_code(count_forward_calls, monkeypatch):
     pools = count_forward_calls(_PoolLevels)
     x = torch.randn(2, 8, 6, 6)
     PyramidPoolingModule(8).train()(x)  # no gradient asked for
     PyramidPoolingModule(8, pool="max").train()(x.requires_grad_())
+    PyramidPoolingModule(8).eval()(x)  # inference, ONNX export
     monkeypatch.setenv("PSPNET_CPU_KERNELS", "0")
     PyramidPoolingModule(8).train()(x)
     assert pools == []

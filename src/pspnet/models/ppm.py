@@ -4,13 +4,14 @@ The feature map is pooled into ``bins x bins`` sub-regions for each pyramid leve
 the paper), each level is reduced by a 1x1 convolution to ``in_channels / len(bins)`` channels
 (BN + ReLU), upsampled bilinearly back to the feature map's size and concatenated with it.
 
-When training on a CPU, the backward pass of the pooling and the upsampling runs as a few small matrix
-products instead of autograd's per-level kernels: the feature map's gradient (the concatenation's
-identity part plus every level's pooling gradient) is written in one pass rather than summed from five
-full-size tensors, and the upsampling's gradient is read straight from the concatenation's gradient.
-The forward is the same code either way (bitwise the same output); the gradients agree to rounding.
-On PSPNet-18's CamVid training step this was about 20 of 500 ms (issue 16, docs/benchmarks.md).
-``PSPNET_CPU_KERNELS=0`` keeps autograd's backward.
+When training on a CPU (train mode, gradients on), the backward pass of the pooling and the
+upsampling runs as a few small matrix products instead of autograd's per-level kernels: the feature
+map's gradient (the concatenation's identity part plus every level's pooling gradient) is written in
+one pass rather than summed from five full-size tensors, and the upsampling's gradient is read
+straight from the concatenation's gradient. The forward is the same code either way (bitwise the same
+output); the gradients agree to rounding. On PSPNet-18's CamVid training step this was about 20 of
+500 ms (issue 16, docs/benchmarks.md). ``PSPNET_CPU_KERNELS=0`` keeps autograd's backward; so do eval
+mode (inference, export), max pooling and ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class PyramidPoolingModule(nn.Module):
         return _upsample_concat(x, [branch(x) for branch in self.features], self.align_corners)
 
     def _matrix_backward_applies(self, x: torch.Tensor) -> bool:
-        return (self.pool == "avg" and x.requires_grad and torch.is_grad_enabled() and x.dim() == 4
-                and x.device.type == "cpu" and not torch.compiler.is_compiling() and kernels.enabled())
+        return (self.training and self.pool == "avg" and x.requires_grad and torch.is_grad_enabled()
+                and x.dim() == 4 and x.device.type == "cpu" and not torch.compiler.is_compiling() and kernels.enabled())
 
 
 def _upsample_concat(x: torch.Tensor, levels: Sequence[torch.Tensor], align_corners: bool) -> torch.Tensor:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .max_pool import MaxPool2d
 from .norm import norm_layer
 from .norm_act import NormActSequential, bn_relu
 
@@ -152,7 +153,7 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(3, stem[0], 7, stride=2, padding=3, bias=False)
             self.bn1 = norm_fn(stem[0])
         self.inplanes = stem[-1]
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = MaxPool2d(3, stride=2, padding=1)
         (s3, d3), (s4, d4) = stage_dilations(output_stride)
         self.layer1 = self._make_layer(block, 64, counts[0], 1, 1, norm_fn)
         self.layer2 = self._make_layer(block, 128, counts[1], 2, 1, norm_fn)
