@@ -3,9 +3,10 @@
 Each ``<name>.cpp`` here uses no torch headers, so the system's ``g++`` (or ``$CXX``) builds it in
 seconds, with ``-march=native`` for the CPU it runs on and OpenMP linked to ``libgomp.so.1``, which
 resolves to the runtime torch has already loaded (one thread pool). The library is cached in
-:func:`pspnet.files.pspnet_home` ``/kernels``, named by a hash of its source, the flags, the
-compiler and this CPU's model and flags, and written atomically. Where it cannot be built, the
-callers train with their eager PyTorch code instead, as they do with ``PSPNET_CPU_KERNELS=0``.
+:func:`pspnet.files.pspnet_home` ``/kernels``, named by a hash of its source and the headers here
+(``bf16.h``), the flags, the compiler and this CPU's model and flags, and written atomically. Where it
+cannot be built, the callers train with their eager PyTorch code instead, as they do with
+``PSPNET_CPU_KERNELS=0``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def load(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.info("%s kernel off: no C++ compiler (g++ or $CXX) found; the eager code trains", name)
         return None
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(_FLAGS).encode(), compiler.encode(), _machine()]))
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]  # what the sources #include
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, " ".join(_FLAGS).encode(), compiler.encode(),
+                                      _machine()]))
     target = pspnet_home() / "kernels" / f"{name}-{key.hexdigest()[:16]}.so"
 
     def compile_to(tmp: Path) -> None:

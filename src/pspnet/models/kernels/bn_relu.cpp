@@ -15,26 +15,13 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16.h"
+
 namespace {
 
-using bf16 = uint16_t;
-
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const bf16* p, int64_t i) {
-    uint32_t u = uint32_t(p[i]) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(bf16* p, int64_t i, float v) {
-    // Round to nearest even, as torch does; a NaN stays a (quiet) NaN.
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    uint32_t nan = (u >> 16) | 0x40u;
-    p[i] = bf16(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded);
-}
+using pspnet_kernels::bf16;
+using pspnet_kernels::load;
+using pspnet_kernels::store;
 
 // Rows per block: about 64 KB of bf16 per block, so a block read twice stays in cache.
 inline int64_t rows_per_block(int64_t channels) { return std::max<int64_t>(8, 32768 / channels); }

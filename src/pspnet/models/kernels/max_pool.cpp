@@ -15,20 +15,13 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16.h"
+
 namespace {
 
-using bf16 = uint16_t;
-
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const bf16* p, int64_t i) { return __builtin_bit_cast(float, uint32_t(p[i]) << 16); }
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(bf16* p, int64_t i, float v) {
-    // Round to nearest even, as torch does; a NaN stays a (quiet) NaN.
-    const uint32_t u = __builtin_bit_cast(uint32_t, v);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (u >> 16) | 0x40u;
-    p[i] = bf16(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded);
-}
+using pspnet_kernels::bf16;
+using pspnet_kernels::load;
+using pspnet_kernels::store;
 
 template <typename T>
 void forward(const T* x, T* y, uint8_t* winner, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
