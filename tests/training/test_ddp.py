@@ -40,8 +40,8 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
         # 8 images, global batch 4: 2 iterations per epoch, so 3 iterations cross an epoch boundary
         # lr 0.001, not 0.01: at 0.01 this tiny model is chaotic by the third iteration (a 1e-6 change of
         # the stem's weights moved the next gradients by 2%: a max-pool or ReLU decision flips), so float
-        # summation orders alone decided whether the buffers met the tolerances below (one failure in
-        # about 20 runs, then every run once the pyramid pooling's backward rounded differently). At 0.001
+        # summation orders alone decided whether the buffers met the tolerances below (one failure in 18
+        # runs, then every run once the pyramid pooling's backward rounded differently). At 0.001
         # DDP and one process meet them with a 4x margin; a 2x update or a batch of 2 misses by 400-7000x.
         "train": {"iters": 3, "batch_size": 2, "precision": "fp32", "log_every": 1, "lr": 0.001,
                   "class_weights": [1.0, 2.0, 0.5], "output_dir": str(tmp_path / "ddp")},

@@ -62,9 +62,6 @@ class PyramidPoolingModule(nn.Module):
         self.out_channels = in_channels + len(self.bins) * reduction_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The upsampled 1x1 level comes back NCHW whatever x's layout, and a concatenation of mixed
-        # layouts is NCHW: on a channels_last network the head's 3x3 convolution would then reorder its
-        # input (twice x's width) forward and backward. Matching x's layout keeps the values as they are.
         if self._matrix_backward_applies(x):
             x, *pooled = _PoolLevels.apply(x, self.bins)
             levels = [branch[1:](p) for branch, p in zip(self.features, pooled)]
@@ -103,7 +100,7 @@ def _upsampling_matrices(height: int, width: int, bins: tuple[int, ...], align_c
 @functools.lru_cache(maxsize=16)
 def _pooling_bins(height: int, width: int, bins: tuple[int, ...], dtype: torch.dtype):
     """Which pixels each adaptive-average-pooling bin of every level averages, as ATen cuts them (they may
-    overlap): ``[H*W, sum b*b]`` of 0/1, and 1 / each bin's area (float32)."""
+    overlap): ``[H*W, sum b*b]`` of 0/1, and 1 / each bin's area (in float32, float64 for float64)."""
     members = []
     for b in bins:
         py = F.adaptive_avg_pool1d(torch.eye(height).view(height, 1, height), b).view(height, b).T > 0
