@@ -17,6 +17,7 @@ from pspnet import cpu
 from pspnet.cpu import onednn_available, resolve_inference_precision
 from pspnet.errors import ConfigError, PSPNetError
 from pspnet.export import BinPool2d, make_exportable
+from pspnet.inference import calibration
 from pspnet.inference import onnxruntime as ort_backend
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
@@ -187,6 +188,34 @@ def test_onnxruntime_int8_quantises_every_conv_bias_even_when_biases_are_equal(t
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
     biases = [producers.get(n.input[2], "initializer") for n in convs[:-1]]  # the classifier stays fp32
     assert biases and all(b == "DequantizeLinear" for b in biases), biases
+
+
+def test_packed_calibration_fills_batches_with_distinct_images_first():
+    images = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 4, 4)
+    batches = calibration.packed([images[:2], images[2:]], (3, 3, 4, 4))
+    assert [b[:, 0, 0, 0].tolist() for b in batches] == [[0, 1, 2], [3, 4, 3]]
+    assert len(calibration.resized([images], (3, 3, 4, 4))) == 5  # one per image, each tiled to the batch
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_calibrates_a_batched_graph_once_per_batch_to_the_same_int8_model(tmp_path, tiny_pspnet,
+                                                                                      monkeypatch):
+    """Min/max calibration over batches of distinct images gives the ranges, so the int8 model, of one
+    pass per image tiled to the batch: bitwise the same file contents, in a third of the passes here."""
+    import onnx
+    x = torch.randn(3, 3, 48, 64)
+    src = tmp_path / "m.onnx"
+    ort_backend._export_onnx(make_exportable(fold_batchnorm(tiny_pspnet(4).eval())), x, src)
+    passes, models = {}, {}
+    for name, pack in (("per image", calibration.resized), ("packed", calibration.packed)):
+        monkeypatch.setattr(ort_backend, "packed", lambda c, shape, pack=pack, name=name: passes.setdefault(
+            name, pack(c, shape)))
+        ort_backend._quantize_static(src, tmp_path / f"{len(models)}.onnx", [x], tuple(x.shape))
+        graph = onnx.load(str(tmp_path / f"{len(models)}.onnx")).graph
+        models[name] = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert (len(passes["per image"]), len(passes["packed"])) == (3, 1)
+    a, b = models.values()
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
 @pytest.mark.parametrize("factor_head", [True, False])

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..export import make_exportable
 from ..models.pspnet import PSPNet, check_image_batch
-from .calibration import calibration_batches, or_first_batch, resized
+from .calibration import calibration_batches, or_first_batch, packed
 from .factored_head import FactoredPSPNet
 
 log = logging.getLogger("pspnet.fast")
@@ -181,11 +181,12 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], 
                      op_types: Sequence[str] = ("Conv", "MaxPool", "Add", "Concat", "Relu"),
                      activations: str = "uint8") -> None:
     """ONNX Runtime's static quantisation of ``src`` into ``dst`` (QDQ, per-channel symmetric int8
-    weights, min/max calibration on ``calibration`` resized to ``shape``), every op of ``op_types``
-    but the classifier; activations ``uint8`` (asymmetric) or ``int8`` (symmetric)."""
+    weights, min/max calibration on ``calibration`` resized to ``shape`` and packed into its batches),
+    every op of ``op_types`` but the classifier; activations ``uint8`` (asymmetric) or ``int8``
+    (symmetric)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    arrays = [c.numpy() for c in resized(calibration, shape)]
+    arrays = [c.numpy() for c in packed(calibration, shape)]
     graph = onnx.load(str(src))
     if _own_initializers(graph):
         src = dst.with_name(dst.stem + "_src.onnx")
