@@ -3,7 +3,8 @@
 Static quantisation fixes each activation's int8 range from the values seen on a few
 representative images (ONNX Runtime's ``quantize_static`` with ``CalibrationMethod.MinMax``, the
 observers of PyTorch's PT2E ``prepare_pt2e``). Both paths build one graph per input shape, so the
-calibration batches are normalised like the model's input, then resized and tiled to that shape.
+calibration images are normalised like the model's input, resized to that shape and packed into its
+batch size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..data.transforms import normalize
 
 log = logging.getLogger("pspnet.fast")
 
-__all__ = ["calibration_batches", "or_first_batch", "resized", "packed"]
+__all__ = ["calibration_batches", "or_first_batch", "packed"]
 
 
 def _as_float_batch(x: torch.Tensor) -> torch.Tensor:
@@ -57,20 +58,15 @@ def _resized_images(calibration: Sequence[torch.Tensor], shape: tuple[int, ...])
     return torch.cat(images)
 
 
-def resized(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
-    """Calibration batches resized to the graph's ``H x W``, one batch per image, tiled to the graph's
-    batch size (the PT2E path's observers see each image on its own)."""
-    return [image[None].expand(shape[0], -1, -1, -1).contiguous() for image in _resized_images(calibration, shape)]
-
-
 def packed(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
     """Calibration images resized to the graph's ``H x W`` and packed into batches of its batch size, the
-    last one filled up with its own images again: one pass per ``shape[0]`` images, not one per image.
+    last one filled up with its own images again: one pass per ``shape[0]`` images.
 
-    For min/max calibration (ONNX Runtime's) the ranges are :func:`resized`'s: a repeated image
-    moves no minimum or maximum. On a batched graph it calibrates ``shape[0]`` times faster: a
-    video's 8 x 3 x 360 x 480 batch (4 frames and their mirrors) took 8 passes of 8 copies of one
-    frame each."""
+    Until pspnet 0.8.0 each image was its own batch, tiled to the graph's batch size: a video's
+    8 x 3 x 360 x 480 batch (4 frames and their mirrors) took 8 passes of 8 copies of one frame. For
+    ONNX Runtime's min/max calibration the ranges, so the int8 model, are the same either way (a
+    repeated image moves no minimum or maximum; tested); PT2E's histogram observers merge what they
+    see differently, so torch's int8 changed a little, and its agreement was measured again."""
     images, batch = _resized_images(calibration, shape), shape[0]
     out = []
     for start in range(0, len(images), batch):

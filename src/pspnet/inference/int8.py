@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError, PSPNetError
 from ..models.pspnet import PSPNet, check_image_batch
-from .calibration import calibration_batches, or_first_batch, resized
+from .calibration import calibration_batches, or_first_batch, packed
 from .compiled import frozen_compile_context
 from .factored_head import FactoredPSPNet
 
@@ -119,7 +119,7 @@ class TorchInt8PSPNet(nn.Module):
         with warnings.catch_warnings():  # the stem's max-pool stays fp32 (its input is a fp32 ReLU): expected
             warnings.filterwarnings("ignore", message="The input of maxpool2d is not quantized")
             prepared = prepare_pt2e(exported, quantizer)
-        for c in resized(or_first_batch(self.calibration, x), shape):
+        for c in packed(or_first_batch(self.calibration, x), shape):
             prepared(c)
         converted = convert_pt2e(prepared)
         graph = torch.compile(converted, backend="inductor", dynamic=False)
