@@ -62,7 +62,7 @@ def packed(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> list[
     """Calibration images resized to the graph's ``H x W`` and packed into batches of its batch size, the
     last one filled up with its own images again: one pass per ``shape[0]`` images.
 
-    Until pspnet 0.8.0 each image was its own batch, tiled to the graph's batch size: a video's
+    Up to pspnet 0.8.0 each image was its own batch, tiled to the graph's batch size: a video's
     8 x 3 x 360 x 480 batch (4 frames and their mirrors) took 8 passes of 8 copies of one frame. For
     ONNX Runtime's min/max calibration the ranges, so the int8 model, are the same either way (a
     repeated image moves no minimum or maximum; tested); PT2E's histogram observers merge what they
