@@ -26,13 +26,10 @@ __all__ = ["PSPNetLoss", "upsampled_ce_available", "upsampled_cross_entropy"]
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    lib = kernels.load("upsampled_ce")
-    if lib is None:
-        return None
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.pspnet_upsampled_ce_forward.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, c_int, c_int, p, p]
-    lib.pspnet_upsampled_ce_backward.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, c_int, c_int, p]
-    return lib
+    return kernels.library("upsampled_ce", {
+        "pspnet_upsampled_ce_forward": [p, p, p, i64, i64, i64, i64, i64, i64, i64, c_int, c_int, p, p],
+        "pspnet_upsampled_ce_backward": [p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, c_int, c_int, p]})
 
 
 class _UpsampledCrossEntropy(torch.autograd.Function):

@@ -25,18 +25,13 @@ from . import kernels
 
 __all__ = ["MaxPool2d", "max_pool_kernel_available"]
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    lib = kernels.load("max_pool")
-    if lib is None:
-        return None
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.pspnet_max_pool_forward.argtypes = [c_int, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, c_int]
-    lib.pspnet_max_pool_backward.argtypes = [c_int, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, c_int]
-    return lib
+    signature = [c_int, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, c_int]
+    return kernels.library("max_pool", {"pspnet_max_pool_forward": signature, "pspnet_max_pool_backward": signature})
 
 
 def max_pool_kernel_available() -> bool:
@@ -51,9 +46,9 @@ class _MaxPool(torch.autograd.Function):
         out_h, out_w = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
         y = torch.empty((n, c, out_h, out_w), dtype=x.dtype, memory_format=torch.channels_last)
         winner = torch.empty((n, out_h, out_w, c), dtype=torch.uint8)
-        _library().pspnet_max_pool_forward(_DTYPES[x.dtype], kernels.ptr(x), kernels.ptr(y), kernels.ptr(winner), n,
-                                           h, w, c, out_h, out_w, kernel_size, stride, padding,
-                                           torch.get_num_threads())
+        _library().pspnet_max_pool_forward(kernels.DTYPES[x.dtype], kernels.ptr(x), kernels.ptr(y),
+                                           kernels.ptr(winner), n, h, w, c, out_h, out_w, kernel_size, stride,
+                                           padding, torch.get_num_threads())
         ctx.save_for_backward(winner)
         ctx.meta = (x.shape, x.dtype, kernel_size, stride, padding)
         return y
@@ -65,7 +60,7 @@ class _MaxPool(torch.autograd.Function):
         out_h, out_w = winner.shape[1:3]
         grad_y = grad_y.to(dtype).contiguous(memory_format=torch.channels_last)
         grad_x = torch.empty((n, c, h, w), dtype=dtype, memory_format=torch.channels_last)
-        _library().pspnet_max_pool_backward(_DTYPES[dtype], kernels.ptr(grad_y), kernels.ptr(winner),
+        _library().pspnet_max_pool_backward(kernels.DTYPES[dtype], kernels.ptr(grad_y), kernels.ptr(winner),
                                             kernels.ptr(grad_x), n, h, w, c, out_h, out_w, kernel_size, stride,
                                             padding, torch.get_num_threads())
         return grad_x, None, None, None
@@ -84,7 +79,7 @@ class MaxPool2d(nn.MaxPool2d):
     def _kernel_applies(self, x: torch.Tensor) -> bool:
         (k, k_w), (s, s_w), (p, p_w) = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
         return (self.training and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype in _DTYPES and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and x.dtype in kernels.DTYPES and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
                 and (k, s, p) == (k_w, s_w, p_w) and _pair(self.dilation) == (1, 1) and k * k < 256
                 and 0 <= p <= k // 2 and min(x.shape[-2:]) + 2 * p >= k
                 and not self.ceil_mode and not self.return_indices and not torch.compiler.is_compiling()

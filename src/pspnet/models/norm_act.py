@@ -28,23 +28,16 @@ from . import kernels
 
 __all__ = ["NormActSequential", "bn_relu", "fused_bn_available"]
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     """The compiled kernel (``kernels/bn_relu.cpp``) with its signatures; None where it cannot be built."""
-    lib = kernels.load("bn_relu")
-    if lib is None:
-        return None
     ptr, i64, f32p, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
-    lib.pspnet_bn_stats.argtypes = [c_int, ptr, i64, i64, c_int, f32p, f32p]
-    lib.pspnet_bn_forward.argtypes = [c_int, ptr, ptr, ptr, i64, i64, f32p, f32p, c_int, c_int]
-    lib.pspnet_bn_backward_reduce.argtypes = [c_int, ptr, ptr, ptr, ptr, i64, i64, f32p, f32p, f32p, c_int, c_int,
-                                              f32p, f32p]
-    lib.pspnet_bn_backward_apply.argtypes = [c_int, ptr, ptr, ptr, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p,
-                                             c_int, c_int]
-    return lib
+    return kernels.library("bn_relu", {
+        "pspnet_bn_stats": [c_int, ptr, i64, i64, c_int, f32p, f32p],
+        "pspnet_bn_forward": [c_int, ptr, ptr, ptr, i64, i64, f32p, f32p, c_int, c_int],
+        "pspnet_bn_backward_reduce": [c_int, ptr, ptr, ptr, ptr, i64, i64, f32p, f32p, f32p, c_int, c_int, f32p, f32p],
+        "pspnet_bn_backward_apply": [c_int, ptr, ptr, ptr, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p, c_int, c_int]})
 
 
 def fused_bn_available() -> bool:
@@ -58,7 +51,7 @@ _ptr, _fptr = kernels.ptr, kernels.float_ptr
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, running_mean, running_var, momentum, eps):
-        lib, threads, dtype = _library(), torch.get_num_threads(), _DTYPES[x.dtype]
+        lib, threads, dtype = _library(), torch.get_num_threads(), kernels.DTYPES[x.dtype]
         rows, channels = x.numel() // x.shape[1], x.shape[1]
         mean, var = x.new_empty(channels, dtype=torch.float32), x.new_empty(channels, dtype=torch.float32)
         lib.pspnet_bn_stats(dtype, _ptr(x), rows, channels, threads, _fptr(mean), _fptr(var))
@@ -78,7 +71,7 @@ class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, y, weight, mean, invstd, scale, shift = ctx.saved_tensors
-        lib, threads, dtype = _library(), torch.get_num_threads(), _DTYPES[x.dtype]
+        lib, threads, dtype = _library(), torch.get_num_threads(), kernels.DTYPES[x.dtype]
         rows, channels = x.numel() // x.shape[1], x.shape[1]
         grad_y = grad_y.to(x.dtype).contiguous(memory_format=torch.channels_last)
         grad_pre = torch.empty_like(x, memory_format=torch.channels_last) if ctx.has_residual else None
@@ -102,7 +95,7 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def _applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     return (bn.training and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
-            and bn.momentum is not None and x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4
+            and bn.momentum is not None and x.device.type == "cpu" and x.dtype in kernels.DTYPES and x.dim() == 4
             and x.numel() // x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
             and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
                                       and residual.is_contiguous(memory_format=torch.channels_last)))

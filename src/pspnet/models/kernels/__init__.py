@@ -25,11 +25,13 @@ import torch
 
 from ...files import atomic_write, pspnet_home
 
-__all__ = ["ENV", "enabled", "load", "ptr", "float_ptr"]
+__all__ = ["ENV", "DTYPES", "enabled", "load", "library", "ptr", "float_ptr"]
 
 log = logging.getLogger(__name__)
 
 ENV = "PSPNET_CPU_KERNELS"
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+"""The ``dtype`` argument of the kernels that take float32 or bfloat16 tensors (``bf16.h``)."""
 # -fno-trapping-math only lets GCC assume no floating-point exception is observed (no value changes):
 # without it GCC does not vectorise floorf, and upsampled_ce.cpp's exp loops ran scalar, 2.6x slower
 # (bitwise the same results; docs/benchmarks.md)
@@ -76,6 +78,15 @@ def load(name: str) -> ctypes.CDLL | None:
     except (OSError, RuntimeError) as err:
         log.warning("%s kernel off, the eager code trains: %s", name, err)
         return None
+
+
+def library(name: str, signatures: dict[str, list]) -> ctypes.CDLL | None:
+    """:func:`load` with each named function's ctypes argument types set (None where it cannot be built)."""
+    lib = load(name)
+    if lib is not None:
+        for function, argtypes in signatures.items():
+            getattr(lib, function).argtypes = argtypes
+    return lib
 
 
 def ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
