@@ -37,15 +37,17 @@ def test_ppm_keeps_a_channels_last_input_channels_last_with_the_same_values(monk
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize(("size", "align_corners"), [((12, 16), True), ((13, 17), False), ((5, 7), True)])
-def test_the_matrix_backward_gives_autograds_gradients(count_forward_calls, size, align_corners):
+@pytest.mark.parametrize(("size", "align_corners", "layout"), [
+    ((12, 16), True, torch.channels_last), ((13, 17), False, torch.channels_last), ((5, 7), True, torch.channels_last),
+    ((12, 16), True, torch.contiguous_format)])
+def test_the_matrix_backward_gives_autograds_gradients(count_forward_calls, size, align_corners, layout):
     """In float64 the pooling + upsampling backward as matrix products equals autograd's to rounding, for
-    maps the bins divide and maps where adaptive pooling's bins overlap (13 rows into 6 bins), and with
-    a map smaller than the largest level (5 rows into 6 bins: bins repeat rows)."""
+    maps the bins divide and maps where adaptive pooling's bins overlap (13 rows into 6 bins), with
+    a map smaller than the largest level (5 rows into 6 bins: bins repeat rows), and for NCHW tensors."""
     pools, concats = count_forward_calls(_PoolLevels), count_forward_calls(_UpsampleConcat)
     torch.manual_seed(0)
     ppm = PyramidPoolingModule(8, align_corners=align_corners).train().double()
-    x = torch.randn(2, 8, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, *size, dtype=torch.float64).contiguous(memory_format=layout)
     grad = torch.randn(2, 16, *size, dtype=torch.float64)
     results = []
     for out_fn in (ppm, lambda t: _eager(ppm, t)):
