@@ -6,8 +6,8 @@
 #                                     the packaged model, on *this* CPU (not recorded into the weights)
 #   4. pspnet bench --what train      the bf16 training step as a fraction of the bf16 matmul peak (Must 4)
 #   5. pspnet bench --what memory     peak RSS of prediction and of a training step (Must 5)
-# Each command and what it printed go to docs/results/<cpu>_<date>/<name>.txt (and JSON where the
-# command writes one), ready to quote in docs/benchmarks.md.
+# Each command and what it printed go to docs/results/cpu_kind_<cpu>_<date>_<HHMM>/<name>.txt (and JSON
+# where the command writes one), ready to quote in docs/benchmarks.md; a folder that exists is refused.
 #
 # OpenVINO and NNCF live in their own environment, never the project's (their numpy/onnx pins):
 #   python3 -m venv /work/ovenv && . /work/ovenv/bin/activate
@@ -22,8 +22,12 @@ ov_python=${1:-/work/ovenv/bin/python}
 data_root=${DATA_ROOT:-../shared/data/camvid}
 weights=src/pspnet/weights/camvid_pspnet18.safetensors
 if grep -q AuthenticAMD /proc/cpuinfo; then kind=zen; elif grep -qw amx_bf16 /proc/cpuinfo; then kind=xeon_amx; else kind=cpu; fi
-out=docs/results/${kind}_$(date -u +%Y-%m-%d)
-mkdir -p "$out"
+out=docs/results/cpu_kind_${kind}_$(date -u +%Y-%m-%d_%H%M)
+if [[ -e $out ]]; then
+    echo "$out exists: not overwriting earlier results; run again in a minute" >&2
+    exit 1
+fi
+[[ -n ${DRY:-} ]] || mkdir -p "$out"
 
 run() {  # run NAME COMMAND...: the command line, then its output, into $out/NAME.txt
     local name=$1
