@@ -26,7 +26,6 @@ from . import kernels
 __all__ = ["MaxPool2d", "max_pool_kernel_available"]
 
 
-
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
