@@ -7,6 +7,11 @@ resolves to the runtime torch has already loaded (one thread pool). The library 
 (``bf16.h``), the flags, the compiler and this CPU's model and flags, and written atomically. Where it
 cannot be built, the callers train with their eager PyTorch code instead, as they do with
 ``PSPNET_CPU_KERNELS=0``.
+
+``PSPNET_KERNEL_CXXFLAGS`` adds compiler flags after ours (a later ``-march`` wins), for example to build
+for another CPU's instruction set: ``bench/emulate_zen4.sh`` builds them as a Zen 4 (no AMX, no
+avx512_fp16) would. It is a variable of its own, not ``CXXFLAGS``, because environments such as conda set
+``CXXFLAGS`` to a generic ``-march`` that would quietly slow the kernels down.
 """
 
 from __future__ import annotations
@@ -25,17 +30,23 @@ import torch
 
 from ...files import atomic_write, pspnet_home
 
-__all__ = ["ENV", "DTYPES", "enabled", "load", "library", "ptr", "float_ptr"]
+__all__ = ["ENV", "FLAGS_ENV", "DTYPES", "enabled", "load", "library", "ptr", "float_ptr"]
 
 log = logging.getLogger(__name__)
 
 ENV = "PSPNET_CPU_KERNELS"
+FLAGS_ENV = "PSPNET_KERNEL_CXXFLAGS"
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 """The ``dtype`` argument of the kernels that take float32 or bfloat16 tensors (``bf16.h``)."""
 # -fno-trapping-math only lets GCC assume no floating-point exception is observed (no value changes):
 # without it GCC does not vectorise floorf, and upsampled_ce.cpp's exp loops ran scalar, 2.6x slower
 # (bitwise the same results; docs/benchmarks.md)
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+
+
+def _flags() -> list[str]:
+    """Our flags, then those ``PSPNET_KERNEL_CXXFLAGS`` adds."""
+    return [*_FLAGS, *os.environ.get(FLAGS_ENV, "").split()]
 
 
 def _machine() -> bytes:
@@ -61,12 +72,13 @@ def load(name: str) -> ctypes.CDLL | None:
         log.info("%s kernel off: no C++ compiler (g++ or $CXX) found; the eager code trains", name)
         return None
     headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]  # what the sources #include
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, " ".join(_FLAGS).encode(), compiler.encode(),
+    flags = _flags()
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, " ".join(flags).encode(), compiler.encode(),
                                       _machine()]))
     target = pspnet_home() / "kernels" / f"{name}-{key.hexdigest()[:16]}.so"
 
     def compile_to(tmp: Path) -> None:
-        proc = subprocess.run([compiler, *_FLAGS, str(source), "-o", str(tmp)], capture_output=True, text=True)
+        proc = subprocess.run([compiler, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{compiler} failed on {source}:\n{proc.stderr[-2000:]}")
 
