@@ -15,6 +15,7 @@ from pspnet import bench, cpu
 from pspnet.cpu import resolve_inference_precision, resolve_precision
 from pspnet.errors import ConfigError
 from pspnet.inference import onednn
+from pspnet.inference.auto import choose_from_features
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.training.trainer import Trainer
 
@@ -47,6 +48,60 @@ def test_forced_flags_decide_bf16_and_amx(monkeypatch, name):
     info = bench.machine_info()
     assert info["flags_forced"] and set(info["flags"]) == set(flags.split()) & set(cpu.REPORTED_FLAGS)
     assert f"forced by {cpu.FLAGS_ENV}" in bench.format_machine(info)
+
+
+# ------------------------------------------------------------------ bf16 where the flags leave it open
+@pytest.mark.parametrize("speedup, bf16", [(2.9, True), (0.61, False)], ids=["zen4-like", "xeon-without-amx"])
+def test_avx512_bf16_without_amx_follows_the_measured_probe(monkeypatch, speedup, bf16):
+    """avx512_bf16 alone: a Zen 4 (bf16 matrix products 2.9x fp32's) trains and predicts in bf16; a Xeon
+    whose AMX is hidden (0.61x, bench/emulate_zen4.sh) in fp32, where bf16 ran 1.4x slower."""
+    monkeypatch.setenv(cpu.FLAGS_ENV, ZEN4)
+    monkeypatch.setattr(cpu, "bf16_speedup", lambda: speedup)
+    assert resolve_inference_precision("auto") == ("bf16" if bf16 else "fp32")
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if bf16 else None)
+    choice = choose_from_features(torch.device("cpu"), None)  # no int8 record: the torch mode, and why
+    assert choice.precision == ("bf16" if bf16 else "fp32") and f"measured {speedup:.2f}x" in choice.reason
+
+
+@pytest.mark.parametrize("flags", [XEON_AMX, AMX_ONLY, AVX512_NO_BF16, AVX2, ""])
+def test_the_flags_decide_without_a_probe_elsewhere(monkeypatch, flags):
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+
+    def no_probe():
+        raise AssertionError("probed although the flags decide")
+    monkeypatch.setattr(cpu, "bf16_speedup", no_probe)
+    assert resolve_inference_precision("auto") == ("bf16" if "amx_bf16" in flags else "fp32")
+
+
+def test_the_probe_measures_once_per_machine_and_setting(monkeypatch, tmp_path):
+    monkeypatch.undo()  # the suite's pinned answer: this test runs the real cache
+    monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    measured: list[float] = []
+
+    def measure() -> float:
+        measured.append(2.5)
+        return 2.5
+    monkeypatch.setattr(cpu, "_measure_bf16_speedup", measure)
+    cpu._cached_bf16_speedup.cache_clear()
+    try:
+        assert cpu.bf16_speedup() == 2.5 and cpu.bf16_speedup() == 2.5 and len(measured) == 1
+        cpu._cached_bf16_speedup.cache_clear()  # a new process reads the file
+        assert cpu.bf16_speedup() == 2.5 and len(measured) == 1
+        assert len(json.loads((tmp_path / "bf16_probe.json").read_text())) == 1
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # oneDNN capped: another measurement
+        assert cpu.bf16_speedup() == 2.5 and len(measured) == 2
+        (tmp_path / "bf16_probe.json").write_text("{not json")  # damaged: measured again and rewritten
+        cpu._cached_bf16_speedup.cache_clear()
+        assert cpu.bf16_speedup() == 2.5 and len(measured) == 3
+        assert len(json.loads((tmp_path / "bf16_probe.json").read_text())) == 1
+    finally:
+        cpu._cached_bf16_speedup.cache_clear()
+
+
+def test_the_real_probe_times_both_precisions():
+    speedup = cpu._measure_bf16_speedup()
+    assert 0 < speedup < 100
 
 
 def test_override_syntax_and_detection(monkeypatch):

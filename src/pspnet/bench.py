@@ -58,8 +58,11 @@ MODES: dict[str, dict[str, Any] | None] = {
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, the SIMD/matrix flags that matter for speed, and library versions."""
     flags = cpu.cpu_flags()
+    bf16, why = cpu.bf16_decision()
     return {"cpu": cpu.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "auto_precision": "bf16" if bf16 else "fp32", "auto_precision_why": why,
             "torch": torch.__version__, "onednn": cpu.onednn_available(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onnxruntime": cpu.onnxruntime_version(), "openvino": cpu.openvino_version(),
@@ -72,7 +75,9 @@ def format_machine(info: dict[str, Any] | None = None) -> str:
     openvino = f"openvino {info['openvino']}, " if info.get("openvino") else ""
     return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
             f"flags{f' (forced by {cpu.FLAGS_ENV})' if info.get('flags_forced') else ''}: "
-            f"{' '.join(info['flags']) or '(none of interest)'}; torch {info['torch']} "
+            f"{' '.join(info['flags']) or '(none of interest)'}"
+            f"{'; oneDNN capped at ' + info['onednn_max_isa'] if info.get('onednn_max_isa') else ''}; "
+            f"auto precision {info.get('auto_precision')} ({info.get('auto_precision_why')}); torch {info['torch']} "
             f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, "
             f"{openvino}python {info['python']}; "
             f"load average (1 min) at start {info['load_average_1m']}")

@@ -2,6 +2,12 @@
 avx512_bf16 or AMX) and that benchmarks report, whether PyTorch's oneDNN fused convolutions run, and
 the precision ``auto`` resolves to for training (autocast) and inference, which follows from them.
 
+The flags do not always decide. avx512_bf16 without AMX is a Zen 4, where bf16 matrix products run
+2.9x as fast as fp32, or an Intel Xeon whose AMX is hidden (a Linux kernel before 5.16, a hypervisor
+that does not pass it on) or absent (Cooper Lake), where they run at 0.6x (one bf16 dot-product
+port): there bf16 training and inference were 1.4x *slower* than fp32 (docs/benchmarks.md). So on
+such a CPU a short measured probe decides (:func:`bf16_decision`), cached per machine.
+
 ``PSPNET_CPU_FLAGS`` replaces the flags read from ``/proc/cpuinfo`` (names separated by spaces or
 commas; an empty value is a CPU with none of them), so one machine can take another's code paths:
 ``PSPNET_CPU_FLAGS="avx2 avx512f" pspnet predict ...`` resolves ``auto`` precision as a CPU without
@@ -12,15 +18,21 @@ cached; importing this module reads and changes nothing.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
 
+from .files import atomic_write, pspnet_home
+
 __all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
            "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision",
-           "ALLOCATOR_ENV", "keep_freed_memory"]
+           "ALLOCATOR_ENV", "keep_freed_memory", "BF16_MIN_SPEEDUP", "bf16_speedup", "bf16_decision"]
 
 FLAGS_ENV = "PSPNET_CPU_FLAGS"
 ALLOCATOR_ENV = "PSPNET_KEEP_FREED_MEMORY"
@@ -105,15 +117,89 @@ def openvino_version() -> str | None:
     return openvino.__version__
 
 
+BF16_MIN_SPEEDUP = 1.2
+"""How much faster than fp32 bf16 matrix products must run for ``auto`` to pick bf16 (it costs precision)."""
+_PROBE_SIZE, _PROBE_ROUNDS = 1024, 5
+
+
+def _bf16_probe_key() -> str:
+    """What the probe's result depends on: the real CPU (not forced flags), oneDNN's ISA cap, torch, threads."""
+    model, flags = _cpuinfo()
+    ident = json.dumps({"cpu": model, "flags": sorted(flags), "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _measure_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a 1024^3 matrix product (oneDNN), medians of 5 alternating rounds."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(_PROBE_SIZE, _PROBE_SIZE, generator=g), torch.randn(_PROBE_SIZE, _PROBE_SIZE, generator=g)
+    pairs = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
+    times: dict[str, list[float]] = {k: [] for k in pairs}
+    with torch.no_grad():
+        for x, y in pairs.values():  # oneDNN builds its kernels on the first call
+            torch.matmul(x, y)
+        for _ in range(_PROBE_ROUNDS):
+            for k, (x, y) in pairs.items():
+                t = time.perf_counter()
+                torch.matmul(x, y)
+                times[k].append(time.perf_counter() - t)
+    return statistics.median(times["fp32"]) / statistics.median(times["bf16"])
+
+
+@functools.cache
+def _cached_bf16_speedup(key: str) -> float:
+    path = pspnet_home() / "bf16_probe.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    value = cached.get(key)
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    cached[key] = speedup = _measure_bf16_speedup()
+    try:
+        text = json.dumps(cached, indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError:  # a read-only home: measure again in the next process
+        pass
+    return speedup
+
+
+def bf16_speedup() -> float:
+    """How many times as fast as fp32 a bf16 matrix product runs on this machine: measured once (about
+    0.2 s) and cached in ``$PSPNET_HOME/bf16_probe.json``, keyed by the CPU, its flags, oneDNN's ISA
+    cap (``ONEDNN_MAX_CPU_ISA``), torch's version and the thread count."""
+    return _cached_bf16_speedup(_bf16_probe_key())
+
+
+def bf16_decision() -> tuple[bool, str]:
+    """(whether bf16 is this CPU's faster precision, why): no without native bf16; yes with AMX-BF16
+    (5x fp32's matrix throughput); with avx512_bf16 alone, :func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`."""
+    flags = cpu_flags()
+    if flags.isdisjoint(BF16_FLAGS):
+        return False, "no native bf16 (avx512_bf16 or AMX-BF16)"
+    if "amx_bf16" in flags:
+        return True, "AMX-BF16"
+    speedup = bf16_speedup()
+    verdict = "faster" if speedup >= BF16_MIN_SPEEDUP else "not enough faster"
+    return speedup >= BF16_MIN_SPEEDUP, (f"avx512_bf16 without AMX, and bf16 matrix products measured {speedup:.2f}x "
+                                         f"fp32's speed here: {verdict} (bound {BF16_MIN_SPEEDUP}x)")
+
+
 def _native_bf16(device: torch.device) -> bool:
-    """bf16 arithmetic runs natively on ``device`` (a GPU that supports it, a CPU with :func:`has_bf16`)."""
+    """bf16 is native and pays off on ``device``: a GPU that supports it, a CPU where :func:`bf16_decision`
+    says so."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return has_bf16()
+    return bf16_decision()[0]
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Training autocast dtype: fp16 on CUDA, bf16 on CPUs with native bf16 support, else None (fp32)."""
+    """Training autocast dtype: fp16 on CUDA, bf16 on CPUs where it is native and faster
+    (:func:`bf16_decision`), else None (fp32)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -126,8 +212,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """Inference precision: ``auto`` -> ``bf16`` where the CPU has native bf16 (avx512_bf16 / AMX) or on
-    a GPU that supports it, else ``fp32``; any other value is returned as it is (the caller checks it).
+    """Inference precision: ``auto`` -> ``bf16`` where the CPU has native bf16 that is faster than fp32
+    (:func:`bf16_decision`) or on a GPU that supports it, else ``fp32``; any other value is returned as it is (the caller checks it).
 
     int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
     labels (docs/benchmarks.md).

@@ -4,7 +4,8 @@ Which mode is fastest depends on the CPU: on an AMD Zen 4 (avx512_bf16 + VNNI, n
 int8 runs PSPNet-50 at 473x473 about twice as fast as bf16, on an Intel Xeon with AMX bf16 was the
 faster (docs/benchmarks.md). So ``auto`` decides in two steps:
 
-1. **Features.** The torch candidate is bf16 where the CPU has native bf16 (:func:`pspnet.cpu.has_bf16`),
+1. **Features.** The torch candidate is bf16 where the CPU has native bf16 that runs faster than fp32
+   (:func:`pspnet.cpu.bf16_decision`: AMX, or avx512_bf16 alone with a measured matrix-product probe),
    else fp32. int8 is a candidate on three backends, ONNX Runtime, torch (PT2E lowered to oneDNN
    by inductor, :mod:`.int8`, where torchao is installed) and OpenVINO (:mod:`.openvino`, where it
    is installed), each only where the CPU has int8 dot-product instructions (VNNI or AMX-INT8), the
@@ -175,7 +176,10 @@ def _why_not(reasons: dict[str, str]) -> str:
 
 def _torch_mode_without_int8(device: torch.device, why_not: dict[str, str]) -> AutoChoice:
     precision, backend = torch_candidate(device)
-    native = "native bf16" if precision == "bf16" else "no native bf16"
+    if device.type == "cpu":
+        native = f"{precision} because of {cpu.bf16_decision()[1]}"
+    else:
+        native = "native bf16" if precision == "bf16" else "no native bf16"
     return AutoChoice(precision, backend,
                       reason=f"{native} on this {device.type}; int8 not considered: {_why_not(why_not)}")
 
