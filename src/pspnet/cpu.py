@@ -3,10 +3,10 @@ avx512_bf16 or AMX) and that benchmarks report, whether PyTorch's oneDNN fused c
 the precision ``auto`` resolves to for training (autocast) and inference, which follows from them.
 
 The flags do not always decide. avx512_bf16 without AMX is a Zen 4, where bf16 matrix products run
-2.9x as fast as fp32, or an Intel Xeon whose AMX is hidden (a Linux kernel before 5.16, a hypervisor
-that does not pass it on) or absent (Cooper Lake), where they run at 0.6x (one bf16 dot-product
-port): there bf16 training and inference were 1.4x *slower* than fp32 (docs/benchmarks.md). So on
-such a CPU a short measured probe decides (:func:`bf16_decision`), cached per machine.
+2.9x as fast as fp32, or for example a Sapphire Rapids Xeon whose AMX is hidden (a Linux kernel
+before 5.16, a hypervisor that does not pass it on), where they run at 0.6x and bf16 training and
+inference were 1.4x *slower* than fp32 (docs/benchmarks.md). So on such a CPU a short measured probe
+decides (:func:`bf16_decision`), cached per machine.
 
 ``PSPNET_CPU_FLAGS`` replaces the flags read from ``/proc/cpuinfo`` (names separated by spaces or
 commas; an empty value is a CPU with none of them), so one machine can take another's code paths:
@@ -213,7 +213,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """Inference precision: ``auto`` -> ``bf16`` where the CPU has native bf16 that is faster than fp32
-    (:func:`bf16_decision`) or on a GPU that supports it, else ``fp32``; any other value is returned as it is (the caller checks it).
+    (:func:`bf16_decision`) or on a GPU that supports it, else ``fp32``; any other value is returned as
+    it is (the caller checks it).
 
     int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
     labels (docs/benchmarks.md).
