@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
+from pspnet import cpu
+from pspnet import distributed as dist_utils
 from pspnet.config import load_config
 from pspnet.models.weights import read_state_dict
-from pspnet.training.trainer import train
+from pspnet.training.trainer import agreed_precision, train
 
 
 def free_port() -> int:
@@ -91,3 +94,24 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path: Pat
     single_losses = [r["loss"] for r in single.history if r["kind"] == "train"]
     assert len(ddp_losses) == 3
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_rank_trains_in_the_precision_rank_0_resolved(monkeypatch, rank):
+    """``train.precision=auto`` may time bf16 against fp32 on the CPU: rank 0 decides, the other ranks
+    neither probe nor resolve, they take rank 0's answer (a world of two, the collective faked)."""
+    rank0_answer = torch.bfloat16
+    sent: list = []
+
+    def gather(obj):
+        sent.append(obj)
+        return [obj, None] if rank == 0 else [rank0_answer, obj]
+    monkeypatch.setattr(dist_utils, "gather_objects", gather)
+    monkeypatch.setattr(cpu, "resolve_precision", lambda precision, device: rank0_answer if rank == 0 else
+                        pytest.fail("a rank other than 0 resolved the precision"))
+    assert agreed_precision("auto", torch.device("cpu"), dist_utils.DistInfo(rank=rank, world_size=2)) == rank0_answer
+    assert sent == [rank0_answer if rank == 0 else None]
+    # one process: it resolves, no collective
+    monkeypatch.setattr(cpu, "resolve_precision", lambda precision, device: rank0_answer)
+    sent.clear()
+    assert agreed_precision("auto", torch.device("cpu"), dist_utils.DistInfo()) == rank0_answer and sent == []

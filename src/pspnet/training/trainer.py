@@ -57,6 +57,14 @@ class TrainResult:
     interrupted: bool = False  # stopped by SIGINT/SIGTERM after saving last.pt
 
 
+def agreed_precision(precision: str, device: torch.device, dist: dist_utils.DistInfo) -> torch.dtype | None:
+    """The autocast dtype every rank trains in: rank 0 resolves ``precision`` and the others take its
+    answer. ``auto`` may time bf16 against fp32 (:func:`pspnet.cpu.bf16_decision`); ranks probing side by
+    side, or on different CPUs, must not end up training in different precisions."""
+    mine = cpu.resolve_precision(precision, device) if dist.is_main else None
+    return dist_utils.gather_objects(mine)[0] if dist.enabled else mine
+
+
 class Trainer:
     """One training run of a :class:`Config`, single process or one rank of a ``torchrun`` job.
 
@@ -196,7 +204,7 @@ class Trainer:
     def _build_optimisation(self) -> None:
         """Precision, SGD groups, the DDP wrapper, the fp16 gradient scaler and the loss."""
         t = self.cfg.train
-        self.amp_dtype = cpu.resolve_precision(t.precision, self.device)
+        self.amp_dtype = agreed_precision(t.precision, self.device, self.dist)
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
