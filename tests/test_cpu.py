@@ -48,6 +48,8 @@ def test_forced_flags_decide_bf16_and_amx(monkeypatch, name):
     info = bench.machine_info()
     assert info["flags_forced"] and set(info["flags"]) == set(flags.split()) & set(cpu.REPORTED_FLAGS)
     assert f"forced by {cpu.FLAGS_ENV}" in bench.format_machine(info)
+    assert info["auto_precision"] == ("bf16" if bf16 else "fp32")  # benchmarks say what auto runs, and why
+    assert f"auto precision {info['auto_precision']} ({info['auto_precision_why']})" in bench.format_machine(info)
 
 
 # ------------------------------------------------------------------ bf16 where the flags leave it open
