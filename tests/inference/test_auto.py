@@ -178,23 +178,25 @@ def test_a_known_number_of_calls_weighs_setup(net, monkeypatch, tmp_path):
     cache = tmp_path / "c.json"
     speeds = {"bf16/torch": 0.02, "int8/onnxruntime": 0.005}
     built: list[str] = []
+    calls = auto.FEW_CALLS + 2  # enough to probe; too few for int8's 0.3 s setup to pay (0.24 s of bf16 calls)
     one = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built, {"int8/onnxruntime": 0.3}),
-                           int8_agreement=0.999, cache_path=cache, calls=3)
+                           int8_agreement=0.999, cache_path=cache, calls=calls)
     assert one.mode == "bf16/torch" and one.setup_ms["int8/onnxruntime"] > one.setup_ms["bf16/torch"]
-    assert "3 call(s)" in one.reason and "s setup" in one.describe()
+    assert f"{calls} call(s)" in one.reason and "s setup" in one.describe()
     many = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache, calls=1000)
     assert many.mode == "int8/onnxruntime" and many.cached
     per_call = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=cache)
     assert per_call.mode == "int8/onnxruntime"
 
 
-def test_one_image_skips_the_probe(net, monkeypatch, tmp_path):
-    """A job of one or two calls cannot win back int8's setup: the torch mode, without probing."""
+@pytest.mark.parametrize("calls", [1, auto.FEW_CALLS])
+def test_a_few_images_skip_the_probe(net, monkeypatch, tmp_path, calls):
+    """A job of a few calls cannot win back int8's setup: the torch mode, without probing."""
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
     choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=tmp_path / "c.json",
-                              calls=1)
-    assert choice.mode == "bf16/torch" and "1 call(s)" in choice.reason
+                              calls=calls)
+    assert choice.mode == "bf16/torch" and f"{calls} call(s)" in choice.reason
     assert not (tmp_path / "c.json").exists()
 
 

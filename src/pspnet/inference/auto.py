@@ -63,7 +63,13 @@ AGREEMENT_BOUND = 0.995
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 convolutions fast
 CACHE_ENV = HOME_ENV
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
-FEW_CALLS = 2  # at most this many calls: int8 cannot win back its setup, so no probe either
+FEW_CALLS = 10
+"""At most this many calls, int8 cannot win back its setup, so no probe either. int8 wins only where
+``calls x (torch's time - int8's time) > int8's setup``, so it needs more calls than its setup lasts
+torch calls. Every probe in docs/benchmarks.md, both CPU kinds and every backend, measured a setup of at
+least 11 of the torch candidate's calls (the least: int8/torch at 1024x2048 on the Xeon, 34.1 s against
+3.1 s a call; 17-40 on the Zen 4). A first job of a few images on a new machine was paying a 40-60 s
+probe to run bf16 anyway."""
 INT8_BACKENDS = ("onnxruntime", "torch", "openvino")
 """The backends int8 may run on, in the order the probe tries them."""
 AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "torch": "int8_agreement_torch",
