@@ -6,6 +6,7 @@
 #                                     the packaged model, on *this* CPU (not recorded into the weights)
 #   4. pspnet bench --what train      the bf16 training step as a fraction of the bf16 matmul peak (Must 4)
 #   5. pspnet bench --what memory     peak RSS of prediction and of a training step (Must 5)
+#   6. bench/kernel_ops.py            each training kernel's time at the training bench's shapes
 # Each command and what it printed go to docs/results/cpu_kind_<cpu>_<date>_<HHMM>/<name>.txt (and JSON
 # where the command writes one), ready to quote in docs/benchmarks.md; a folder that exists is refused.
 #
@@ -47,4 +48,5 @@ run agreement_int8_openvino "$ov_python" bench/agreement.py --weights "$weights"
     --precision int8 --backend openvino --calibration-images 0 --out "$out/agreement_int8_openvino.json"
 run train pspnet bench --what train --reps 6 --data-root "$data_root" --out "$out/train.json"
 run memory pspnet bench --what memory --out "$out/memory.json"
+run kernel_ops python bench/kernel_ops.py
 echo "outputs in $out"
