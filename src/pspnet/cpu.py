@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write, pspnet_home
+from .files import pspnet_home, read_json_cache, write_json_cache
 
 __all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
            "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision",
@@ -150,19 +150,12 @@ def _measure_bf16_speedup() -> float:
 @functools.cache
 def _cached_bf16_speedup(key: str) -> float:
     path = pspnet_home() / "bf16_probe.json"
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cached = {}
-    if not isinstance(cached, dict):
-        cached = {}
-    value = cached.get(key)
+    value = read_json_cache(path).get(key)
     if isinstance(value, (int, float)) and value > 0:
         return float(value)
-    cached[key] = speedup = _measure_bf16_speedup()
+    speedup = _measure_bf16_speedup()
     try:
-        text = json.dumps(cached, indent=1)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_json_cache(path, key, speedup)
     except OSError:  # a read-only home: measure again in the next process
         pass
     return speedup

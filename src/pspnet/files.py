@@ -8,11 +8,14 @@ Also where pspnet keeps its caches (downloads, ``auto``'s probe): :func:`pspnet_
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["HOME_ENV", "pspnet_home", "atomic_write", "remove_stale_temp_files"]
+__all__ = ["HOME_ENV", "pspnet_home", "atomic_write", "remove_stale_temp_files", "read_json_cache",
+           "write_json_cache"]
 
 HOME_ENV = "PSPNET_HOME"
 
@@ -57,3 +60,22 @@ def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def read_json_cache(path: str | Path) -> dict[str, Any]:
+    """The entries of a JSON cache file (one object); empty where there is no cache yet, or a damaged
+    one: the caller measures again and rewrites it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json_cache(path: str | Path, key: str, value: Any) -> None:
+    """Set ``key`` in the JSON cache at ``path``, keeping its other entries, atomically; raises
+    ``OSError`` where it cannot be written (a read-only home)."""
+    data = read_json_cache(path)
+    data[key] = value
+    text = json.dumps(data, indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

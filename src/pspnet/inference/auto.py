@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from .. import cpu
-from ..files import HOME_ENV, atomic_write, pspnet_home
+from ..files import HOME_ENV, pspnet_home, read_json_cache, write_json_cache
 
 log = logging.getLogger("pspnet.fast")
 
@@ -251,21 +251,9 @@ def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tu
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # no cache yet, or a damaged one: probe again (and rewrite it)
-    return data if isinstance(data, dict) else {}
-
-
 def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
-    data = _read_cache(path)
-    data[key] = entry
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(data, indent=1)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_json_cache(path, key, entry)
     except OSError as e:  # a read-only home must not stop inference: the probe just runs again next time
         log.warning("could not cache the auto-mode probe in %s: %s", path, e)
 
@@ -328,7 +316,7 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     candidates = [first] + [("int8", b) for b in backends]
     path = cache_path or auto_cache_path()
     key = _cache_key(net, shape, candidates)
-    entry = _read_cache(path).get(key)
+    entry = read_json_cache(path).get(key)
     names = {f"{p}/{b}" for p, b in candidates}
     cached = isinstance(entry, dict) and all(isinstance(entry.get(k), dict) and set(entry[k]) == names
                                              for k in ("times_ms", "setup_ms"))
