@@ -70,16 +70,18 @@ class MaxPool2d(nn.MaxPool2d):
     (module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel_applies(x):
-            (k, _), (s, _), (p, _) = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
-            return _MaxPool.apply(x, k, s, p)
+        window = self._kernel_window(x)
+        if window is not None:
+            return _MaxPool.apply(x, *window)
         return super().forward(x)
 
-    def _kernel_applies(self, x: torch.Tensor) -> bool:
+    def _kernel_window(self, x: torch.Tensor) -> tuple[int, int, int] | None:
+        """(kernel size, stride, padding) where the kernel applies to ``x``, else None."""
         (k, k_w), (s, s_w), (p, p_w) = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
-        return (self.training and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype in kernels.DTYPES and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-                and (k, s, p) == (k_w, s_w, p_w) and _pair(self.dilation) == (1, 1) and k * k < 256
-                and 0 <= p <= k // 2 and min(x.shape[-2:]) + 2 * p >= k
-                and not self.ceil_mode and not self.return_indices and not torch.compiler.is_compiling()
-                and max_pool_kernel_available())
+        applies = (self.training and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+                   and x.dtype in kernels.DTYPES and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                   and (k, s, p) == (k_w, s_w, p_w) and _pair(self.dilation) == (1, 1) and k * k < 256
+                   and 0 <= p <= k // 2 and min(x.shape[-2:]) + 2 * p >= k
+                   and not self.ceil_mode and not self.return_indices and not torch.compiler.is_compiling()
+                   and max_pool_kernel_available())
+        return (k, s, p) if applies else None
