@@ -3,8 +3,8 @@
 Every ``import``/``from ... import`` of ``pspnet`` anywhere in a module (top level or inside a
 function) is an edge. The layers, bottom to top:
 
-    errors, cpu, files, labels, distributed  ->  models, data  ->  metrics, plots, config  ->  export  ->  inference
-    ->  training, hub  ->  bench, demo  ->  cli
+    errors, cpu, files, labels, distributed, version  ->  models, data  ->  metrics, plots, config  ->  export
+    ->  inference  ->  training, hub  ->  bench, demo  ->  cli
 
 ``models`` uses only the foundation and ``torch``; ``data`` never sees models; ``hub`` uses models.
 """
@@ -20,11 +20,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "pspnet"
 
 # what each part of the package may import from pspnet (besides itself)
-FOUNDATION = {"pspnet.errors", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed"}
+FOUNDATION = {"pspnet.errors", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed", "pspnet.version"}
 ALLOWED: dict[str, set[str]] = {
     "pspnet.errors": set(),
     "pspnet.cpu": {"pspnet.files"},  # the bf16 probe's cache file (files imports nothing of ours)
     "pspnet.files": set(),
+    "pspnet.version": set(),
     "pspnet.labels": set(),
     "pspnet.distributed": {"pspnet.errors"},
     "pspnet.models": FOUNDATION - {"pspnet.cpu"},
@@ -94,8 +95,8 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     problems = []
     for mod, deps in graph.items():
         me = part_of(mod)
-        if mod == "pspnet":  # the package's own __init__: re-exports the model builders only
-            allowed = {"pspnet.models"}
+        if mod == "pspnet":  # the package's own __init__: re-exports the model builders and the version only
+            allowed = {"pspnet.models", "pspnet.version"}
         elif me in TOP:
             continue
         elif me in APPS:

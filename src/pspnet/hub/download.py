@@ -46,6 +46,7 @@ from urllib.request import Request, urlopen
 
 from ..errors import PSPNetError, WeightsError
 from ..files import HOME_ENV, pspnet_home
+from ..version import __version__
 from .catalogue import ModelEntry, ZooFile, catalogue, close_names, entry_for_url, find_entry
 
 __all__ = ["HOME_ENV", "pspnet_home", "cached_weights_path", "resolve_weights", "fetch_file", "verify_file",
@@ -161,11 +162,6 @@ def _is_html(content_type: str) -> bool:
 
 
 def _open(url: str, offset: int, timeout: float):
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        __version__ = version("pspnet")
-    except PackageNotFoundError:  # a source checkout that is not installed
-        __version__ = "dev"
     headers = {"User-Agent": f"pspnet/{__version__} (+https://github.com/hszhao/semseg)",
                "Accept-Encoding": "identity"}
     if offset:

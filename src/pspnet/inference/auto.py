@@ -50,6 +50,7 @@ import torch
 
 from .. import cpu
 from ..files import HOME_ENV, pspnet_home, read_json_cache, write_json_cache
+from ..version import __version__
 
 log = logging.getLogger("pspnet.fast")
 
@@ -242,7 +243,7 @@ def _version_of(distribution: str) -> str | None:
 
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     config = getattr(net, "config", None)
-    ident = {"pspnet": _version_of("pspnet"),  # our own fast paths change between releases too
+    ident = {"pspnet": __version__,  # our own fast paths change between releases too
              "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
              "openvino": cpu.openvino_version(),
