@@ -2,11 +2,13 @@
 # Run a command (default: the test suite) on an Intel Xeon with AMX as close to the AMD EPYC Zen 4 as
 # software allows, for the code paths that branch on the CPU:
 #   - pspnet's own decisions (bf16/int8 defaults, `auto`) see a Zen 4's flags (PSPNET_CPU_FLAGS);
-#   - PyTorch's oneDNN stops at AVX-512 with bf16 and VNNI, no AMX (ONEDNN_MAX_CPU_ISA);
+#   - PyTorch's oneDNN stops at AVX-512 with bf16 and VNNI, no AMX (ONEDNN_MAX_CPU_ISA), and so does
+#     OpenVINO's CPU plugin, whose oneDNN reads the same variable (its runtime graph names
+#     brgconv_avx512_bf16 instead of brgconv_avx512_amx_bf16);
 #   - the training kernels build for the Zen 4's instruction set: AVX-512 with bf16 and VNNI, no
 #     avx512_fp16, no AMX, no AVX-VNNI, tuned for znver3 (GCC 12 does not know znver4)
 #     (PSPNET_KERNEL_CXXFLAGS; the kernel cache key includes the flags, so no library is shared).
-# Not emulated: ONNX Runtime's and OpenVINO's own CPU dispatch (they still see AMX), clock, caches and
+# Not emulated: ONNX Runtime's own CPU dispatch (MLAS still sees every instruction set this CPU has), clock, caches and
 # memory. So this checks correctness on a Zen 4's code paths; its timings are not Zen 4 timings.
 #
 #   bench/emulate_zen4.sh                      # python -m pytest -q

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -247,6 +248,8 @@ def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tu
              "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
              "openvino": cpu.openvino_version(),
+             # torch's and OpenVINO's oneDNN both honour this cap, so a capped run times other kernels
+             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
