@@ -8,8 +8,8 @@
 #   - the training kernels build for the Zen 4's instruction set: AVX-512 with bf16 and VNNI, no
 #     avx512_fp16, no AMX, no AVX-VNNI, tuned for znver3 (GCC 12 does not know znver4)
 #     (PSPNET_KERNEL_CXXFLAGS; the kernel cache key includes the flags, so no library is shared).
-# Not emulated: ONNX Runtime's own CPU dispatch (MLAS still sees every instruction set this CPU has), clock, caches and
-# memory. So this checks correctness on a Zen 4's code paths; its timings are not Zen 4 timings.
+# Not emulated: ONNX Runtime's own CPU dispatch (MLAS still sees every instruction set this CPU has),
+# clock, caches and memory. So this checks correctness on a Zen 4's code paths; its timings are not Zen 4 timings.
 #
 #   bench/emulate_zen4.sh                      # python -m pytest -q
 #   bench/emulate_zen4.sh pspnet bench --what train
