@@ -192,11 +192,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     elif args.overrides:
         raise ConfigError(f"overrides {args.overrides} need --config")
     d = cfg.data if cfg else None
-    name = args.dataset or (d.dataset if d else None)
     root = args.data_root or (d.root if d else None)
-    if not name or not root:
-        raise ConfigError("pspnet eval needs --config, or --dataset and --data-root")
+    if not root:
+        raise ConfigError("pspnet eval needs --data-root (or --config, whose data.root it reads)")
     model, meta = load_for_inference(args.weights, cfg, args.device)
+    name = args.dataset or (d.dataset if d else None)
+    name_from_weights = not name
+    if name_from_weights:  # the dataset the weights record they were trained on (the packaged model: camvid)
+        name = (meta.get("trained_on") or {}).get("dataset")
+        if not name:
+            raise ConfigError(f"{args.weights or 'the packaged model'} does not record the dataset it was trained "
+                              f"on; pass --dataset (camvid, cityscapes, ..., folder, list) or --config")
     num_classes = model.config.num_classes
     split = args.split or (d.val_split if d else "val")
     list_file = args.list or (d.val_list if d and not args.split else None)
@@ -216,6 +222,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             recorded_test_settings(meta, str(args.weights or "the packaged model")))
     main_rank = rank_and_world()[0] == 0  # under torchrun, rank 0 alone prints and writes
     if main_rank:
+        if name_from_weights:
+            print(f"dataset: {name} (weights), split {split}, {root}")
         print(_settings_line(s))
     sources = s.pop("sources")
     from .inference.auto import recorded_int8_agreements
@@ -513,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): dataset, root, val "
                                           "split, eval settings")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
-    ev.add_argument("--dataset", help="dataset name without --config (camvid, cityscapes, ..., list, folder)")
+    ev.add_argument("--dataset", help="dataset name without --config (camvid, cityscapes, ..., list, folder; "
+                    "default: the one the weights record they were trained on, camvid for the packaged model)")
     _add_data_root(ev, "default: the config's data.root")
     ev.add_argument("--split", help="split to evaluate (default: the config's val split, or 'val')")
     ev.add_argument("--list", help="list file of 'image label' lines (relative to the data root)")

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from pspnet.inference.evaluate import evaluate, format_table
 from pspnet.inference.predict import predict_paths
 from pspnet.inference.prepare import prepare_model
 from pspnet.inference.testtime import predict_logits
-from pspnet.models.weights import save_weights
+from pspnet.models.weights import save_weights, update_metadata
 
 NAMES = ["sky", "road", "car"]
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 100)]
@@ -147,6 +149,25 @@ def test_eval_command_writes_json(tmp_path, weights_file, capsys):
     assert rc == 0 and res2["settings"]["mode"] == "sliding" and res2["settings"]["scales"] == [1.0, 0.75]
     assert [c["name"] for c in res2["per_class"]] == NAMES
     assert main(["eval", "--weights", str(weights_file), "--no-progress"]) == 2  # no data given
+
+
+def test_eval_takes_the_dataset_the_weights_record(tmp_path, weights_file, capsys):
+    """Without --dataset or --config, eval reads the data as the dataset the weights were trained on
+    (the packaged model records camvid, so `pspnet eval --data-root D --split test` is the whole command)."""
+    root = _make_list_dataset(tmp_path / "data")
+    weights_file = Path(shutil.copy(weights_file, tmp_path / "w.safetensors"))  # the module's file stays as it is
+    assert main(["eval", "--weights", str(weights_file), "--data-root", str(root), "--no-progress"]) == 2
+    assert "does not record the dataset it was trained on; pass --dataset" in capsys.readouterr().err
+    update_metadata(weights_file, {"trained_on": {"dataset": "list", "split": "train", "images": 3}})
+    out = tmp_path / "m.json"
+    rc = main(["eval", "--weights", str(weights_file), "--data-root", str(root), "--out", str(out), "--no-progress"])
+    assert rc == 0 and "dataset: list (weights), split val" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["settings"]["dataset"] == "list" and [c["name"] for c in res["per_class"]] == NAMES
+    # --dataset still wins over the record
+    rc = main(["eval", "--weights", str(weights_file), "--data-root", str(root), "--dataset", "camvid",
+               "--no-progress"])
+    assert rc == 2 and "camvid" in capsys.readouterr().err
 
 
 def _write_mixed_inputs(folder):

@@ -19,8 +19,8 @@ faster (docs/benchmarks.md). So ``auto`` decides in two steps:
    wins, so a single image is not worth int8's quantisation. The result is cached per machine in
    ``$PSPNET_HOME/auto_mode.json`` (default ``~/.cache/pspnet``), keyed by the CPU, its flags, the
    thread count, oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA``), the library versions (pspnet's
-   own included), the network's architecture and the input shape, so the probe runs once. Timing does not depend on the weight values, so the key
-   holds no weights.
+   own included), the network's architecture and the input shape, so the probe runs once. Timing does
+   not depend on the weight values, so the key holds no weights.
 
 int8 calibrates its activation ranges on the first input batch it sees (:mod:`.calibration`); the
 recorded agreement is measured the same way. ONNX Runtime's calibration holds every activation of
