@@ -61,7 +61,7 @@ def machine_info() -> dict[str, Any]:
     bf16, why = cpu.bf16_decision()
     return {"cpu": cpu.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
-            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "onednn_max_isa": cpu.onednn_isa_cap(),
             "auto_precision": "bf16" if bf16 else "fp32", "auto_precision_why": why,
             "torch": torch.__version__, "onednn": cpu.onednn_available(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,9 +33,11 @@ from .files import pspnet_home, read_json_cache, write_json_cache
 
 __all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
            "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision",
-           "ALLOCATOR_ENV", "keep_freed_memory", "BF16_MIN_SPEEDUP", "bf16_speedup", "bf16_decision"]
+           "ALLOCATOR_ENV", "keep_freed_memory", "ONEDNN_ISA_ENV", "onednn_isa_cap", "timing_identity",
+           "BF16_MIN_SPEEDUP", "bf16_speedup", "bf16_decision"]
 
 FLAGS_ENV = "PSPNET_CPU_FLAGS"
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 ALLOCATOR_ENV = "PSPNET_KEEP_FREED_MEMORY"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic: bf16 autocast / inference pays off
 AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
@@ -122,11 +125,23 @@ BF16_MIN_SPEEDUP = 1.2
 _PROBE_SIZE, _PROBE_ROUNDS = 1024, 5
 
 
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap ``ONEDNN_MAX_CPU_ISA`` puts on oneDNN, None where unset. torch's oneDNN and
+    OpenVINO's CPU plugin both honour it, so it changes what a timing measures."""
+    return os.environ.get(ONEDNN_ISA_ENV)
+
+
+def timing_identity(model: str, flags: frozenset[str]) -> dict[str, Any]:
+    """What a timing on this machine depends on besides the work timed: the CPU ``model`` and ``flags``
+    given, oneDNN's cap, torch's version and the thread count. The per-machine probe caches (the bf16
+    probe here, ``auto``'s in :mod:`pspnet.inference.auto`) are keyed on it."""
+    return {"cpu": model, "flags": sorted(flags), "onednn_isa": onednn_isa_cap(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
 def _bf16_probe_key() -> str:
     """What the probe's result depends on: the real CPU (not forced flags), oneDNN's ISA cap, torch, threads."""
-    model, flags = _cpuinfo()
-    ident = json.dumps({"cpu": model, "flags": sorted(flags), "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-                        "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True)
+    ident = json.dumps(timing_identity(*_cpuinfo()), sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -244,12 +243,10 @@ def _version_of(distribution: str) -> str | None:
 
 def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     config = getattr(net, "config", None)
-    ident = {"pspnet": __version__,  # our own fast paths change between releases too
-             "cpu": cpu.cpu_model(), "flags": sorted(cpu.cpu_flags()), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
+    ident = {**cpu.timing_identity(cpu.cpu_model(), cpu.cpu_flags()),
+             "pspnet": __version__,  # our own fast paths change between releases too
+             "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
              "openvino": cpu.openvino_version(),
-             # torch's and OpenVINO's oneDNN both honour this cap, so a capped run times other kernels
-             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
