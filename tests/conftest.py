@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pspnet import cpu
+from pspnet import capability, cpu
 from pspnet.config import Config, load_config
 from pspnet.models import PSPNet, PSPNetConfig, PSPNetLoss
 from pspnet.models.weights import save_weights
@@ -38,10 +38,29 @@ ZEN4_BF16_SPEEDUP = 2.9  # bf16 / fp32 matrix throughput measured on the Zen 4 (
 
 @pytest.fixture(autouse=True)
 def _pinned_bf16_probe(monkeypatch):
-    """Where the CPU's flags leave bf16 open (avx512_bf16 without AMX), ``auto`` times bf16 against fp32
-    on the real machine (:func:`pspnet.cpu.bf16_speedup`). Tests that force a Zen 4's flags mean a Zen 4,
-    so the probe answers as one measured; tests/test_cpu.py drives the probe and its slow answer itself."""
+    """Where bf16 runs natively without AMX (avx512_bf16 alone), ``auto`` times bf16 against fp32 on the real
+    machine (:func:`pspnet.cpu.bf16_speedup`). Tests that simulate a Zen 4 mean a Zen 4, so the probe answers
+    as one measured; tests/test_cpu.py drives the probe and its slow answer itself. Where bf16 does not run
+    (an AVX2-only CPU) the probe is never asked, so this pinned answer cannot make bf16 chosen there."""
     monkeypatch.setattr(cpu, "bf16_speedup", lambda: ZEN4_BF16_SPEEDUP)
+
+
+@pytest.fixture
+def simulate_cpu(monkeypatch) -> Callable[..., capability.Capabilities]:
+    """``simulate_cpu("zen4")``: :mod:`pspnet.capability` answers as that CPU (one of ``capability.PROFILES``:
+    avx2, avx512, zen4, xeon-amx, arm64) whatever this machine is, so decisions can be tested for every CPU
+    kind on any one. Pure by default: for tests that decide but run nothing in a precision the real machine
+    may lack. ``within_real=True`` is what ``PSPNET_SIMULATE_CPU`` does for users: the simulated CPU limited
+    to what this machine's runtime runs, for tests that then run what was decided."""
+    def apply(name: str, *, within_real: bool = False) -> capability.Capabilities:
+        monkeypatch.setenv(capability.SIMULATE_ENV, name)
+        if not within_real:
+            real = capability.real_facts()
+            profile = capability.Facts(**capability.PROFILES[name], compiler=True, torchao=real.torchao,
+                                       onnxruntime=real.onnxruntime, openvino=real.openvino, simulated=name)
+            monkeypatch.setattr(capability, "real_facts", lambda: profile)
+        return capability.capabilities()
+    return apply
 
 
 @pytest.fixture(autouse=True)

@@ -20,16 +20,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "pspnet"
 
 # what each part of the package may import from pspnet (besides itself)
-FOUNDATION = {"pspnet.errors", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed", "pspnet.version"}
+FOUNDATION = {"pspnet.errors", "pspnet.capability", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed", "pspnet.version"}
 ALLOWED: dict[str, set[str]] = {
     "pspnet.errors": set(),
-    "pspnet.cpu": {"pspnet.files"},  # the bf16 probe's cache file (files imports nothing of ours)
+    "pspnet.capability": {"pspnet.files", "pspnet.errors", "pspnet.version"},  # its cache file, its error
+    "pspnet.cpu": {"pspnet.files", "pspnet.capability"},  # the bf16 probe's cache file; what runs here
     "pspnet.files": set(),
     "pspnet.version": set(),
     "pspnet.labels": set(),
     "pspnet.distributed": {"pspnet.errors"},
-    "pspnet.models": FOUNDATION - {"pspnet.cpu"},
-    "pspnet.data": FOUNDATION - {"pspnet.cpu"},
+    "pspnet.models": FOUNDATION - {"pspnet.cpu", "pspnet.capability"},
+    "pspnet.data": FOUNDATION - {"pspnet.cpu", "pspnet.capability"},
     "pspnet.metrics": FOUNDATION,
     "pspnet.plots": FOUNDATION | {"pspnet.data"},
     "pspnet.config": FOUNDATION | {"pspnet.models", "pspnet.data"},
@@ -40,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
                                      "pspnet.config", "pspnet.export", "pspnet.inference"},
     "pspnet.hub": FOUNDATION | {"pspnet.models"},
 }
-APPS = {"pspnet.bench", "pspnet.demo"}  # may use everything but the CLI
+APPS = {"pspnet.bench", "pspnet.demo", "pspnet.info"}  # may use everything but the CLI
 TOP = {"pspnet.cli"}
 
 

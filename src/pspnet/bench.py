@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import cpu
+from . import capability, cpu
 from .errors import PSPNetError
 from .inference.prepare import prepare_for_inference
 from .models import PSPNet, PSPNetConfig
@@ -56,11 +56,13 @@ MODES: dict[str, dict[str, Any] | None] = {
 
 # ----------------------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
-    """CPU model, core count, the SIMD/matrix flags that matter for speed, and library versions."""
-    flags = cpu.cpu_flags()
+    """CPU model, core count, what the runtime runs natively (:mod:`pspnet.capability`), the flags
+    ``/proc/cpuinfo`` lists (a hint), and library versions."""
+    caps = capability.capabilities()
     bf16, why = cpu.bf16_decision()
     return {"cpu": cpu.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "flags": [f for f in cpu.REPORTED_FLAGS if f in flags], "flags_forced": cpu.flags_forced(),
+            "flags": cpu.reported_flags(), "simulated": caps.facts.simulated,
+            "native": [f"{p}/{b}" for p, row in caps.table().items() for b, c in row.items() if c.native],
             "onednn_max_isa": cpu.onednn_isa_cap(),
             "auto_precision": "bf16" if bf16 else "fp32", "auto_precision_why": why,
             "torch": torch.__version__, "onednn": cpu.onednn_available(),
@@ -73,9 +75,10 @@ def machine_info() -> dict[str, Any]:
 def format_machine(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
     openvino = f"openvino {info['openvino']}, " if info.get("openvino") else ""
+    simulated = f" (simulated: {capability.SIMULATE_ENV}={info['simulated']})" if info.get("simulated") else ""
     return (f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}; "
-            f"flags{f' (forced by {cpu.FLAGS_ENV})' if info.get('flags_forced') else ''}: "
-            f"{' '.join(info['flags']) or '(none of interest)'}"
+            f"flags in /proc/cpuinfo: {' '.join(info['flags']) or '(none of interest)'}; "
+            f"native here{simulated}: {' '.join(info.get('native', [])) or 'fp32/torch'}"
             f"{'; oneDNN capped at ' + info['onednn_max_isa'] if info.get('onednn_max_isa') else ''}; "
             f"auto precision {info.get('auto_precision')} ({info.get('auto_precision_why')}); torch {info['torch']} "
             f"({info['cpu_capability']}), onnxruntime {info['onnxruntime']}, "
@@ -114,6 +117,27 @@ def build_model(depth: int = 50, num_classes: int = 19, **kwargs: Any) -> PSPNet
     head) with its initial weights: timing does not depend on the weight values."""
     torch.manual_seed(0)
     return PSPNet(PSPNetConfig(num_classes=num_classes, depth=depth, **kwargs)).eval()
+
+
+def mode_capability(mode: str) -> capability.Capability:
+    """Whether ``mode`` (a key of :data:`MODES`) runs natively here (``auto`` and ``eager`` always do)."""
+    spec = MODES[mode]
+    if spec is None or spec["precision"] == "auto":
+        return capability.Capability("fp32", "torch", True, True)
+    return capability.check(spec["precision"], spec.get("backend", "torch"))
+
+
+def native_modes(modes: Sequence[str], log: Callable[[str], None] = print) -> list[str]:
+    """The ``modes`` this CPU runs natively; each other one is listed with the reason (emulated bf16 on a
+    CPU without it would take many times fp32's time and tell nothing)."""
+    keep = []
+    for mode in modes:
+        can = mode_capability(mode)
+        if can.native:
+            keep.append(mode)
+        else:
+            log(f"  {mode}: not timed here: {'does not run' if not can.runs else 'not native'}: {can.why}")
+    return keep
 
 
 def make_runner(model: PSPNet, mode: str, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -189,6 +213,7 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                     warmup: int = 1, batch: int = 1, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Median latency and images/s per (depth, size, mode)."""
     rows = []
+    modes = native_modes(modes, log)
     log(f"{'model':<11s} {'size':>9s} {'mode':<19s} {'median ms':>10s} {'images/s':>9s} {'setup s':>8s}")
     for depth in depths:
         model = build_model(depth, num_classes)
@@ -223,6 +248,16 @@ def matmul_gflops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, reps: int 
     x, y = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
     med = statistics.median(time_calls(partial(torch.matmul, x, y), reps=reps, warmup=warmup))
     return 2 * n ** 3 / med / 1e9
+
+
+def native_training_precisions(precisions: Sequence[str], log: Callable[[str], None] = print
+                               ) -> tuple[list[str], dict[str, str]]:
+    """(the ``precisions`` this CPU trains in natively, why each other one is left out)."""
+    skipped = {p: capability.check(p).why for p in precisions
+               if p in capability.PRECISIONS and not capability.check(p).native}
+    for p, why in skipped.items():
+        log(f"  {p} training not timed here: {why}")
+    return [p for p in precisions if p not in skipped], skipped
 
 
 def _training_setup(depth: int, crop: tuple[int, int], batch: int, num_classes: int, channels_last: bool,
@@ -274,9 +309,11 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
                    steps: int = 4, warmup: int = 1, precisions: Sequence[str] = ("fp32", "bf16"),
                    channels_last: bool = True, root: str | Path | None = None, head_channels: int = 256,
                    aux_channels: int = 128, matmul_n: int = 2048, matmul_reps: int = 10,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   peak_precision: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Seconds per SGD step (forward with the aux head, loss, backward, update) per precision, and the
-    step's FLOP rate as a fraction of the bf16 matmul peak measured in the same run.
+    step's FLOP rate as a fraction of the matmul peak of ``peak_precision`` (default: the precision
+    ``train.precision=auto`` trains in here) measured in the same run. Precisions this CPU does not run
+    natively are left out with the reason (emulated bf16 training is many times slower than fp32).
 
     Defaults follow the CamVid CPU recipe (camvid/pspnet_r18_cpu). With ``root`` the
     batch is real CamVid training crops (the recipe's augmentation), otherwise random pixels; the
@@ -288,6 +325,10 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     reported: the median step rate over the median peak reading, and the median over rounds of each
     step's rate over the peak read right after it (``fraction_per_round``), which a drift moves least.
     """
+    precisions, skipped = native_training_precisions(precisions, log)
+    if peak_precision is None:
+        peak_precision = "bf16" if cpu.resolve_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+    peak_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[peak_precision]
     step, count_flops = _training_setup(depth, crop, batch, num_classes, channels_last, root, head_channels,
                                         aux_channels)
     flop = count_flops()
@@ -299,17 +340,20 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
     for _ in range(steps):
         for p in precisions:
             times[p].append(step(p))
-        readings.append(matmul_gflops(torch.bfloat16, matmul_n, matmul_reps, warmup=1))
-    peak = {"fp32": matmul_gflops(torch.float32, matmul_n, matmul_reps), "bf16": statistics.median(readings)}
+        readings.append(matmul_gflops(peak_dtype, matmul_n, matmul_reps, warmup=1))
+    peak = {peak_precision: statistics.median(readings)}
+    if peak_precision != "fp32":
+        peak["fp32"] = matmul_gflops(torch.float32, matmul_n, matmul_reps)
     med = {p: statistics.median(v) for p, v in times.items()}
     rate = {p: flop / m / 1e9 for p, m in med.items()}
-    fraction = {p: r / peak["bf16"] for p, r in rate.items()}
+    fraction = {p: r / peak[peak_precision] for p, r in rate.items()}
     per_round = {p: statistics.median(flop / t / 1e9 / r for t, r in zip(v, readings)) for p, v in times.items()}
     log(f"training PSPNet-{depth} ({num_classes} classes, head {head_channels}), batch {batch} x {crop[0]}x{crop[1]} "
         f"{'CamVid crops' if root else 'random pixels'}, {steps} alternating steps after {warmup} warm-up each")
-    log(f"  matmul peak {matmul_n}^3 in this run: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s "
-        f"(median of {len(readings)} readings, one after each round of steps: {min(readings):.0f}-"
-        f"{max(readings):.0f}); one step (forward with aux head, loss, backward) counts {flop / 1e9:.1f} GFLOP")
+    log(f"  matmul peak {matmul_n}^3 in this run: " + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peak.items())
+        + f" ({peak_precision}: the precision training uses here; median of {len(readings)} readings, one after "
+        f"each round of steps: {min(readings):.0f}-{max(readings):.0f}); one step (forward with aux head, loss, "
+        f"backward) counts {flop / 1e9:.1f} GFLOP")
     from .models import kernels
     from .models.loss import upsampled_ce_available
     from .models.max_pool import max_pool_kernel_available
@@ -323,12 +367,14 @@ def bench_training(depth: int = 18, crop: tuple[int, int] = (192, 256), batch: i
         f"{'yes' if cpu.keep_freed_memory() else 'no'}")
     for p in precisions:
         log(f"  {p:<5s} median {med[p]:7.3f} s/step  ({batch / med[p]:6.2f} images/s), {flop / 1e9:.1f} GFLOP/step, "
-            f"{rate[p]:.1f} GFLOP/s = {fraction[p]:.2f} of the bf16 matmul peak ({peak['bf16']:.1f} GFLOP/s, "
-            f"{matmul_n}^3 in this run); per round against the peak read after it: {per_round[p]:.2f}")
+            f"{rate[p]:.1f} GFLOP/s = {fraction[p]:.2f} of the {peak_precision} matmul peak "
+            f"({peak[peak_precision]:.1f} GFLOP/s, {matmul_n}^3 in this run); per round against the peak read after "
+            f"it: {per_round[p]:.2f}")
     res = {"depth": depth, "crop": list(crop), "batch": batch, "steps": steps, "times_s": times,
            "median_s": med, "images_per_s": {p: batch / m for p, m in med.items()},
            "gflop_per_step": flop / 1e9, "gflops": rate, "matmul_n": matmul_n, "matmul_peak_gflops": peak,
-           "bf16_peak_readings": readings, "fraction_of_bf16_peak": fraction, "fraction_per_round": per_round,
+           "peak_precision": peak_precision, "peak_readings": readings, "fraction_of_peak": fraction,
+           "fraction_per_round": per_round, "skipped": skipped,
            "fused_bn_relu": fused_bn_available(), "fused_upsampled_ce": upsampled_ce_available(),
            "max_pool_kernel": max_pool_kernel_available(),
            "malloc_keeps_freed_memory": cpu.keep_freed_memory()}
@@ -452,7 +498,7 @@ def bench_memory(depth: int = 50, size: tuple[int, int] = (1024, 2048), num_clas
     sig = inspect.signature(bench_training)  # bench_training's defaults stay the one source of the settings
     keys = ("depth", "crop", "batch", "num_classes", "channels_last", "root", "head_channels", "aux_channels")
     settings = {k: sig.parameters[k].default for k in keys} | (train or {})
-    for p in train_precisions:
+    for p in [p for p in train_precisions if p not in native_training_precisions(train_precisions, log)[1]]:
         step = _training_setup(**settings)[0]  # a fresh model per precision, as a training run would start
         cases.append(_measure_memory(f"train PSPNet-{settings['depth']} {p} batch {settings['batch']} x "
                                      f"{settings['crop'][0]}x{settings['crop'][1]}", partial(step, p), images))

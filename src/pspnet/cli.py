@@ -418,6 +418,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .info import collect, format_info
+    info = collect()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import FULL, QUICK, run_demo, with_overrides
     settings = with_overrides(QUICK if args.quick else FULL, iters=args.iters, seed=args.seed)
@@ -602,6 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(bn, "CamVid: time training on real crops instead of random pixels")
     bn.add_argument("--out", help="also write the results as JSON here")
     bn.set_defaults(func=_cmd_bench)
+
+    inf = sub.add_parser("info", help="versions, the CPU, which precisions run here and why not, and the mode "
+                                      "'auto' runs the packaged model in (paste it into a bug report)")
+    inf.add_argument("--json", action="store_true", help="print it as JSON")
+    inf.set_defaults(func=_cmd_info)
 
     cf = sub.add_parser("configs", help="list the shipped configs (use one with --config NAME), or print one")
     cf.add_argument("name", nargs="?", help="print this config's YAML, e.g. camvid/pspnet_r18_cpu")

@@ -1,18 +1,16 @@
-"""CPU feature detection in one place: the instruction-set flags that pick defaults (native bf16 via
-avx512_bf16 or AMX) and that benchmarks report, whether PyTorch's oneDNN fused convolutions run, and
-the precision ``auto`` resolves to for training (autocast) and inference, which follows from them.
+"""Precision decisions for this CPU, from :mod:`pspnet.capability`'s answers (what the runtime can run,
+never the flag file): the precision ``auto`` resolves to for training (autocast) and inference, whether
+PyTorch's oneDNN fused convolutions run, and what a timing here depends on.
 
-The flags do not always decide. avx512_bf16 without AMX is a Zen 4, where bf16 matrix products run
-2.9x as fast as fp32, or for example a Sapphire Rapids Xeon whose AMX is hidden (a Linux kernel
-before 5.16, a hypervisor that does not pass it on), where they run at 0.6x and bf16 training and
-inference were 1.4x *slower* than fp32 (docs/benchmarks.md). So on such a CPU a short measured probe
-decides (:func:`bf16_decision`), cached per machine.
+Where bf16 runs natively the answer is not always yes. avx512_bf16 without AMX is a Zen 4, where bf16
+matrix products run 2.9x as fast as fp32, or for example a Sapphire Rapids Xeon whose AMX is hidden (a
+Linux kernel before 5.16, a hypervisor that does not pass it on), where they run at 0.6x and bf16
+training and inference were 1.4x *slower* than fp32 (docs/benchmarks.md). So on such a CPU a short
+measured probe decides (:func:`bf16_decision`), cached per machine. Where bf16 does not run (an AVX2-only
+CPU: PyTorch refuses bf16 convolutions there) or runs only emulated, it is never chosen; an explicit
+bf16 is refused with the reason (inference) or falls back to fp32 with a warning (training).
 
-``PSPNET_CPU_FLAGS`` replaces the flags read from ``/proc/cpuinfo`` (names separated by spaces or
-commas; an empty value is a CPU with none of them), so one machine can take another's code paths:
-``PSPNET_CPU_FLAGS="avx2 avx512f" pspnet predict ...`` resolves ``auto`` precision as a CPU without
-bf16 would. Tests force it with ``monkeypatch.setenv``. The variable is read on every call, never
-cached; importing this module reads and changes nothing.
+Importing this module reads and changes nothing.
 """
 
 from __future__ import annotations
@@ -20,84 +18,42 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import capability
+from .capability import cpu_model
 from .files import pspnet_home, read_json_cache, write_json_cache
 
-__all__ = ["FLAGS_ENV", "BF16_FLAGS", "AMX_FLAGS", "REPORTED_FLAGS", "cpu_model", "cpu_flags", "flags_forced",
-           "has_bf16", "has_amx", "onednn_available", "resolve_precision", "resolve_inference_precision",
-           "ALLOCATOR_ENV", "keep_freed_memory", "ONEDNN_ISA_ENV", "onednn_isa_cap", "timing_identity",
-           "BF16_MIN_SPEEDUP", "bf16_speedup", "bf16_decision"]
+__all__ = ["REPORTED_FLAGS", "cpu_model", "reported_flags", "onednn_available", "resolve_precision",
+           "resolve_inference_precision", "ALLOCATOR_ENV", "keep_freed_memory", "ONEDNN_ISA_ENV", "onednn_isa_cap",
+           "timing_identity", "BF16_MIN_SPEEDUP", "bf16_speedup", "bf16_decision"]
 
-FLAGS_ENV = "PSPNET_CPU_FLAGS"
+log = logging.getLogger("pspnet.cpu")
+
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 ALLOCATOR_ENV = "PSPNET_KEEP_FREED_MEMORY"
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic: bf16 autocast / inference pays off
-AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
-# the flags that matter for this project's speed, in the order benchmarks print them
+# the flags that matter for this project's speed, in the order benchmarks print them (a report, not a decision)
 REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                   "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    """(model name, flags of the first processor) from /proc/cpuinfo; ("", no flags) where unreadable.
-    Cached: the hardware does not change while the process runs."""
-    model, flags = "", frozenset()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = frozenset(value.split())
-    return model, flags
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
-    return _cpuinfo()[0] or platform.processor() or "unknown"
-
-
-def flags_forced() -> bool:
-    """True when ``PSPNET_CPU_FLAGS`` overrides the detected flags."""
-    return FLAGS_ENV in os.environ
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's flags, or those ``PSPNET_CPU_FLAGS`` names (see the module docstring)."""
-    forced = os.environ.get(FLAGS_ENV)
-    if forced is not None:
-        return frozenset(forced.replace(",", " ").split())
-    return _cpuinfo()[1]
-
-
-def has_bf16() -> bool:
-    """Native bf16 arithmetic (avx512_bf16 or AMX-BF16); elsewhere bf16 is emulated and slower than fp32."""
-    return not cpu_flags().isdisjoint(BF16_FLAGS)
-
-
-def has_amx() -> bool:
-    """Intel AMX tiles (Sapphire Rapids and later); oneDNN's bf16/int8 kernels use them."""
-    return not cpu_flags().isdisjoint(AMX_FLAGS)
+def reported_flags() -> list[str]:
+    """The :data:`REPORTED_FLAGS` that ``/proc/cpuinfo`` lists, for benchmark reports: a hint of which CPU
+    this is, never what decides (an emulator or a hypervisor can make the file disagree with the CPU)."""
+    flags = capability._cpuinfo()[1]
+    return [f for f in REPORTED_FLAGS if f in flags]
 
 
 def onednn_available(device: torch.device | str = "cpu") -> bool:
     """True where PyTorch's oneDNN fused-convolution ops can run (x86/ARM CPUs with mkldnn)."""
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+    return torch.device(device).type == "cpu" and capability.capabilities().facts.mkldnn
 
 
 def onnxruntime_version() -> str | None:
@@ -131,17 +87,18 @@ def onednn_isa_cap() -> str | None:
     return os.environ.get(ONEDNN_ISA_ENV)
 
 
-def timing_identity(model: str, flags: frozenset[str]) -> dict[str, Any]:
-    """What a timing on this machine depends on besides the work timed: the CPU ``model`` and ``flags``
-    given, oneDNN's cap, torch's version and the thread count. The per-machine probe caches (the bf16
-    probe here, ``auto``'s in :mod:`pspnet.inference.auto`) are keyed on it."""
-    return {"cpu": model, "flags": sorted(flags), "onednn_isa": onednn_isa_cap(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+def timing_identity() -> dict[str, Any]:
+    """What a timing on this machine depends on besides the work timed: the CPU (its model, and what the
+    runtime reports it can run), oneDNN's cap, torch's version and the thread count. The per-machine probe
+    caches (the bf16 probe here, ``auto``'s in :mod:`pspnet.inference.auto`) are keyed on it."""
+    facts = capability.capabilities().facts
+    return {"cpu": cpu_model(), "runtime": {k: v for k, v in vars(facts).items() if isinstance(v, (bool, str))},
+            "onednn_isa": onednn_isa_cap(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def _bf16_probe_key() -> str:
-    """What the probe's result depends on: the real CPU (not forced flags), oneDNN's ISA cap, torch, threads."""
-    ident = json.dumps(timing_identity(*_cpuinfo()), sort_keys=True)
+    """What the probe's result depends on: the CPU, oneDNN's ISA cap, torch, threads."""
+    ident = json.dumps(timing_identity(), sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -184,12 +141,14 @@ def bf16_speedup() -> float:
 
 
 def bf16_decision() -> tuple[bool, str]:
-    """(whether bf16 is this CPU's faster precision, why): no without native bf16; yes with AMX-BF16
-    (5x fp32's matrix throughput); with avx512_bf16 alone, :func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`."""
-    flags = cpu_flags()
-    if flags.isdisjoint(BF16_FLAGS):
-        return False, "no native bf16 (avx512_bf16 or AMX-BF16)"
-    if "amx_bf16" in flags:
+    """(whether bf16 is this CPU's faster precision, why): no where bf16 does not run or runs only emulated
+    (:mod:`pspnet.capability`); yes with AMX-BF16 (5x fp32's matrix throughput); with avx512_bf16 alone,
+    :func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`."""
+    caps = capability.capabilities()
+    bf16 = caps.check("bf16")
+    if not bf16.runs or not bf16.native:
+        return False, f"bf16 {'does not run' if not bf16.runs else 'is not native'} here: {bf16.why}"
+    if caps.facts.amx:
         return True, "AMX-BF16"
     speedup = bf16_speedup()
     verdict = "faster" if speedup >= BF16_MIN_SPEEDUP else "not enough faster"
@@ -207,10 +166,17 @@ def _native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Training autocast dtype: fp16 on CUDA, bf16 on CPUs where it is native and faster
-    (:func:`bf16_decision`), else None (fp32)."""
+    (:func:`bf16_decision`), else None (fp32). An explicit ``bf16`` on a CPU where bf16 does not run, or
+    runs only emulated (many times slower than fp32 for training), falls back to fp32 with a warning."""
     if precision == "fp32":
         return None
     if precision == "bf16":
+        if device.type == "cpu":
+            cap = capability.check("bf16", "torch", device)
+            if not cap.runs or not cap.native:
+                log.warning("train.precision=bf16: %s; training in fp32 instead (set train.precision=fp32 or auto "
+                            "to silence this)", cap.why)
+                return None
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
@@ -222,10 +188,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def resolve_inference_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """Inference precision: ``auto`` -> ``bf16`` where the CPU has native bf16 that is faster than fp32
     (:func:`bf16_decision`) or on a GPU that supports it, else ``fp32``; any other value is returned as
-    it is (the caller checks it).
+    it is (``prepare_for_inference`` checks it against :mod:`pspnet.capability` for its backend).
 
-    int8 is never chosen automatically: it needs calibration images and does not keep 99.5% of the
-    labels (docs/benchmarks.md).
+    int8 is never chosen here: ``auto``'s int8 candidates are weighed in :mod:`pspnet.inference.auto`.
     """
     if precision != "auto":
         return precision

@@ -48,20 +48,20 @@ from typing import Any
 
 import torch
 
-from .. import cpu
+from .. import capability, cpu
 from ..files import HOME_ENV, pspnet_home, read_json_cache, write_json_cache
 from ..version import __version__
 
 log = logging.getLogger("pspnet.fast")
 
-__all__ = ["AGREEMENT_BOUND", "INT8_FLAGS", "INT8_BACKENDS", "AGREEMENT_KEYS", "CACHE_ENV", "AutoChoice",
+__all__ = ["AGREEMENT_BOUND", "INT8_BACKENDS", "AGREEMENT_KEYS", "CACHE_ENV", "AutoChoice",
            "Int8Agreement", "auto_cache_path", "torch_candidate", "int8_agreements", "int8_unavailable_reason",
            "int8_candidates", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
-           "recorded_int8_agreement", "recorded_int8_agreements"]
+           "recorded_int8_agreement", "recorded_int8_agreements", "agreement_key",
+           "REDUCED_RANGE_SUFFIX", "cached_choice"]
 
 AGREEMENT_BOUND = 0.995
 """The least argmax agreement with fp32 a lower-precision mode must keep to be chosen automatically."""
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes int8 convolutions fast
 CACHE_ENV = HOME_ENV
 PROBE_WARMUP, PROBE_ROUNDS = 2, 3
 FEW_CALLS = 10
@@ -76,6 +76,14 @@ INT8_BACKENDS = ("onnxruntime", "torch", "openvino")
 AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "torch": "int8_agreement_torch",
                   "openvino": "int8_agreement_openvino"}
 """The weight-file metadata key that records each int8 backend's agreement (``bench/agreement.py --record``)."""
+REDUCED_RANGE_SUFFIX = "_7bit"
+"""Appended to :data:`AGREEMENT_KEYS` for the agreement of the 7-bit quantisation that CPUs without VNNI run
+(``bench/agreement.py --reduce-range --record``): a different graph, so a measurement of its own."""
+
+
+def agreement_key(backend: str, reduce_range: bool = False) -> str:
+    """The metadata key of ``backend``'s int8 agreement, 8-bit or (``reduce_range``) 7-bit."""
+    return AGREEMENT_KEYS[backend] + (REDUCED_RANGE_SUFFIX if reduce_range else "")
 
 Int8Agreement = float | Mapping[str, float] | None
 """What callers pass as ``int8_agreement``: None (nothing recorded), one number (the ONNX Runtime
@@ -113,16 +121,27 @@ def auto_cache_path() -> Path:
     return pspnet_home() / "auto_mode.json"
 
 
-def recorded_int8_agreement(meta: dict[str, Any] | None, backend: str = "onnxruntime") -> float | None:
-    """The int8 argmax agreement on ``backend`` a weight file's metadata records, or None."""
-    rec = (meta or {}).get(AGREEMENT_KEYS[backend])
+def recorded_int8_agreement(meta: dict[str, Any] | None, backend: str = "onnxruntime",
+                            reduce_range: bool | None = None) -> float | None:
+    """The int8 argmax agreement on ``backend`` a weight file's metadata records, or None: of the 7-bit
+    quantisation where ``reduce_range`` (default: where this CPU needs it, :mod:`pspnet.capability`)."""
+    if reduce_range is None:
+        reduce_range = _needs_reduced_range(backend)
+    rec = (meta or {}).get(agreement_key(backend, reduce_range))
     value = rec.get("agreement") if isinstance(rec, dict) else rec
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
-def recorded_int8_agreements(meta: dict[str, Any] | None) -> dict[str, float]:
-    """``{backend: agreement}`` for every int8 backend the metadata records a measurement of."""
-    found = {b: recorded_int8_agreement(meta, b) for b in INT8_BACKENDS}
+def _needs_reduced_range(backend: str) -> bool:
+    """int8 on ``backend`` runs here without int8 dot-product instructions, so in 7 bits."""
+    can = capability.check("int8", backend)
+    return can.runs and not can.native
+
+
+def recorded_int8_agreements(meta: dict[str, Any] | None, reduce_range: bool | None = None) -> dict[str, float]:
+    """``{backend: agreement}`` for every int8 backend the metadata records a measurement of, for the
+    quantisation this CPU runs (7-bit where it has no VNNI) unless ``reduce_range`` says which."""
+    found = {b: recorded_int8_agreement(meta, b, reduce_range) for b in INT8_BACKENDS}
     return {b: v for b, v in found.items() if v is not None}
 
 
@@ -150,21 +169,18 @@ def int8_unavailable_reason(device: torch.device, int8_agreement: Int8Agreement,
     """Why int8 on ``backend`` is not a candidate here, or None when it is."""
     if device.type != "cpu":
         return f"int8 runs on the CPU only (device {device.type})"
-    if cpu.cpu_flags().isdisjoint(INT8_FLAGS):
-        return f"the CPU has no int8 dot-product instructions ({'/'.join(INT8_FLAGS)})"
+    can = capability.check("int8", backend, device)
+    if not can.runs:
+        return can.why
     agreement = int8_agreements(int8_agreement).get(backend)
     if agreement is None:
-        return f"the weights record no int8 agreement measurement on {backend} " \
-               f"(bench/agreement.py --backend {backend} --record)"
+        bits = "7-bit (this CPU has no VNNI) " if not can.native else ""
+        flag = " --reduce-range" if not can.native else ""
+        return f"the weights record no {bits}int8 agreement measurement on {backend} " \
+               f"(bench/agreement.py --backend {backend}{flag} --record)"
     if agreement < AGREEMENT_BOUND:
         return f"the weights keep only {agreement * 100:.2f}% of the fp32 labels in int8 on {backend} " \
                f"(bound {AGREEMENT_BOUND * 100:.1f}%)"
-    if backend == "onnxruntime" and cpu.onnxruntime_version() is None:
-        return "onnxruntime is not installed (a pspnet dependency missing here: pip install onnxruntime)"
-    if backend == "torch" and not torchao_available():
-        return "torchao is not installed (optional: pip install torchao)"
-    if backend == "openvino" and cpu.openvino_version() is None:
-        return "OpenVINO is not installed (optional: pip install \"pspnet[openvino]\")"
     return None
 
 
@@ -241,15 +257,38 @@ def _version_of(distribution: str) -> str | None:
         return None
 
 
-def _cache_key(net: torch.nn.Module, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
-    config = getattr(net, "config", None)
-    ident = {**cpu.timing_identity(cpu.cpu_model(), cpu.cpu_flags()),
+def _cache_key(net: Any, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
+    """``net``: the network, or its config (what the probe's timing depends on)."""
+    config = net if hasattr(net, "to_dict") else getattr(net, "config", None)
+    ident = {**cpu.timing_identity(),
              "pspnet": __version__,  # our own fast paths change between releases too
              "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
              "openvino": cpu.openvino_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cached_entry(path: Path, key: str, names: set[str]) -> dict[str, Any] | None:
+    entry = read_json_cache(path).get(key)
+    good = isinstance(entry, dict) and all(isinstance(entry.get(k), dict) and set(entry[k]) == names
+                                           for k in ("times_ms", "setup_ms"))
+    return entry if good else None
+
+
+def cached_choice(config: Any, shape: tuple[int, ...], candidates: list[tuple[str, str]],
+                  cache_path: Path | None = None) -> AutoChoice | None:
+    """What an earlier probe of ``candidates`` at ``shape`` for a network of ``config`` found (the fastest per
+    call), or None where none is cached. Times nothing: for ``pspnet info``."""
+    names = {f"{p}/{b}" for p, b in candidates}
+    entry = _cached_entry(cache_path or auto_cache_path(), _cache_key(config, shape, candidates), names)
+    if entry is None:
+        return None
+    times = {k: float(v) for k, v in entry["times_ms"].items()}
+    best = min(times, key=times.get)
+    return AutoChoice(*best.split("/"), reason=f"fastest per call in a probe at {'x'.join(map(str, shape))} "
+                                               f"on {entry.get('when', '?')}", times_ms=times,
+                      setup_ms={k: float(v) for k, v in entry["setup_ms"].items()}, cached=True)
 
 
 def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
@@ -260,17 +299,24 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
 
 
 def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: list[tuple[str, str]],
-           shape: tuple[int, ...]) -> tuple[dict[str, float], dict[str, float]]:
-    """(median milliseconds per call, milliseconds of setup: building and the first call) of each
-    candidate on a random input of ``shape``; calls alternate between candidates."""
+           shape: tuple[int, ...]) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(median milliseconds per call, milliseconds of setup: building and the first call, why each candidate
+    that failed to build or run was dropped) of each candidate on a random input of ``shape``; calls
+    alternate between candidates. A candidate that raises is dropped with its reason, never the run."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
-    runners, setup = {}, {}
+    runners, setup, failed = {}, {}, {}
     with torch.no_grad():
         for p, b in candidates:
             t = time.perf_counter()
-            runners[f"{p}/{b}"] = run = build(p, b, [x])
-            run(x)
+            try:
+                run = build(p, b, [x])
+                run(x)
+            except Exception as e:  # noqa: BLE001 - any failure of a candidate drops it, not the run
+                failed[f"{p}/{b}"] = _one_line(e)
+                log.warning("auto: %s/%s dropped: %s", p, b, failed[f"{p}/{b}"])
+                continue
+            runners[f"{p}/{b}"] = run
             setup[f"{p}/{b}"] = (time.perf_counter() - t) * 1000
     times: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
@@ -282,7 +328,12 @@ def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: lis
                 t = time.perf_counter()
                 run(x)
                 times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1000 for k, v in times.items()}, setup
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}, setup, failed
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[str, str, list[torch.Tensor]], Any],
@@ -317,18 +368,25 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     candidates = [first] + [("int8", b) for b in backends]
     path = cache_path or auto_cache_path()
     key = _cache_key(net, shape, candidates)
-    entry = read_json_cache(path).get(key)
     names = {f"{p}/{b}" for p, b in candidates}
-    cached = isinstance(entry, dict) and all(isinstance(entry.get(k), dict) and set(entry[k]) == names
-                                             for k in ("times_ms", "setup_ms"))
+    entry = _cached_entry(path, key, names)
+    cached = entry is not None
     if cached:
         times = {k: float(v) for k, v in entry["times_ms"].items()}
         setup = {k: float(v) for k, v in entry["setup_ms"].items()}
     else:
         log.info("auto: timing %s on %s once for this machine (cached in %s)",
                  " and ".join(sorted(names)), "x".join(map(str, shape)), path)
-        times, setup = _probe(build, candidates, shape)
-        _write_cache(path, key, {"times_ms": times, "setup_ms": setup, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        times, setup, failed = _probe(build, candidates, shape)
+        if failed:  # not cached: a failure may be passing (memory), and the reason must be seen again
+            dropped = "; ".join(f"{k} dropped ({why})" for k, why in failed.items())
+            if not times:
+                return AutoChoice("fp32", "torch", reason=f"every candidate failed its probe: {dropped}")
+            backends = [b for b in backends if f"int8/{b}" not in failed]
+            memory = "; ".join(x for x in (memory, dropped) if x)
+        else:
+            _write_cache(path, key, {"times_ms": times, "setup_ms": setup,
+                                     "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     if calls is None:
         best = min(times, key=times.get)
         how = f"fastest per call in a probe at {'x'.join(map(str, shape))}"

@@ -84,8 +84,9 @@ class TorchInt8PSPNet(nn.Module):
     precision = "int8"
 
     def __init__(self, net: PSPNet, calibration: Iterable[torch.Tensor] | None = None,
-                 factor_head: bool = True) -> None:
+                 factor_head: bool = True, reduce_range: bool = False) -> None:
         super().__init__()
+        self.reduce_range = reduce_range  # 7-bit activations: no u8s8 saturation on CPUs without VNNI
         try:
             _import_torchao_quietly()
         except ImportError:
@@ -112,7 +113,7 @@ class TorchInt8PSPNet(nn.Module):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
         quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=self.reduce_range))
         for name in self.classifier_names:  # classifier: fp32
             quantizer.set_module_name_qconfig(name, None)
         exported = torch.export.export(self.plain, (x,)).module()

@@ -72,11 +72,13 @@ class OnnxGraphPSPNet:
     quantization: dict[str, Any] = {}  # keyword arguments of _quantize_static
 
     def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
-                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
+                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True,
+                 reduce_range: bool = False) -> None:
         if precision not in self.precisions:
             raise ConfigError(f"the {self.backend} backend runs {' or '.join(self.precisions)}, got {precision!r}"
                               + (" (bf16 runs with backend='torch')" if "bf16" not in self.precisions else ""))
         self.config, self.precision = net.config, precision
+        self.reduce_range = reduce_range  # 7-bit weights: no u8s8 saturation on CPUs without VNNI
         # not ``.module``: that name marks a DDP-style wrapper to ``pspnet.models.weights.unwrap``
         self.exportable = make_exportable(net, pool_product=self.pool_product).cpu().float()
         self.factored = factor_head and FactoredPSPNet.applies(self.exportable)
@@ -101,7 +103,8 @@ class OnnxGraphPSPNet:
         if self.precision != "int8":
             return fp32_path
         path = self.cache_dir / f"pspnet_{tag}_int8.onnx"
-        _quantize_static(fp32_path, path, or_first_batch(self.calibration, example), shape, **self.quantization)
+        _quantize_static(fp32_path, path, or_first_batch(self.calibration, example), shape,
+                         reduce_range=self.reduce_range, **self.quantization)
         return path
 
     def load(self, path: Path) -> Any:
@@ -133,13 +136,14 @@ class OnnxRuntimePSPNet(OnnxGraphPSPNet):
     pool_product = "matmul"
 
     def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
-                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
+                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True,
+                 reduce_range: bool = False) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ConfigError("backend='onnxruntime' needs onnxruntime (a dependency of pspnet missing from "
                               "this environment): pip install onnx onnxruntime") from None
-        super().__init__(net, precision, calibration, threads, cache_dir, factor_head)
+        super().__init__(net, precision, calibration, threads, cache_dir, factor_head, reduce_range)
 
     def load(self, path: Path) -> Any:
         import onnxruntime as ort
@@ -179,11 +183,12 @@ def _own_initializers(model: Any) -> int:
 
 def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], shape: tuple[int, ...], *,
                      op_types: Sequence[str] = ("Conv", "MaxPool", "Add", "Concat", "Relu"),
-                     activations: str = "uint8") -> None:
+                     activations: str = "uint8", reduce_range: bool = False) -> None:
     """ONNX Runtime's static quantisation of ``src`` into ``dst`` (QDQ, per-channel symmetric int8
     weights, min/max calibration on ``calibration`` resized to ``shape`` and packed into its batches),
     every op of ``op_types`` but the classifier; activations ``uint8`` (asymmetric) or ``int8``
-    (symmetric)."""
+    (symmetric). ``reduce_range``: 7-bit weights, so that a CPU without VNNI, whose int8 products sum pairs
+    into 16 bits (AVX2's ``vpmaddubsw``), cannot saturate."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     arrays = [c.numpy() for c in packed(calibration, shape)]
@@ -199,7 +204,7 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], 
     logging.getLogger().addFilter(quiet)
     try:
         quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8,
+                        per_channel=True, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                         activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
                         op_types_to_quantize=list(op_types),

@@ -46,11 +46,12 @@ class OpenVinoPSPNet(OnnxGraphPSPNet):
     quantization = {"op_types": ("Conv",), "activations": "int8"}
 
     def __init__(self, net: PSPNet, precision: str = "fp32", calibration: Iterable[torch.Tensor] | None = None,
-                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True) -> None:
+                 threads: int | None = None, cache_dir: str | Path | None = None, factor_head: bool = True,
+                 reduce_range: bool = False) -> None:
         if openvino_version() is None:
             raise ConfigError("backend='openvino' needs OpenVINO, an optional dependency: "
                               "pip install \"pspnet[openvino]\" (or pip install openvino)")
-        super().__init__(net, precision, calibration, threads, cache_dir, factor_head)
+        super().__init__(net, precision, calibration, threads, cache_dir, factor_head, reduce_range)
         import openvino
         self.core = openvino.Core()
 

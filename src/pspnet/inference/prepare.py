@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import cpu
+from .. import capability, cpu
 from ..errors import ConfigError
 from ..models.pspnet import PSPNet
 from ..models.weights import unwrap
@@ -62,7 +62,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
                           *, channels_last: bool = True, calibration: Iterable[torch.Tensor] | None = None,
                           threads: int | None = None, onednn: bool | None = None,
                           factor_head: bool = True, int8_agreement: Int8Agreement = None,
-                          expected_calls: int | None = None) -> Any:
+                          expected_calls: int | None = None, reduce_range: bool | None = None) -> Any:
     """The fastest faithful form of ``model`` for inference (see the module docstring).
 
     Args:
@@ -90,6 +90,9 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
             backend only when it is at least 99.5% there.
         expected_calls: with ``auto``, how many calls the job will make, when known (see
             :func:`pspnet.inference.auto.choose_auto`).
+        reduce_range: for int8, quantise to 7 bits so that int8 products cannot saturate on a CPU
+            without int8 dot-product instructions (VNNI, AMX); default: exactly there
+            (:mod:`pspnet.capability`).
 
     Returns a callable ``x (N x 3 x H x W normalised float) -> fp32 logits N x C x H x W`` with
     ``.precision``, ``.backend``, ``.config`` and ``.device``; it checks its input as
@@ -107,6 +110,11 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
                                          threads=threads, onednn=onednn, factor_head=factor_head)
         return AutoPSPNet(net, build, calibration=calibration, int8_agreement=int8_agreement, calls=expected_calls)
     precision = cpu.resolve_inference_precision(precision, device)
+    can = capability.require(precision, backend, device)  # a named error, before anything is built
+    if precision == "int8" and reduce_range is None:
+        reduce_range = not can.native
+    elif not can.native:
+        log.warning("precision %s on %s: %s", precision, backend, can.why)
     folded = fold_batchnorm(net)
     if backend in ("onnxruntime", "openvino"):
         if device.type != "cpu":
@@ -114,11 +122,12 @@ def prepare_for_inference(model: nn.Module, precision: str = "auto", backend: st
         if compile:
             raise ConfigError("compile=True applies to backend='torch' only")
         runner = OnnxRuntimePSPNet if backend == "onnxruntime" else OpenVinoPSPNet
-        return runner(folded, precision, calibration=calibration, threads=threads, factor_head=factor_head)
+        return runner(folded, precision, calibration=calibration, threads=threads, factor_head=factor_head,
+                      reduce_range=bool(reduce_range))
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError("precision='int8' runs on the CPU; move the model to the CPU first")
-        return TorchInt8PSPNet(folded, calibration, factor_head=factor_head)
+        return TorchInt8PSPNet(folded, calibration, factor_head=factor_head, reduce_range=bool(reduce_range))
     # compile: inductor packs and fuses itself (from the plain folded modules)
     fast = FastPSPNet(folded, precision, channels_last=channels_last, onednn=False if compile else onednn,
                       factor_head=factor_head)
@@ -141,7 +150,7 @@ class AutoPSPNet:
         self.runner: Any = None
         if self.choice is not None:  # the features decide: built now, no input shape needed
             log.info("%s", self.choice.describe())
-            self.runner = build(self.choice.precision, self.choice.backend, self.calibration)
+            self.runner = self._build(self.calibration)
 
     @property
     def precision(self) -> str:
@@ -165,8 +174,30 @@ class AutoPSPNet:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.decide(tuple(x.shape))
         if self.runner is None:  # int8 without calibration images calibrates on this first batch
-            self.runner = self.build(self.choice.precision, self.choice.backend, self.calibration or [x])
-        return self.runner(x)
+            self.runner = self._build(self.calibration or [x])
+        try:
+            return self.runner(x)
+        except Exception as e:  # noqa: BLE001 - auto never ends a run: the plain fp32 network always runs
+            if (self.choice.precision, self.choice.backend) == ("fp32", "torch"):
+                raise
+            self._fall_back(e)
+            return self.runner(x)
+
+    def _build(self, calibration: list[torch.Tensor] | None) -> Any:
+        """The chosen mode's runner; the fp32 torch one, with the reason logged, where building it fails."""
+        try:
+            return self.build(self.choice.precision, self.choice.backend, calibration)
+        except Exception as e:  # noqa: BLE001
+            if (self.choice.precision, self.choice.backend) == ("fp32", "torch"):
+                raise
+            self._fall_back(e)
+            return self.runner
+
+    def _fall_back(self, error: BaseException) -> None:
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        log.warning("auto: %s failed here (%s); running fp32 on torch instead", self.choice.mode, why)
+        self.choice = AutoChoice("fp32", "torch", reason=f"{self.choice.mode} failed here ({why})")
+        self.runner = self.build("fp32", "torch", None)
 
     forward = __call__
 
