@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a command (default: the test suite) on an Intel Xeon with AMX as close to the AMD EPYC Zen 4 as
 # software allows, for the code paths that branch on the CPU:
-#   - pspnet's own decisions (bf16/int8 defaults, `auto`) see a Zen 4's flags (PSPNET_CPU_FLAGS);
+#   - pspnet's own decisions (bf16/int8 defaults, `auto`) see a Zen 4 (PSPNET_SIMULATE_CPU=zen4, within what
+#     this machine's runtime runs);
 #   - PyTorch's oneDNN stops at AVX-512 with bf16 and VNNI, no AMX (ONEDNN_MAX_CPU_ISA), and so does
 #     OpenVINO's CPU plugin, whose oneDNN reads the same variable (its runtime graph names
 #     brgconv_avx512_bf16 instead of brgconv_avx512_amx_bf16);
@@ -19,8 +20,8 @@ cd "$(dirname "$0")/.."
 if ! grep -q amx_tile /proc/cpuinfo; then
   echo "emulate_zen4.sh: this CPU has no AMX; run the command directly" >&2
 fi
-# the flags tests/test_cpu.py names for a Zen 4 (the ones pspnet branches on)
-export PSPNET_CPU_FLAGS="avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16"
+# pspnet.capability's Zen 4 profile: avx512_bf16 and VNNI, no AMX
+export PSPNET_SIMULATE_CPU=zen4
 export ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16
 export PSPNET_KERNEL_CXXFLAGS="-march=znver3 -mtune=znver3 -mavx512f -mavx512dq -mavx512cd -mavx512bw \
 -mavx512vl -mavx512ifma -mavx512vbmi -mavx512vbmi2 -mavx512vnni -mavx512bitalg -mavx512vpopcntdq -mavx512bf16 \
@@ -29,6 +30,6 @@ export PSPNET_KERNEL_CXXFLAGS="-march=znver3 -mtune=znver3 -mavx512f -mavx512dq 
 export PSPNET_HOME="${PSPNET_HOME:-${TMPDIR:-/tmp}/pspnet_home_zen4_emulation}"
 
 echo "emulating a Zen 4 on: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
-echo "PSPNET_CPU_FLAGS=$PSPNET_CPU_FLAGS ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA PSPNET_HOME=$PSPNET_HOME"
+echo "PSPNET_SIMULATE_CPU=$PSPNET_SIMULATE_CPU ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA PSPNET_HOME=$PSPNET_HOME"
 if [ "$#" -eq 0 ]; then set -- python -m pytest -q; fi
 exec "$@"

@@ -29,8 +29,6 @@ from pspnet import cpu
 from pspnet.config import load_config
 from pspnet.training.trainer import Trainer
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
 
 def synthetic_camvid(root: Path, n: int = 16) -> Path:
     rng = np.random.default_rng(0)
@@ -107,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         for prec in trainers:
             times[prec].append(step(prec, args.warmup + i))
 
-    flags = [f for f in CPU_FLAGS if f in cpu.cpu_flags()]
+    from pspnet import capability
     t = cfg.train
-    print(f"CPU: {cpu.cpu_model()}; flags{' (forced)' if cpu.flags_forced() else ''}: "
-          f"{' '.join(flags) or 'none of ' + ', '.join(CPU_FLAGS)}; native bf16: {cpu.has_bf16()}")
+    bf16 = capability.check("bf16")
+    print(f"CPU: {cpu.cpu_model()}; flags in /proc/cpuinfo: {' '.join(cpu.reported_flags()) or 'none of interest'}; "
+          f"bf16 here: {'native' if bf16.native else bf16.why}")
     if args.device != "cpu" and torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}")

@@ -52,12 +52,14 @@ def simulate_cpu(monkeypatch) -> Callable[..., capability.Capabilities]:
     kind on any one. Pure by default: for tests that decide but run nothing in a precision the real machine
     may lack. ``within_real=True`` is what ``PSPNET_SIMULATE_CPU`` does for users: the simulated CPU limited
     to what this machine's runtime runs, for tests that then run what was decided."""
-    def apply(name: str, *, within_real: bool = False) -> capability.Capabilities:
+    def apply(name: str, *, within_real: bool = False, **libraries: str | None) -> capability.Capabilities:
+        """``libraries``: pure simulations only, which are installed (``torchao="0.18"``, ``openvino=None``)."""
         monkeypatch.setenv(capability.SIMULATE_ENV, name)
         if not within_real:
             real = capability.real_facts()
-            profile = capability.Facts(**capability.PROFILES[name], compiler=True, torchao=real.torchao,
-                                       onnxruntime=real.onnxruntime, openvino=real.openvino, simulated=name)
+            installed = {"torchao": real.torchao, "onnxruntime": real.onnxruntime, "openvino": real.openvino,
+                         **libraries}
+            profile = capability.Facts(**capability.PROFILES[name], compiler=True, simulated=name, **installed)
             monkeypatch.setattr(capability, "real_facts", lambda: profile)
         return capability.capabilities()
     return apply

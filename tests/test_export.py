@@ -85,14 +85,14 @@ def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, tiny_pspnet):
     fastest form), at f32 and, on CPUs with native bf16, bf16 (NNCF int8 is checked by hand with
     bench/openvino_compare.py: NNCF is not a test dependency)."""
     ov = pytest.importorskip("openvino")
-    from pspnet import cpu
+    from pspnet import capability
     model = _nontrivial(tiny_pspnet(4, aux=False))
     path = export_onnx(model, tmp_path / "m.onnx")
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         ref = model.eval()(x)
     core = ov.Core()
-    for hint in ["f32"] + (["bf16"] if cpu.has_bf16() else []):
+    for hint in ["f32"] + (["bf16"] if capability.real_capabilities().check("bf16", "openvino").native else []):
         net = core.read_model(str(path))
         net.reshape({net.inputs[0].get_any_name(): list(x.shape)})
         compiled = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": hint})

@@ -20,7 +20,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "pspnet"
 
 # what each part of the package may import from pspnet (besides itself)
-FOUNDATION = {"pspnet.errors", "pspnet.capability", "pspnet.cpu", "pspnet.files", "pspnet.labels", "pspnet.distributed", "pspnet.version"}
+FOUNDATION = {"pspnet.errors", "pspnet.capability", "pspnet.cpu", "pspnet.files", "pspnet.labels",
+              "pspnet.distributed", "pspnet.version"}
 ALLOWED: dict[str, set[str]] = {
     "pspnet.errors": set(),
     "pspnet.capability": {"pspnet.files", "pspnet.errors", "pspnet.version"},  # its cache file, its error

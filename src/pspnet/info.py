@@ -32,8 +32,8 @@ def _auto_for_packaged() -> dict[str, Any]:
         recorded_int8_agreements,
         torch_candidate,
     )
-    from .models.pretrained import default_weights_path
     from .models import PSPNetConfig
+    from .models.pretrained import default_weights_path
     from .models.weights import read_metadata
     device = torch.device("cpu")
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 import torch
@@ -14,26 +13,33 @@ from pspnet.inference import auto
 from pspnet.inference.prepare import AutoPSPNet, prepare_for_inference
 from pspnet.models.weights import read_state_dict, save_weights, update_metadata
 
-ZEN4 = "avx2 avx512f avx512_vnni avx512_bf16"
-AVX2 = "avx2 fma"
+CLOCK = [0.0]  # the probe's clock in these tests: the fake runners advance it, nothing sleeps
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch):
+    """``auto``'s ``time.perf_counter`` reads :data:`CLOCK`, which only the fake runners move: every timing
+    in these tests is exact, whatever else the machine is doing."""
+    CLOCK[0] = 0.0
+    monkeypatch.setattr(auto.time, "perf_counter", lambda: CLOCK[0])
 
 
 class Sleeper:
-    """A runner that takes ``seconds`` per call (what the probe times) and counts its calls."""
+    """A runner that takes ``seconds`` per call on the fake clock (what the probe times) and counts its calls."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.calls = seconds, 0
 
     def __call__(self, x):
         self.calls += 1
-        time.sleep(self.seconds)
+        CLOCK[0] += self.seconds
         return x
 
 
 def fake_build(speeds: dict[str, float], built: list[str], setup: dict[str, float] | None = None):
     def build(precision, backend, calibration):
         built.append(f"{precision}/{backend}")
-        time.sleep((setup or {}).get(f"{precision}/{backend}", 0.0))  # e.g. int8 quantisation
+        CLOCK[0] += (setup or {}).get(f"{precision}/{backend}", 0.0)  # e.g. int8 quantisation
         return Sleeper(speeds[f"{precision}/{backend}"])
     return build
 
@@ -47,30 +53,30 @@ def net(tiny_pspnet):
     return tiny_pspnet(3).eval()
 
 
-@pytest.mark.parametrize(("flags", "expected"), [(ZEN4, "bf16"), (AVX2, "fp32")])
-def test_without_an_int8_record_features_decide(net, monkeypatch, tmp_path, flags, expected):
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", flags)
+@pytest.mark.parametrize(("cpu_kind", "expected"), [("zen4", "bf16"), ("avx2", "fp32")])
+def test_without_an_int8_record_features_decide(net, simulate_cpu, tmp_path, cpu_kind, expected):
+    simulate_cpu(cpu_kind)
     choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=None, cache_path=tmp_path / "c.json")
     assert (choice.precision, choice.backend) == (expected, "torch")
     assert "int8 not considered" in choice.reason
     assert not (tmp_path / "c.json").exists()
 
 
-@pytest.mark.parametrize(("flags", "agreement", "why"), [
-    (ZEN4, 0.99, "keep only 99.00%"),             # below the bound: never chosen, however fast
-    ("avx2 avx512f avx512_bf16", 0.999, "no int8 dot-product"),  # no VNNI/AMX-INT8
+@pytest.mark.parametrize(("cpu_kind", "agreement", "why"), [
+    ("zen4", 0.99, "keep only 99.00%"),             # below the bound: never chosen, however fast
+    ("avx2", None, "no 7-bit (this CPU has no VNNI) int8 agreement"),  # no VNNI: the 7-bit graph needs its own
 ])
-def test_int8_is_not_a_candidate(net, monkeypatch, tmp_path, flags, agreement, why):
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", flags)
+def test_int8_is_not_a_candidate(net, simulate_cpu, tmp_path, cpu_kind, agreement, why):
+    simulate_cpu(cpu_kind)
     choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=agreement,
                               cache_path=tmp_path / "c.json")
     assert choice.backend == "torch" and why in choice.reason
 
 
 @pytest.mark.parametrize(("int8_s", "expected"), [(0.001, "int8/onnxruntime"), (0.05, "bf16/torch")])
-def test_probe_picks_the_faster_and_caches_it(net, monkeypatch, tmp_path, int8_s, expected):
+def test_probe_picks_the_faster_and_caches_it(net, simulate_cpu, monkeypatch, tmp_path, int8_s, expected):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4")
     cache = tmp_path / "auto.json"
     built: list[str] = []
     speeds = {"bf16/torch": 0.02, "int8/onnxruntime": int8_s}
@@ -85,7 +91,7 @@ def test_probe_picks_the_faster_and_caches_it(net, monkeypatch, tmp_path, int8_s
     built.clear()
     auto.choose_auto(net, (1, 3, 96, 64), fake_build(speeds, built), int8_agreement=0.997, cache_path=cache)
     assert built
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4 + " amx_tile amx_bf16 amx_int8")
+    simulate_cpu("xeon-amx")
     built.clear()
     auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=0.997, cache_path=cache)
     assert built
@@ -103,9 +109,9 @@ def test_probe_picks_the_faster_and_caches_it(net, monkeypatch, tmp_path, int8_s
     assert built
 
 
-def test_damaged_cache_is_probed_again(net, monkeypatch, tmp_path):
+def test_damaged_cache_is_probed_again(net, simulate_cpu, monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4")
     cache = tmp_path / "auto.json"
     cache.write_text("{not json")
     built: list[str] = []
@@ -115,10 +121,10 @@ def test_damaged_cache_is_probed_again(net, monkeypatch, tmp_path):
     assert json.loads(cache.read_text())  # rewritten, valid
 
 
-def test_auto_runner_built_at_once_where_the_features_decide(net, monkeypatch, tmp_path):
+def test_auto_runner_built_at_once_where_the_features_decide(net, simulate_cpu, monkeypatch, tmp_path):
     """No int8 record: the mode is known before any input, so it is built in the constructor, once,
     and runs without a probe or a cache file."""
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", AVX2)
+    simulate_cpu("avx2")
     monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
     built: list[str] = []
     runner = AutoPSPNet(net, fake_build({"fp32/torch": 0.0}, built), int8_agreement=None)
@@ -130,21 +136,65 @@ def test_auto_runner_built_at_once_where_the_features_decide(net, monkeypatch, t
     assert not (tmp_path / "auto_mode.json").exists()
 
 
-def test_auto_runner_runs_what_it_chose(net, monkeypatch, tmp_path):
-    """End to end: the runner decides on its first call and then gives the chosen mode's output."""
+@pytest.mark.parametrize("fastest", ["int8", "torch"])
+def test_auto_runner_runs_what_it_chose(net, simulate_cpu, monkeypatch, tmp_path, fastest):
+    """End to end, on what this machine runs: a cached probe says which candidate is fastest, and the runner
+    then gives exactly that mode's output (int8 differs from fp32, so running the other one would show)."""
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4", within_real=True)
     monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
+    agreement = {"onnxruntime": 0.999}
     x = torch.randn(1, 3, 64, 64)
-    runner = prepare_for_inference(net, "auto", int8_agreement=0.999)
+    torch_mode = auto.torch_candidate(torch.device("cpu"))
+    candidates = [torch_mode, ("int8", "onnxruntime")]
+    assert auto.int8_candidates(torch.device("cpu"), agreement)[0] == ["onnxruntime"]
+    times = {"/".join(torch_mode): 10.0 if fastest == "int8" else 1.0, "int8/onnxruntime": 5.0}
+    key = auto._cache_key(net, tuple(x.shape), candidates)
+    entry = {"times_ms": times, "setup_ms": dict.fromkeys(times, 0)}
+    (tmp_path / "auto_mode.json").write_text(json.dumps({key: entry}))
+    runner = prepare_for_inference(net, "auto", int8_agreement=agreement)
     assert isinstance(runner, AutoPSPNet) and runner.precision == "auto"
     out = runner(x)
-    chosen = runner.choice
-    assert (runner.precision, runner.backend) == (chosen.precision, chosen.backend)
-    assert (tmp_path / "auto_mode.json").is_file()
-    reference = prepare_for_inference(net, chosen.precision, chosen.backend, calibration=[x])(x)
-    assert torch.allclose(out, reference, atol=1e-4)
-    assert out.shape == (1, 3, 64, 64)
+    expected = ("int8", "onnxruntime") if fastest == "int8" else torch_mode
+    assert (runner.precision, runner.backend) == expected and runner.choice.cached
+    reference = prepare_for_inference(net, *expected, calibration=[x])(x)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+    other = prepare_for_inference(net, *(torch_mode if fastest == "int8" else ("int8", "onnxruntime")),
+                                  calibration=[x])(x)
+    assert not torch.allclose(out, other, atol=1e-5)  # the two modes differ: the comparison above can fail
+
+
+def test_a_candidate_that_fails_is_dropped_and_the_run_goes_on(net, simulate_cpu, tmp_path):
+    """One candidate raising in the probe (a kernel this CPU refuses) is dropped with its reason; auto never
+    ends the run, and a failed probe is not cached."""
+    simulate_cpu("zen4", onnxruntime="1.0")
+    built: list[str] = []
+    ok = fake_build({"bf16/torch": 0.02}, built)
+
+    def build(precision, backend, calibration):
+        if backend == "onnxruntime":
+            raise RuntimeError("mkldnn_reorder_conv2d_weight: int8 path needs the cpu support vnni\nmore")
+        return ok(precision, backend, calibration)
+    choice = auto.choose_auto(net, (1, 3, 64, 64), build, int8_agreement=0.999, cache_path=tmp_path / "c.json")
+    assert choice.mode == "bf16/torch" and "int8/onnxruntime dropped (RuntimeError: mkldnn_reorder" in choice.reason
+    assert "more" not in choice.reason and not (tmp_path / "c.json").exists()
+
+
+def test_the_auto_runner_falls_back_to_fp32_where_its_mode_fails(net, simulate_cpu, tmp_path, caplog):
+    simulate_cpu("zen4")
+    built: list[str] = []
+
+    def build(precision, backend, calibration):
+        built.append(f"{precision}/{backend}")
+        if precision == "bf16":
+            raise RuntimeError("bf16 path needs the cpu support avx_ne_convert")
+        return Sleeper(0.0)
+    with caplog.at_level("WARNING", logger="pspnet.fast"):
+        runner = AutoPSPNet(net, build, int8_agreement=None)
+    assert built == ["bf16/torch", "fp32/torch"] and runner.choice.mode == "fp32/torch"
+    assert "bf16/torch failed here (RuntimeError: bf16 path needs" in caplog.text
+    x = torch.randn(1, 3, 32, 32)
+    assert runner(x) is x
 
 
 def test_recorded_agreement_roundtrip_keeps_int8_storage(net, tmp_path):
@@ -161,9 +211,9 @@ def test_recorded_agreement_roundtrip_keeps_int8_storage(net, tmp_path):
     assert auto.recorded_int8_agreement({"int8_agreement": 1.5}) is None
 
 
-def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, monkeypatch, tmp_path):
+def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, simulate_cpu, monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4")
     small, large = (1, 3, 64, 64), (1, 3, 1024, 2048)
     assert auto.calibration_bytes(net, large) == pytest.approx(auto.calibration_bytes(net, small) * 512, rel=1e-6)
     budget = auto.calibration_bytes(net, small) * 100  # room for the small input, not the large one
@@ -177,10 +227,10 @@ def test_int8_is_not_considered_where_calibration_would_not_fit_in_memory(net, m
     assert built and choice.mode == "int8/onnxruntime"
 
 
-def test_a_known_number_of_calls_weighs_setup(net, monkeypatch, tmp_path):
+def test_a_known_number_of_calls_weighs_setup(net, simulate_cpu, monkeypatch, tmp_path):
     """int8 is faster per call but costs a quantisation first: not worth it for a few images, worth it for many."""
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4")
     cache = tmp_path / "c.json"
     speeds = {"bf16/torch": 0.02, "int8/onnxruntime": 0.005}
     built: list[str] = []
@@ -196,10 +246,10 @@ def test_a_known_number_of_calls_weighs_setup(net, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("calls", [1, auto.FEW_CALLS])
-def test_a_few_images_skip_the_probe(net, monkeypatch, tmp_path, calls):
+def test_a_few_images_skip_the_probe(net, simulate_cpu, monkeypatch, tmp_path, calls):
     """A job of a few calls cannot win back int8's setup: the torch mode, without probing."""
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
+    simulate_cpu("zen4")
     choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=0.999, cache_path=tmp_path / "c.json",
                               calls=calls)
     assert choice.mode == "bf16/torch" and f"{calls} call(s)" in choice.reason
@@ -210,12 +260,11 @@ BOTH = {"onnxruntime": 0.998, "torch": 0.997}
 
 
 @pytest.mark.parametrize(("torch_s", "expected"), [(0.001, "int8/torch"), (0.05, "int8/onnxruntime")])
-def test_torch_int8_is_a_third_candidate_where_its_agreement_is_recorded(net, monkeypatch, tmp_path, torch_s,
-                                                                          expected):
+def test_torch_int8_is_a_third_candidate_where_its_agreement_is_recorded(net, simulate_cpu, monkeypatch, tmp_path,
+                                                                          torch_s, expected):
     """With a torch int8 record and torchao installed, the probe times all three and the fastest wins."""
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto, "torchao_available", lambda: True)
+    simulate_cpu("zen4", torchao="0.18")
     built: list[str] = []
     speeds = {"bf16/torch": 0.03, "int8/onnxruntime": 0.01, "int8/torch": torch_s}
     choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=BOTH,
@@ -230,10 +279,9 @@ def test_torch_int8_is_a_third_candidate_where_its_agreement_is_recorded(net, mo
     ({"onnxruntime": 0.998, "torch": 0.99}, True, "keep only 99.00% of the fp32 labels in int8 on torch"),
     (BOTH, False, "torchao is not installed"),
 ])
-def test_torch_int8_needs_its_own_record_and_torchao(net, monkeypatch, tmp_path, agreement, torchao, why):
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto, "torchao_available", lambda: torchao)
-    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
+def test_torch_int8_needs_its_own_record_and_torchao(net, simulate_cpu, monkeypatch, tmp_path, agreement, torchao,
+                                                     why):
+    simulate_cpu("zen4", torchao="0.18" if torchao else None, onnxruntime="1.0")
     backends, why_not = auto.int8_candidates(torch.device("cpu"), agreement)
     assert backends == ["onnxruntime"] and why in f"torch: {why_not['torch']}"
     # onnxruntime's record below the bound too: no int8 candidate at all, and the reason names both backends
@@ -247,14 +295,11 @@ def test_torch_int8_needs_its_own_record_and_torchao(net, monkeypatch, tmp_path,
     (None, BOTH, "int8 on onnxruntime not considered"),
     ("2026.0", {**BOTH, "openvino": 0.996}, "int8 on onnxruntime and openvino not considered"),
 ])
-def test_memory_guard_leaves_out_the_onnxruntime_quantiser_only(net, monkeypatch, tmp_path, openvino, agreement,
-                                                                 left_out):
+def test_memory_guard_leaves_out_the_onnxruntime_quantiser_only(net, simulate_cpu, monkeypatch, tmp_path, openvino,
+                                                                 agreement, left_out):
     """ONNX Runtime's calibration holds every activation, and OpenVINO's int8 is calibrated by the same
     quantiser; torch's observers do not, so torch int8 stays."""
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto, "torchao_available", lambda: True)
-    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
-    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: openvino)
+    simulate_cpu("zen4", torchao="0.18", onnxruntime="1.0", openvino=openvino)
     monkeypatch.setattr(auto, "available_memory", lambda: 1)
     built: list[str] = []
     choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build({"bf16/torch": 0.02, "int8/torch": 0.001}, built),
@@ -279,13 +324,10 @@ THREE = {**BOTH, "openvino": 0.996}
 
 @pytest.mark.parametrize(("openvino_s", "installed", "expected"), [
     (0.001, True, "int8/openvino"), (0.05, True, "int8/onnxruntime"), (0.001, False, "int8/onnxruntime")])
-def test_openvino_int8_is_a_candidate_where_installed_and_recorded(net, monkeypatch, tmp_path, openvino_s, installed,
-                                                                    expected):
+def test_openvino_int8_is_a_candidate_where_installed_and_recorded(net, simulate_cpu, monkeypatch, tmp_path,
+                                                                    openvino_s, installed, expected):
     """With its own record and OpenVINO installed, OpenVINO's int8 joins the probe; the fastest wins."""
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto, "torchao_available", lambda: False)
-    monkeypatch.setattr(auto.cpu, "onnxruntime_version", lambda: "1.0")
-    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0" if installed else None)
+    simulate_cpu("zen4", torchao=None, onnxruntime="1.0", openvino="2026.0" if installed else None)
     built: list[str] = []
     speeds = {"bf16/torch": 0.03, "int8/onnxruntime": 0.01, "int8/openvino": openvino_s}
     choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), int8_agreement=THREE,
@@ -299,9 +341,8 @@ def test_openvino_int8_is_a_candidate_where_installed_and_recorded(net, monkeypa
         assert 'pip install "pspnet[openvino]"' in why_not["openvino"]
 
 
-def test_openvino_int8_needs_its_own_record(net, monkeypatch):
-    monkeypatch.setenv("PSPNET_CPU_FLAGS", ZEN4)
-    monkeypatch.setattr(auto.cpu, "openvino_version", lambda: "2026.0")
+def test_openvino_int8_needs_its_own_record(net, simulate_cpu, monkeypatch):
+    simulate_cpu("zen4", openvino="2026.0")
     _, why_not = auto.int8_candidates(torch.device("cpu"), BOTH)
     assert "no int8 agreement measurement on openvino" in why_not["openvino"]
     assert "--backend openvino --record" in why_not["openvino"]
