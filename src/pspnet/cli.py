@@ -143,6 +143,12 @@ def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None, re
         raise ConfigError("--sliding needs --crop-size H W (or eval.crop_size / data.crop_size in the config)")
     out["scales"] = tuple(out["scales"])
     out["crop_size"] = tuple(out["crop_size"]) if out["crop_size"] else None
+    if args.precision != "auto":  # a precision this machine cannot run: the named error before any file is written
+        import torch
+
+        from .capability import require
+        require(args.precision, args.backend, getattr(args, "device", None) or
+                ("cuda" if torch.cuda.is_available() else "cpu"))
     return {**out, "precision": args.precision, "backend": args.backend, "sources": sources}
 
 
