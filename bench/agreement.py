@@ -32,7 +32,7 @@ import torch
 from pspnet import bench
 from pspnet.config import recorded_test_settings
 from pspnet.data.datasets import build_dataset, dataset_info
-from pspnet.inference.auto import AGREEMENT_KEYS, recorded_int8_agreements
+from pspnet.inference.auto import AGREEMENT_KEYS, agreement_key, recorded_int8_agreements
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.inference.testtime import predict_logits
 from pspnet.metrics import ConfusionMatrix
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="average in the mirrored image (default: what the weights record, as pspnet predict does)")
     p.add_argument("--calibration-images", type=int, default=16,
                    help="training images to calibrate int8 (0: the first image predicted, as pspnet predict does)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8 in 7 bits, as CPUs without VNNI run it (default: as this CPU runs it); --record "
+                        "then writes the 7-bit record (key ..._7bit)")
     p.add_argument("--record", action="store_true",
                    help="write the measured int8 agreement into the weight file (int8 on onnxruntime, torch or "
                         "openvino, --calibration-images 0 only)")
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             img = train[i][0][None]
             calibration.append(predict_input(img, a.base_size))
     fast = prepare_for_inference(model, a.precision, backend=a.backend, compile=a.compile, calibration=calibration,
-                                 int8_agreement=recorded_int8_agreements(meta))
+                                 int8_agreement=recorded_int8_agreements(meta), reduce_range=a.reduce_range)
+    reduced = bool(getattr(fast, "reduce_range", False))
+    print(f"int8 quantisation: {'7-bit (reduce_range)' if reduced else '8-bit'}" if a.precision == "int8" else "")
     n = len(ds) if a.max_images is None else min(len(ds), a.max_images)
     k = model.config.num_classes
     cm_ref, cm_fast = ConfusionMatrix(k, info.ignore_index), ConfusionMatrix(k, info.ignore_index)
@@ -134,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, "
           f"mIoU drop <= {MAX_MIOU_DROP} points)")
     if a.record and ok:
-        update_metadata(a.weights, {AGREEMENT_KEYS[a.backend]: {
+        update_metadata(a.weights, {agreement_key(a.backend, reduced): {
             "agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
             "images": n, "base_size": base, "flip": a.flip, "calibration": "the first image predicted",
             "command": res["command"]}})
-        print(f"  recorded {AGREEMENT_KEYS[a.backend]} in {a.weights}")
+        print(f"  recorded {agreement_key(a.backend, reduced)} in {a.weights}")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

@@ -346,3 +346,23 @@ def test_openvino_int8_needs_its_own_record(net, simulate_cpu, monkeypatch):
     _, why_not = auto.int8_candidates(torch.device("cpu"), BOTH)
     assert "no int8 agreement measurement on openvino" in why_not["openvino"]
     assert "--backend openvino --record" in why_not["openvino"]
+
+
+@pytest.mark.parametrize(("cpu_kind", "seven_bit"), [("avx2", True), ("zen4", False)])
+def test_int8_is_quantised_to_7_bits_where_the_cpu_has_no_vnni(net, simulate_cpu, cpu_kind, seven_bit, tmp_path):
+    """Without VNNI, int8 products are summed in pairs into 16 bits (AVX2's vpmaddubsw) and can saturate: the
+    weights are quantised to 7 bits there, and the agreement record read is the 7-bit one."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+    simulate_cpu(cpu_kind)
+    runner = prepare_for_inference(net, "int8", "onnxruntime")
+    assert runner.reduce_range is seven_bit
+    x = torch.randn(1, 3, 64, 64)
+    runner(x)
+    graph = onnx.load(str(runner.cache_dir / "pspnet_1x3x64x64_int8.onnx"))
+    weights = [numpy_helper.to_array(i) for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    largest = max(int(abs(w.astype(int)).max()) for w in weights if w.ndim == 4)
+    assert (largest <= 64) is seven_bit
+    meta = {"int8_agreement": {"agreement": 0.998}, "int8_agreement_7bit": {"agreement": 0.997}}
+    assert auto.recorded_int8_agreements(meta)["onnxruntime"] == (0.997 if seven_bit else 0.998)
