@@ -69,8 +69,9 @@ def test_export_hides_its_own_notices_and_nothing_else(tmp_path, tiny_pspnet, mo
         warnings.simplefilter("always")
         export(model, path)
     assert path.is_file()
-    assert [str(w.message) for w in seen if not _is_exporter_notice(w)] == [FOREIGN]
-    assert not any(_is_exporter_notice(w) for w in seen)
+    # torch.jit.save's deprecation (after the trace, never hidden) is shown as before
+    shown = [str(w.message) for w in seen if not str(w.message).startswith("`torch.jit.save` is deprecated")]
+    assert shown == [FOREIGN]
     assert [r.name for r in caplog.records if r.getMessage() == FOREIGN] == ["otherlib", "root"]
     _after_the_call_a_notice_gets_through()
 
@@ -88,8 +89,10 @@ def test_onnxruntime_backend_hides_only_the_exporter_and_quantiser_notices(tmp_p
     assert [str(w.message) for w in seen] == [FOREIGN]
     _with_a_foreign_notice(monkeypatch, ortq, "quantize_static")
     root_filters = list(logging.getLogger().filters)
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         ort_backend._quantize_static(src, dst, [x], tuple(x.shape))
+    assert FOREIGN in [str(w.message) for w in seen]
     assert dst.is_file()
     messages = [(r.name, r.getMessage()) for r in caplog.records]
     assert ("otherlib", FOREIGN) in messages and ("root", FOREIGN) in messages  # another library's, during the call
