@@ -17,6 +17,7 @@ import torch
 from pspnet.export import EXPORTER_NOTICES, export_onnx, export_torchscript, hidden_records, make_exportable
 from pspnet.inference import int8
 from pspnet.inference import onnxruntime as ort_backend
+from pspnet.inference.factored_head import FactoredPSPNet
 from pspnet.inference.folding import fold_batchnorm
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -32,7 +33,7 @@ def _with_a_foreign_notice(monkeypatch, owner, name: str) -> None:
     real = getattr(owner, name)
 
     def noisy(*args, **kwargs):
-        warnings.warn(FOREIGN, UserWarning)
+        warnings.warn(FOREIGN, UserWarning, stacklevel=2)
         logging.getLogger("otherlib").warning(FOREIGN)
         logging.warning(FOREIGN)  # through the root logger, as ONNX Runtime's quantiser logs
         return real(*args, **kwargs)
@@ -44,7 +45,7 @@ def _after_the_call_a_notice_gets_through() -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         warnings.warn("Converting a tensor to a Python boolean might cause the trace to be incorrect",
-                      torch.jit.TracerWarning)
+                      torch.jit.TracerWarning, stacklevel=2)
     assert len(seen) == 1
 
 
@@ -83,10 +84,12 @@ def test_onnxruntime_backend_hides_only_the_exporter_and_quantiser_notices(tmp_p
     x = torch.randn(1, 3, 48, 64)
     src, dst = tmp_path / "m.onnx", tmp_path / "m_int8.onnx"
     _with_a_foreign_notice(monkeypatch, torch.onnx, "export")
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        ort_backend._export_onnx(make_exportable(fold_batchnorm(tiny_pspnet(4).eval())), x, src)
-    assert [str(w.message) for w in seen] == [FOREIGN]
+    net = make_exportable(fold_batchnorm(tiny_pspnet(4).eval()))
+    for module in (net, FactoredPSPNet(net).eval()):  # the factored head's shape arithmetic: constants here
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ort_backend._export_onnx(module, x, src)
+        assert [str(w.message) for w in seen] == [FOREIGN]
     _with_a_foreign_notice(monkeypatch, ortq, "quantize_static")
     root_filters = list(logging.getLogger().filters)
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as seen:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..export import hidden_records, hidden_warnings, make_exportable
+from ..export import EXPORTER_NOTICES, hidden_records, hidden_warnings, make_exportable
 from ..models.pspnet import PSPNet, check_image_batch
 from .calibration import calibration_batches, or_first_batch, packed
 from .factored_head import FactoredPSPNet
@@ -34,9 +34,17 @@ log = logging.getLogger("pspnet.fast")
 __all__ = ["OnnxGraphPSPNet", "OnnxRuntimePSPNet"]
 
 
+FIXED_SHAPE_NOTICES: tuple[tuple[type[Warning], str], ...] = (
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python integer might cause the trace to be incorrect"),
+    (torch.jit.TracerWarning, r"Iterating over a tensor might cause the trace to be incorrect"),
+)
+"""The tracer's notes on the factored head's shape arithmetic (:mod:`.factored_head`): constants of a
+graph exported for one fixed input shape, as intended; hidden with the exporter's own notices."""
+
+
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export a fixed-shape fp32 graph: the pooling matrices of this shape fold into constants."""
-    with hidden_warnings(), torch.no_grad():  # the exporter's deprecation and tracer notices, no other warning
+    with hidden_warnings(EXPORTER_NOTICES + FIXED_SHAPE_NOTICES), torch.no_grad():  # those notices, no other
         torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["logits"],
                           opset_version=17, dynamo=False, do_constant_folding=True)
 
