@@ -55,10 +55,13 @@ EXPORTER_NOTICES: tuple[tuple[type[Warning], str], ...] = (
     # the input checks' Python conditions, constant for the traced shape; the exported graph is
     # size-independent all the same (check_onnx / check_torchscript measure it at other sizes)
     (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean might cause the trace to be incorrect"),
+    # BinPool2d's max form: its -inf fill, a constant by design
+    (torch.jit.TracerWarning, r"torch\.tensor results are registered as constants in the trace"),
 )
 """The notices torch's ONNX exporter (``dynamo=False``) and ``torch.jit.trace`` print for every
 export of a PSPNet (category, message regex): the exporter's and TorchScript's deprecation and the
-tracer's note on Python conditions. Hidden by :func:`hidden_warnings` while those calls run."""
+tracer's notes on Python conditions and on the max pool's constant fill. Hidden by
+:func:`hidden_warnings` while those calls run."""
 
 
 @contextmanager
