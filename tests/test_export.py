@@ -80,17 +80,20 @@ def test_onnx_pooling_has_no_matmul(tmp_path, tiny_pspnet):
     assert "MatMul" not in ops and ops.count("Einsum") == 4, sorted(set(ops))
 
 
-def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, tiny_pspnet):
+def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, trained_tiny):
     """The file `pspnet export` writes runs in OpenVINO's CPU plugin, reshaped to a static size (its
-    fastest form), at f32 and, on CPUs with native bf16, bf16 (NNCF int8 is checked by hand with
-    bench/openvino_compare.py: NNCF is not a test dependency)."""
+    fastest form), at f32 and, on CPUs with native bf16, bf16 keeping the product's 99.5% of the fp32
+    labels (NNCF int8 is checked by hand with bench/openvino_compare.py: NNCF is not a test
+    dependency). The trained tiny model on its held-out scenes: a random-weight model's near-ties
+    would make the bf16 bound either fail honestly or, set low enough to pass, catch nothing."""
     ov = pytest.importorskip("openvino")
     from pspnet import capability
-    model = _nontrivial(tiny_pspnet(4, aux=False))
+    from pspnet.inference.auto import AGREEMENT_BOUND
+    model, images, _ = trained_tiny
     path = export_onnx(model, tmp_path / "m.onnx")
-    x = torch.randn(1, 3, 64, 80)
+    x = images[12:]
     with torch.no_grad():
-        ref = model.eval()(x)
+        ref = model(x)
     core = ov.Core()
     for hint in ["f32"] + (["bf16"] if capability.real_capabilities().check("bf16", "openvino").native else []):
         net = core.read_model(str(path))
@@ -101,7 +104,7 @@ def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, tiny_pspnet):
         if hint == "f32":
             assert float((out - ref).abs().max()) < 1e-3 * float(ref.abs().max())
         else:
-            assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.97
+            assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= AGREEMENT_BOUND
 
 
 def test_torchscript_any_size(tmp_path, tiny_pspnet):

@@ -223,6 +223,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
                           f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")
     dataset = build_dataset(name, root, split, list_file=list_file, info=info, check_files=not args.skip_bad)
+    note = None
+    if args.precision is None:  # eval's default: the model's own numbers, not a fast mode's
+        args.precision = "fp32"
+        note = ("precision fp32 (eval's default: the model's own metrics), while pspnet predict runs --precision "
+                "auto (bf16 or int8 where this CPU and the weights allow, keeping >= 99.5% of the fp32 labels); "
+                "to measure predict's mode: pspnet eval --precision auto")
     from .config import recorded_test_settings
     s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None,
                             recorded_test_settings(meta, str(args.weights or "the packaged model")))
@@ -231,20 +237,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if name_from_weights:
             print(f"dataset: {name} (weights), split {split}, {root}")
         print(_settings_line(s))
+        if note:
+            print(f"pspnet eval: note: {note}", file=sys.stderr)
     sources = s.pop("sources")
     from .inference.auto import recorded_int8_agreements
+    recorded = recorded_int8_agreements(meta)
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
                    absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
-                   int8_agreement=recorded_int8_agreements(meta), **s)
+                   int8_agreement=recorded, **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file, "sources": sources})
+    if note:
+        res["settings"]["precision_note"] = note
     if not main_rank:  # every rank returns the whole result (bad files included): the same exit status
         return 1 if res["bad_files"] else 0
     print(format_table(res))
     if args.grid:
-        _eval_grid(model, dataset, info, s, args.grid, args.grid_images)
-        print(f"prediction grid: {args.grid}")
+        n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
+        mode = _eval_grid(model, dataset, info, s, args.grid, args.grid_images, int8_agreement=recorded, images=n)
+        print(f"prediction grid: {args.grid} ({mode})")
     for b in res["bad_files"]:
         print(f"skipped: {b['path']}: {b['error']}", file=sys.stderr)
     if args.out:
@@ -258,19 +270,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 1 if res["bad_files"] else 0
 
 
-def _eval_grid(model, dataset, info, settings, path, count: int) -> None:
-    """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``."""
+def _eval_grid(model, dataset, info, settings, path, count: int, int8_agreement=None, images: int | None = None) -> str:
+    """Image | ground truth | prediction for ``count`` evenly spaced items of ``dataset``, in the mode the
+    metrics were measured in: ``auto`` gets the int8 agreements the weights record (int8 only where
+    they keep >= 99.5% of the fp32 labels, as in predict and the evaluation) and the evaluation's call
+    count (``images``), so it decides as the evaluation did. Returns ``precision/backend`` used."""
     from .inference.prepare import prepare_model
-    from .inference.testtime import predict_logits
+    from .inference.testtime import network_calls, predict_logits
     from .plots import plot_prediction_grid
-    runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"))
     keys = ("base_size", "scales", "flip", "mode", "crop_size", "stride_rate", "protocol")
+    calls = None if images is None else network_calls(images, settings.get("scales", (1.0,)), settings.get(
+        "flip", False), settings.get("mode", "whole"), settings.get("protocol", "release"))
+    runner, _ = prepare_model(model, settings.get("precision", "fp32"), settings.get("backend", "torch"),
+                              int8_agreement=int8_agreement, expected_calls=calls)
     rows = []
     for i in sorted({round(k * (len(dataset) - 1) / max(count - 1, 1)) for k in range(count)}):
         image, label = dataset[i]
         pred = predict_logits(runner, image[None], **{k: settings[k] for k in keys if k in settings}).argmax(1)[0]
         rows.append((image.permute(1, 2, 0).numpy(), label.numpy(), pred.cpu().numpy()))
     plot_prediction_grid(rows, info.palette, info.class_names, path, info.ignore_index)
+    return f"{getattr(runner, 'precision', 'fp32')}/{getattr(runner, 'backend', 'torch')}"
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -361,11 +380,13 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--protocol", choices=["release", "logit-average"],
                    help="test-time averaging: release (default) = the original release's tool/test.py (softmax "
                         "per window, flip inside each window, half-pixel resizes); logit-average = pspnet 0.1's")
-    q.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
-                   help="eval: fp32 (default); predict: auto (default) = the fastest mode that keeps the labels "
+    q.add_argument("--precision", default=None, choices=["fp32", "auto", "bf16", "int8"],
+                   help="eval: fp32 (default: the model's own metrics; it says so, naming predict's mode); "
+                        "predict: auto (default) = the fastest mode that keeps the labels "
                         "on this CPU: bf16 where bf16 is native, else fp32, or int8 (onnxruntime, torch or "
                         "openvino) where the weights record >= 99.5%% int8 agreement on that backend and a probe "
-                        "(cached per machine) finds it faster; int8 calibrates on the first image; on the torch "
+                        "(cached per machine) finds it faster; int8 calibrates on the first image (as the "
+                        "recorded agreement was measured; the log names it); on the torch "
                         "backend it needs torchao (docs/benchmarks.md)")
     q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
                    help="torch (default), onnxruntime or openvino (optional: pip install \"pspnet[openvino]\"); "

@@ -21,8 +21,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,70 @@ from .models.weights import unwrap
 log = logging.getLogger("pspnet.export")
 
 __all__ = ["BinPool2d", "make_exportable", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript",
-           "check_images", "format_check", "DEFAULT_CHECK_SIZES"]
+           "check_images", "format_check", "DEFAULT_CHECK_SIZES", "EXPORTER_NOTICES", "hidden_warnings",
+           "hidden_records"]
 
 DEFAULT_CHECK_SIZES: tuple[tuple[int, int], ...] = ((97, 129), (240, 320), (361, 481))
 MAX_ABS_TOL = 1e-3
 MIN_AGREEMENT = 0.999
+
+
+EXPORTER_NOTICES: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, r"You are using the legacy TorchScript-based ONNX export"),
+    (DeprecationWarning, r"The feature will be removed\. Please remove usage of this function"),
+    (DeprecationWarning, r"`torch\.jit\.trace(_method)?` is deprecated"),
+    # the input checks' Python conditions, constant for the traced shape; the exported graph is
+    # size-independent all the same (check_onnx / check_torchscript measure it at other sizes)
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean might cause the trace to be incorrect"),
+    # BinPool2d's max form: its -inf fill, a constant by design
+    (torch.jit.TracerWarning, r"torch\.tensor results are registered as constants in the trace"),
+)
+"""The notices torch's ONNX exporter (``dynamo=False``) and ``torch.jit.trace`` print for every
+export of a PSPNet (category, message regex): the exporter's and TorchScript's deprecation and the
+tracer's notes on Python conditions and on the max pool's constant fill. Hidden by
+:func:`hidden_warnings` while those calls run."""
+
+
+@contextmanager
+def hidden_warnings(notices: Sequence[tuple[type[Warning], str]] = EXPORTER_NOTICES) -> Iterator[None]:
+    """While the block runs, ignore exactly the warnings ``notices`` names (category, message regex
+    matched from the message's start); every other warning, of any library, is shown as before, and
+    the filters are restored when the block ends."""
+    with warnings.catch_warnings():
+        for category, message in notices:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+class _DropNamedRecords(logging.Filter):
+    """Drops the records below ERROR whose message matches one of ``patterns``; counts them."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR and any(p.search(record.getMessage()) for p in self.patterns):
+            self.dropped += 1
+            return False
+        return True
+
+
+@contextmanager
+def hidden_records(notices: Mapping[str, Sequence[str]]) -> Iterator[list[_DropNamedRecords]]:
+    """While the block runs, drop the log records below ERROR of the named loggers (``""``: the root
+    logger) whose message matches one of that logger's regexes; a logger's filter sees only what is
+    logged through that very logger, so other loggers' records, and every other message of these,
+    get through. The filters are removed when the block ends; yields them (``.dropped`` counts)."""
+    added = [(logging.getLogger(name or None), _DropNamedRecords(patterns)) for name, patterns in notices.items()]
+    for logger, quiet in added:
+        logger.addFilter(quiet)
+    try:
+        yield [quiet for _, quiet in added]
+    finally:
+        for logger, quiet in added:
+            logger.removeFilter(quiet)
 
 
 class BinPool2d(nn.Module):
@@ -146,8 +207,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, class_names: Sequence[str
     example = torch.zeros(1, 3, *example_size, device=device)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporters' deprecation / tracer notices
+    with hidden_warnings():  # the exporter's deprecation and tracer notices, no other warning
         if dynamo:
             dim = torch.export.Dim
             torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"],
@@ -178,8 +238,7 @@ def export_torchscript(model: nn.Module, path: str | Path, *, class_names: Seque
     net = _pspnet_copy(model)
     device = next(net.parameters()).device
     example = torch.zeros(1, 3, *example_size, device=device)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with hidden_warnings(), torch.no_grad():  # TorchScript's deprecation and the tracer's notices only
         traced = torch.jit.trace(net, example, check_trace=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -271,3 +271,79 @@ def test_predict_and_eval_on_the_onnxruntime_backend(tmp_path, weights_file):
     rc = main(["eval", "--weights", str(weights_file), "--dataset", "list", "--data-root", str(root),
                "--backend", "onnxruntime", "--out", str(out), "--no-progress"])
     assert rc == 0 and json.loads(out.read_text())["settings"]["backend"] == "onnxruntime"
+
+
+def test_eval_says_it_measures_fp32_while_predict_runs_auto(tmp_path, weights_file, capsys):
+    """eval's default stays fp32 (the model's own metrics), and it says so on stderr and in its JSON,
+    naming predict's default mode and the flag that measures it; asked for a mode, it records that mode."""
+    root = _make_list_dataset(tmp_path / "data")
+    base = ["eval", "--weights", str(weights_file), "--dataset", "list", "--data-root", str(root), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "default.json")]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "note: precision fp32" in ln]
+    assert len(lines) == 1 and "pspnet predict runs --precision auto" in lines[0], err
+    assert "pspnet eval --precision auto" in lines[0]
+    settings = json.loads((tmp_path / "default.json").read_text())["settings"]
+    assert settings["precision"] == "fp32" and settings["precision_note"].startswith("precision fp32")
+    for precision in ("fp32", "auto"):  # chosen: no note, and the JSON names the mode that ran
+        out = tmp_path / f"{precision}.json"
+        assert main(base + ["--precision", precision, "--out", str(out)]) == 0
+        assert "note: precision" not in capsys.readouterr().err
+        settings = json.loads(out.read_text())["settings"]
+        assert "precision_note" not in settings and settings["precision"] in ("fp32", "bf16", "int8")
+
+
+def test_eval_grid_decides_like_the_evaluation_with_the_recorded_int8_agreement(tmp_path, weights_file,
+                                                                                  monkeypatch):
+    """--grid's predictions come from the mode the metrics were measured in: auto gets the weights'
+    recorded int8 agreement (the 99.5% bound of predict and the evaluation) and the evaluation's call count."""
+    from pspnet.inference import evaluate as evaluate_module
+    root = _make_list_dataset(tmp_path / "data")
+    weights = Path(shutil.copy(weights_file, tmp_path / "w.safetensors"))
+    update_metadata(weights, {"int8_agreement": {"agreement": 0.9991}, "int8_agreement_torch": 0.99})
+    seen = []
+
+    def recording(model, precision="fp32", backend="torch", **kwargs):
+        seen.append((precision, backend, kwargs))
+        return prepare_model(model, precision, backend, **kwargs)
+    monkeypatch.setattr(evaluate_module, "prepare_model", recording)
+    monkeypatch.setattr(prepare, "prepare_model", recording)  # the CLI's grid imports it from here
+    grid = tmp_path / "grid.png"
+    assert main(["eval", "--weights", str(weights), "--dataset", "list", "--data-root", str(root), "--flip",
+                 "--precision", "auto", "--grid", str(grid), "--grid-images", "2", "--no-progress"]) == 0
+    assert grid.is_file() and len(seen) == 2
+    (evaluated, grid_call) = seen
+    assert evaluated[:2] == grid_call[:2] == ("auto", "torch")
+    assert grid_call[2]["int8_agreement"] == evaluated[2]["int8_agreement"] == {"onnxruntime": 0.9991,
+                                                                                 "torch": 0.99}
+    assert grid_call[2]["expected_calls"] == evaluated[2]["expected_calls"] == 3  # 3 images, flip in one batch
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_auto_int8_names_the_image_it_calibrated_on(tmp_path, weights_file, monkeypatch, caplog):
+    """auto's int8 calibrates on the first image it sees (as the recorded agreement was measured): never
+    silently; predict logs that image's file, eval logs it and records it in its JSON."""
+    from pspnet.inference.auto import AutoChoice
+    monkeypatch.setattr(prepare, "choose_from_features", lambda device, agreement: None)
+    monkeypatch.setattr(prepare, "choose_auto", lambda *a, **k: AutoChoice("int8", "onnxruntime", "the test's"))
+    root = _make_list_dataset(tmp_path / "data")
+    out = tmp_path / "m.json"
+    with caplog.at_level("INFO"):
+        assert main(["eval", "--weights", str(weights_file), "--dataset", "list", "--data-root", str(root),
+                     "--precision", "auto", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["precision"], settings["backend"]) == ("int8", "onnxruntime")
+    assert settings["int8_calibration"].startswith("the first input batch (1 x 3 x 40 x 56): item 0 (")
+    assert settings["int8_calibration"].endswith("0.png)")
+    said = [r.getMessage() for r in caplog.records if "calibrat" in r.getMessage()]
+    assert any("calibrates its activation ranges on the first input batch" in m for m in said), said
+    assert any(m.startswith("int8 calibrated on") and "0.png" in m for m in said), said
+    caplog.clear()
+    (tmp_path / "in").mkdir()
+    shutil.copy(root / "img" / "1.png", tmp_path / "in" / "first.png")
+    shutil.copy(root / "img" / "2.png", tmp_path / "in" / "second.png")
+    with caplog.at_level("INFO"):
+        assert main(["predict", str(tmp_path / "in"), "--weights", str(weights_file), "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("int8 calibrated on")]
+    assert len(said) == 1 and said[0].endswith("first.png"), said

@@ -19,6 +19,7 @@ from pspnet.errors import ConfigError, PSPNetError
 from pspnet.export import BinPool2d, make_exportable
 from pspnet.inference import calibration
 from pspnet.inference import onnxruntime as ort_backend
+from pspnet.inference.auto import AGREEMENT_BOUND
 from pspnet.inference.fast import FastPSPNet
 from pspnet.inference.folding import fold_batchnorm, fuse_conv_bn
 from pspnet.inference.prepare import argmax_agreement, prepare_for_inference
@@ -158,7 +159,10 @@ def test_onnxruntime_backend_matches_torch(trained_tiny):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_onnxruntime_int8_runs_and_mostly_agrees(trained_tiny):
+def test_onnxruntime_int8_keeps_the_labels(trained_tiny):
+    """The product's contract (``AGREEMENT_BOUND``, 99.5% of fp32's labels), on the trained model's
+    held-out scenes: measured 99.81% on a Zen 4. A calibration of the wrong scale stays above 95% and
+    fails this (test_int8_agreement_bound_catches_a_broken_calibration), as a bound of 90% would not."""
     model, images, _ = trained_tiny
     q = prepare_for_inference(model, "int8", backend="onnxruntime", calibration=[images[:12]])
     assert q.precision == "int8"
@@ -167,7 +171,21 @@ def test_onnxruntime_int8_runs_and_mostly_agrees(trained_tiny):
     out = q(images[12:])
     assert out.shape == ref.shape
     assert not torch.allclose(out, ref, atol=1e-4)  # quantised for real
-    assert argmax_agreement(out, ref) > 0.9
+    assert argmax_agreement(out, ref) >= AGREEMENT_BOUND
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_int8_agreement_bound_catches_a_broken_calibration(trained_tiny):
+    """The bound the int8 tests assert is not vacuous: calibrated on noise 20 times the images' scale
+    (activation ranges far too wide, what a calibration path fed the wrong data gives), int8 still
+    keeps over 90% of the labels (the old bound passed it) but falls below the contract."""
+    model, images, _ = trained_tiny
+    noise = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0)) * 20
+    q = prepare_for_inference(model, "int8", backend="onnxruntime", calibration=[noise])
+    with torch.no_grad():
+        ref = model(images[12:])
+    agreement = argmax_agreement(q(images[12:]), ref)
+    assert 0.5 < agreement < AGREEMENT_BOUND, agreement
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
@@ -225,7 +243,7 @@ def test_onnxruntime_calibrates_a_batched_graph_once_per_batch_to_the_same_int8_
 
 
 @pytest.mark.parametrize("factor_head", [True, False])
-def test_int8_torch_backend_keeps_most_labels(trained_tiny, factor_head):
+def test_int8_torch_backend_keeps_the_labels(trained_tiny, factor_head):
     """PT2E int8 through torchao, a dev dependency: this runs in CI, it does not skip. The factored head
     (the default) is exported as such, and its classifier stays fp32 under the name it has there."""
     model, images, _ = trained_tiny
@@ -237,7 +255,7 @@ def test_int8_torch_backend_keeps_most_labels(trained_tiny, factor_head):
         ref, out = model(images[12:]), q(images[12:])
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert not torch.allclose(out, ref, atol=1e-4)  # quantised for real
-    assert argmax_agreement(out, ref) > 0.9
+    assert argmax_agreement(out, ref) >= AGREEMENT_BOUND  # the contract; measured 99.82% on a Zen 4
 
 
 def test_int8_torch_backend_without_torchao_says_what_is_missing(trained_tiny, monkeypatch):

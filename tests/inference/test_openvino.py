@@ -14,6 +14,7 @@ import torch
 from pspnet import capability
 from pspnet.errors import ConfigError
 from pspnet.inference import openvino as ov_backend
+from pspnet.inference.auto import AGREEMENT_BOUND
 from pspnet.inference.prepare import argmax_agreement, prepare_for_inference
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
@@ -47,7 +48,7 @@ def test_openvino_bf16_keeps_the_labels(trained_tiny):
         ref = model(images)
     out = ov(images)
     assert not torch.allclose(out, ref, atol=1e-5)  # bf16 for real
-    assert argmax_agreement(out, ref) > 0.99
+    assert argmax_agreement(out, ref) >= AGREEMENT_BOUND
 
 
 @needs_openvino
@@ -61,7 +62,7 @@ def test_openvino_int8_quantises_the_convolutions_symmetrically(trained_tiny):
     out = q(images[12:])
     assert q.precision == "int8" and out.shape == ref.shape
     assert not torch.allclose(out, ref, atol=1e-4)  # quantised for real
-    assert argmax_agreement(out, ref) > 0.9
+    assert argmax_agreement(out, ref) >= AGREEMENT_BOUND  # the contract; measured 99.87% on a Zen 4
     graph = onnx.load(str(next(q.cache_dir.glob("*_int8.onnx")))).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,20 +31,59 @@ CRASHY = ["data.val_split=''", "model.dropout=0.1", f"train.iters={ITERS}", "tra
           "train.lr=0.01", "train.warmup_iters=1"]
 
 
-class Leg:
-    """One ``python -m pspnet.cli train`` process writing to ``out``; watches its ``log.jsonl``."""
+# The child runs ``pspnet train`` with one hook that stops it (SIGSTOP, to itself) at an exact point:
+# right after it logs iteration N ("iter:N"), or in the middle of its first checkpoint write, its
+# temporary file written half ("checkpoint"). The test waits for that stop (waitpid), then kills or
+# signals the process there: no polling, no sleeping, and every leg is cut where it says.
+STOP_ENV = "PSPNET_TEST_STOP_AT"
+STOPPER = f"""
+import os, runpy, signal, sys
+from pspnet.training import runlog, state
 
-    def __init__(self, cfg_file: Path, out: Path, overrides: list[str], resume: bool, name: str) -> None:
+how, _, at = os.environ[{STOP_ENV!r}].partition(":")
+
+def stop():
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+if how == "iter":
+    write = runlog.RunLogger.write
+
+    def write_then_stop(self, record):
+        write(self, record)
+        if record.get("kind") == "train" and record.get("iter") == int(at):
+            stop()
+    runlog.RunLogger.write = write_then_stop
+elif how == "checkpoint":
+    atomic_write = state.atomic_write
+
+    def half_written_then_stop(path, write_fn):
+        def write_half(tmp):
+            write_fn(tmp)
+            os.truncate(tmp, os.path.getsize(tmp) // 2)
+            stop()
+        atomic_write(path, write_half)
+    state.atomic_write = half_written_then_stop
+sys.argv = ["pspnet", *sys.argv[1:]]
+runpy.run_module("pspnet.cli", run_name="__main__")
+"""
+
+
+class Leg:
+    """One ``pspnet train`` process writing to ``out``, which stops itself at ``stop_at`` (see STOPPER;
+    None: runs to its end); watches its ``log.jsonl``."""
+
+    def __init__(self, cfg_file: Path, out: Path, overrides: list[str], resume: bool, name: str,
+                 stop_at: str | None = None) -> None:
         self.out, self.name = out, name
         self.log = out / "log.jsonl"
         self.started = time.time()
         self.stderr_path = out.parent / f"{name}.stderr"
-        cmd = [sys.executable, "-m", "pspnet.cli", "train", "-c", str(cfg_file), *overrides, "--no-progress"]
+        cmd = [sys.executable, "-c", STOPPER, "train", "-c", str(cfg_file), *overrides, "--no-progress"]
         if resume:
             cmd += ["--resume", str(out / "last.pt")]
         self.stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env = {**os.environ, "OMP_NUM_THREADS": "1", STOP_ENV: stop_at or "none"}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
 
     def logged_iters(self) -> list[int]:
         """Iterations this process has logged (a resumed run rewrites the log to its checkpoint's history,
@@ -55,16 +95,19 @@ class Leg:
         records = [json.loads(ln) for ln in text.split("\n")[:-1] if ln.strip()]  # last piece: may be partial
         return [r["iter"] for r in records if r.get("kind") == "train" and r.get("time", 0) >= self.started]
 
-    def wait_until(self, predicate, what: str, timeout: float = 120.0) -> None:
-        t0 = time.monotonic()
-        while not predicate():
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name}: the process ended (rc {self.proc.returncode}) before {what}:\n"
-                            + self.stderr_path.read_text()[-3000:])
-            if time.monotonic() - t0 > timeout:
-                self.proc.kill()
-                pytest.fail(f"{self.name}: timed out waiting for {what}")
-            time.sleep(0.005)
+    def wait_stopped(self, what: str, timeout: float = 120.0) -> None:
+        """Block until the process has stopped itself (at ``what``); a process that ends first, or hangs
+        (killed after ``timeout`` s), fails the test."""
+        watchdog = threading.Timer(timeout, self.proc.kill)
+        watchdog.start()
+        try:
+            _, status = os.waitpid(self.proc.pid, os.WUNTRACED)
+        finally:
+            watchdog.cancel()
+        if not os.WIFSTOPPED(status):
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            pytest.fail(f"{self.name}: the process ended (rc {self.proc.returncode}) before {what}:\n"
+                        + self.stderr_path.read_text()[-3000:])
 
     def finish(self, timeout: float = 120.0) -> int:
         rc = self.proc.wait(timeout)
@@ -94,37 +137,44 @@ def test_sigkill_and_sigint_resume_to_the_same_weights(tmp_path, folder_dataset,
     out.mkdir()
     run = tiny_run_overrides(data, out, *CRASHY)
 
-    # leg 1: killed at an arbitrary moment after iteration 3 was logged (checkpoint 2 exists)
-    leg = Leg(cfg_file, out, run, resume=False, name="leg1")
-    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 3, "iteration 3")
+    # leg 1: killed right after iteration 3 was logged (checkpoint 2 exists)
+    leg = Leg(cfg_file, out, run, resume=False, name="leg1", stop_at="iter:3")
+    leg.wait_stopped("iteration 3")
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
-    assert_checkpoint_ok(out, ITERS)
+    assert max(leg.logged_iters()) == 3
+    assert assert_checkpoint_ok(out, ITERS) == 2
 
-    # leg 2: killed while it writes a checkpoint (its temporary file exists)
-    leg = Leg(cfg_file, out, run, resume=True, name="leg2")
-    leg.wait_until(lambda: bool(tmp_files(out)), "a checkpoint write in progress")
+    # leg 2: killed in the middle of a checkpoint write: its temporary file holds half a checkpoint
+    leg = Leg(cfg_file, out, run, resume=True, name="leg2", stop_at="checkpoint")
+    leg.wait_stopped("a checkpoint write in progress")
+    assert len(tmp_files(out)) == 1, tmp_files(out)
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
-    assert_checkpoint_ok(out, ITERS)  # the previous checkpoint survived the interrupted write
+    assert tmp_files(out), "the killed write's temporary file is the crash this leg makes"
+    assert assert_checkpoint_ok(out, ITERS) == 2  # the previous checkpoint survived the interrupted write
 
-    # leg 3: killed after iteration 8
-    leg = Leg(cfg_file, out, run, resume=True, name="leg3")
-    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 8, "iteration 8")
+    # leg 3: killed right after iteration 8 was logged, before its checkpoint (the step logs first);
+    # it starts beside leg 2's half-written temporary file, which it removes
+    leg = Leg(cfg_file, out, run, resume=True, name="leg3", stop_at="iter:8")
+    leg.wait_stopped("iteration 8")
+    assert not tmp_files(out), f"a stale temporary file was left: {tmp_files(out)}"
     leg.proc.send_signal(signal.SIGKILL)
     assert leg.finish() == -signal.SIGKILL
-    assert_checkpoint_ok(out, ITERS)
+    assert assert_checkpoint_ok(out, ITERS) == 6
 
-    # leg 4: SIGINT (Ctrl-C) after iteration 10: the step finishes, a checkpoint is saved, exit code 130
-    leg = Leg(cfg_file, out, run, resume=True, name="leg4")
-    leg.wait_until(lambda: max(leg.logged_iters(), default=0) >= 10, "iteration 10")
-    leg.proc.send_signal(signal.SIGINT)
+    # leg 4: SIGINT (Ctrl-C) right after iteration 10 was logged: the step finishes, a checkpoint is
+    # saved, exit code 130
+    leg = Leg(cfg_file, out, run, resume=True, name="leg4", stop_at="iter:10")
+    leg.wait_stopped("iteration 10")
+    leg.proc.send_signal(signal.SIGINT)  # delivered when the process continues
+    leg.proc.send_signal(signal.SIGCONT)
     rc = leg.finish()
     assert rc == 130, leg.text()[-3000:]
     assert "Traceback" not in leg.text(), leg.text()[-3000:]
     last_logged = max(leg.logged_iters())
     stopped_at = int(load_checkpoint(out / "last.pt")["iteration"])
-    assert stopped_at == last_logged, "SIGINT must save the iteration it stopped at, not an older checkpoint"
+    assert stopped_at == last_logged == 10, "SIGINT must save the iteration it stopped at, not an older checkpoint"
     assert not (out / "final.safetensors").exists() or stopped_at == ITERS
 
     # leg 5: a stale temporary file from a crashed writer is cleaned; the run completes

@@ -81,6 +81,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
         bar = tqdm(total=len(mine), desc="eval" if world == 1 else f"eval (rank 0 of {world})", unit="img",
                    dynamic_ncols=True)
     t0 = time.perf_counter()
+    calibrated_on = None
     try:
         for k, i in enumerate(mine):
             try:
@@ -99,6 +100,9 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                                 f"{tuple(image.shape)} sizes differ")
             probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip, mode=mode,
                                    crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
+            if calibrated_on is None and getattr(runner, "calibrated_on", None):  # auto's int8: said, and recorded
+                calibrated_on = f"{runner.calibrated_on}: item {i} ({_item_path(dataset, i)})"
+                log.info("int8 calibrated on %s", calibrated_on)
             pred, target = probs.argmax(1), label.reshape(1, *label.shape[-2:]).to(device)
             cm.update(pred, target)
             if scores is not None:
@@ -126,6 +130,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                           "absent": absent,
                           "device": str(device), "world_size": world,
                           "images_per_rank": [r["scored"] for r in ranks]}
+    if calibrated_on is not None:
+        result["settings"]["int8_calibration"] = calibrated_on
     result["num_images"] = n - len(bad)
     result["seconds"] = round(max(r["seconds"] for r in ranks), 3)
     result["bad_files"] = bad

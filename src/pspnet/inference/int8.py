@@ -10,7 +10,6 @@ backend is the other int8 path.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, PSPNetError
+from ..export import hidden_records
 from ..models.pspnet import PSPNet, check_image_batch
 from .calibration import calibration_batches, or_first_batch, packed
 from .compiled import frozen_compile_context
@@ -27,21 +27,23 @@ from .factored_head import FactoredPSPNet
 __all__ = ["TorchInt8PSPNet"]
 
 
+TORCHAO_IMPORT_NOTICES = {
+    "torchao": (r"^Failed to load .*_C_(mxfp8|cutlass)\w*\..*\.so",),
+    "torchao.kernel.intmm": (r"Detected no triton",),
+    "torch.utils._pytree": (r"is an Enum subclass and is now natively supported by torch\.compile",),
+}
+"""What importing torchao logs on a CPU-only torch (logger: message regexes): its CUDA kernel
+libraries (mxfp8, cutlass) that cannot load, the Triton kernels it cannot use, and torch's pytree's
+deprecation of how torchao registers an enum; none plays a part in CPU int8."""
+
+
 def _import_torchao_quietly() -> None:
-    """Import what this module needs from torchao. Its wheel's import logs a warning for each of its
-    CUDA kernel libraries that cannot load (mxfp8, cutlass) on a CPU-only torch; they play no part
-    in CPU int8, and torch's pytree logs a deprecation of how torchao registers an enum; those lines
-    are held back rather than printed into every predict run."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
+    """Import what this module needs from torchao, holding back exactly the notices of
+    :data:`TORCHAO_IMPORT_NOTICES` rather than printing them into every predict run; any other
+    message of torchao's, and everything of other libraries, gets through."""
+    with hidden_records(TORCHAO_IMPORT_NOTICES):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 class _ReLU(nn.Module):
@@ -118,7 +120,7 @@ class TorchInt8PSPNet(nn.Module):
             quantizer.set_module_name_qconfig(name, None)
         exported = torch.export.export(self.plain, (x,)).module()
         with warnings.catch_warnings():  # the stem's max-pool stays fp32 (its input is a fp32 ReLU): expected
-            warnings.filterwarnings("ignore", message="The input of maxpool2d is not quantized")
+            warnings.filterwarnings("ignore", message="The input of maxpool2d is not quantized", category=UserWarning)
             prepared = prepare_pt2e(exported, quantizer)
         for c in packed(or_first_batch(self.calibration, x), shape):
             prepared(c)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..export import make_exportable
+from ..export import EXPORTER_NOTICES, hidden_records, hidden_warnings, make_exportable
 from ..models.pspnet import PSPNet, check_image_batch
 from .calibration import calibration_batches, or_first_batch, packed
 from .factored_head import FactoredPSPNet
@@ -35,10 +34,17 @@ log = logging.getLogger("pspnet.fast")
 __all__ = ["OnnxGraphPSPNet", "OnnxRuntimePSPNet"]
 
 
+FIXED_SHAPE_NOTICES: tuple[tuple[type[Warning], str], ...] = (
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python integer might cause the trace to be incorrect"),
+    (torch.jit.TracerWarning, r"Iterating over a tensor might cause the trace to be incorrect"),
+)
+"""The tracer's notes on the factored head's shape arithmetic (:mod:`.factored_head`): constants of a
+graph exported for one fixed input shape, as intended; hidden with the exporter's own notices."""
+
+
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export a fixed-shape fp32 graph: the pooling matrices of this shape fold into constants."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with hidden_warnings(EXPORTER_NOTICES + FIXED_SHAPE_NOTICES), torch.no_grad():  # those notices, no other
         torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["logits"],
                           opset_version=17, dynamo=False, do_constant_folding=True)
 
@@ -198,30 +204,22 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[torch.Tensor], 
         onnx.save(graph, str(src))
     convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
     keep_fp32 = convs[-1:]  # the classifier
-    # the quantiser logs advice through the root logger (pre-processing, bias initializers); a
-    # filter on the root logger drops only those direct calls, not pspnet's own propagated records
-    quiet = _DropRecords()
-    logging.getLogger().addFilter(quiet)
-    try:
+    # the quantiser logs advice through the root logger (pre-processing, bias initializers): those
+    # messages alone are held back, while it runs (QUANTISER_NOTICES)
+    with hidden_records(QUANTISER_NOTICES) as (quiet,):
         quantize_static(str(src), str(dst), _CalibrationReader(arrays), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                         activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
                         op_types_to_quantize=list(op_types),
                         extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True})
-    finally:
-        logging.getLogger().removeFilter(quiet)
     if quiet.dropped:
         log.debug("onnxruntime quantiser: %d advisory messages hidden", quiet.dropped)
 
 
-class _DropRecords(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            self.dropped += 1
-            return False
-        return True
+QUANTISER_NOTICES = {"": (r"^Please consider (to run )?pre-processing before quantization",
+                          r"^Expected bias '.*' to be an initializer")}
+"""What ONNX Runtime's ``quantize_static`` logs through the root logger on every call (logger name:
+message regexes): advice to run its shape-inference pre-processing (the fixed-shape graph needs none)
+and a note per bias the exporter left as a computed value (:func:`_own_initializers` handles
+those); :func:`_quantize_static` hides exactly these."""

@@ -182,6 +182,15 @@ def _write_probs(probs: torch.Tensor, class_names: Sequence[str], out_dir: Path,
     return paths
 
 
+def _say_calibration(runner, first: str | Path) -> None:
+    """``auto``'s int8 calibrated on the first image it saw: name that image, once (it is the only
+    calibration data; :class:`~pspnet.inference.prepare.AutoPSPNet`)."""
+    on = getattr(runner, "calibrated_on", None)
+    if on and not getattr(runner, "_calibration_said", False):
+        runner._calibration_said = True
+        log.info("int8 calibrated on %s: %s", on, first)
+
+
 @torch.no_grad()
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -223,6 +232,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                 probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
                                        crop_size=crop_size, stride_rate=stride_rate, softmax=True,
                                        protocol=protocol)
+                _say_calibration(runner, f)
                 if probs.shape[1] != num_classes:
                     raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
                                       f"names were given")

@@ -148,6 +148,7 @@ class AutoPSPNet:
         self.config, self.device = net.config, next(net.parameters()).device
         self.choice: AutoChoice | None = choose_from_features(self.device, int8_agreement)
         self.runner: Any = None
+        self.calibrated_on: str | None = None  # int8: what it calibrated on, where no calibration was given
         if self.choice is not None:  # the features decide: built now, no input shape needed
             log.info("%s", self.choice.describe())
             self.runner = self._build(self.calibration)
@@ -174,6 +175,11 @@ class AutoPSPNet:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.decide(tuple(x.shape))
         if self.runner is None:  # int8 without calibration images calibrates on this first batch
+            if self.choice.precision == "int8" and not self.calibration:  # said, never silent
+                self.calibrated_on = f"the first input batch ({' x '.join(map(str, x.shape))})"
+                log.info("%s calibrates its activation ranges on %s only, as the weights' recorded int8 "
+                         "agreement was measured; pass calibration=[...] to calibrate on chosen images",
+                         self.choice.mode, self.calibrated_on)
             self.runner = self._build(self.calibration or [x])
         try:
             return self.runner(x)
