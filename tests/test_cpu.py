@@ -75,7 +75,7 @@ def test_a_simulation_never_adds_what_the_runtime_lacks(monkeypatch):
 def test_avx512_bf16_without_amx_follows_the_measured_probe(simulate_cpu, monkeypatch, speedup, bf16):
     """avx512_bf16 alone: a Zen 4 (bf16 matrix products 2.9x fp32's) trains and predicts in bf16; a Xeon
     whose AMX is hidden (0.61x, bench/emulate_zen4.sh) in fp32, where bf16 ran 1.4x slower."""
-    simulate_cpu("zen4")
+    simulate_cpu("zen4", onnxruntime=None, openvino=None)  # no other fp32 engine: the torch mode decides alone
     monkeypatch.setattr(cpu, "bf16_speedup", lambda: speedup)
     assert resolve_inference_precision("auto") == ("bf16" if bf16 else "fp32")
     assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if bf16 else None)
@@ -168,7 +168,7 @@ def test_auto_inference_runs_the_chosen_precision(simulate_cpu, name, tiny_pspne
     bf16 = name == "xeon-amx" and capability.real_capabilities().check("bf16").runs
     simulate_cpu(name, within_real=True)
     model = tiny_pspnet().eval()
-    prepared = prepare_for_inference(model, "auto")  # no int8 record: the capabilities decide, at once
+    prepared = prepare_for_inference(model, "auto", expected_calls=1)  # one call: torch's mode, decided at once
     assert prepared.precision == ("bf16" if bf16 else "fp32") and prepared.backend == "torch"
     body = {p.dtype for n, p in prepared.runner.named_parameters() if not n.startswith("classifier")}
     assert body == {torch.bfloat16 if bf16 else torch.float32}

@@ -25,12 +25,12 @@ def _auto_for_packaged() -> dict[str, Any]:
     """Which mode ``auto`` runs the packaged model in, and where that came from: the CPU's capabilities,
     a cached probe, or a probe still to run on the first image (nothing is timed here)."""
     from .inference.auto import (
+        FEW_CALLS,
         auto_cache_path,
         cached_choice,
+        candidates,
         choose_from_features,
-        int8_candidates,
         recorded_int8_agreements,
-        torch_candidate,
     )
     from .models import PSPNetConfig
     from .models.pretrained import default_weights_path
@@ -45,15 +45,15 @@ def _auto_for_packaged() -> dict[str, Any]:
     decided = choose_from_features(device, agreements)
     if decided is not None:
         return {"mode": decided.mode, "source": "capabilities", "why": decided.reason}
-    backends, _ = int8_candidates(device, agreements)
-    candidates = [torch_candidate(device)] + [("int8", b) for b in backends]
-    found = cached_choice(config, PREDICT_SHAPE, candidates)
-    names = ", ".join(f"{p}/{b}" for p, b in candidates)
+    modes, _ = candidates(device, agreements)
+    found = cached_choice(config, PREDICT_SHAPE, modes)
+    names = ", ".join(f"{p}/{b}" for p, b in modes)
+    first = f"{modes[0][0]}/{modes[0][1]}"
     if found is not None:
         return {"mode": found.mode, "source": f"cached probe ({auto_cache_path()})", "why": found.describe()}
-    return {"mode": f"{candidates[0][0]}/{candidates[0][1]}", "source": "not probed yet",
-            "why": f"more than {10} images: a probe times {names} on the first one (then cached); up to 10 "
-                   f"images: {candidates[0][0]}/{candidates[0][1]}, as here"}
+    return {"mode": first, "source": "not probed yet",
+            "why": f"more than {FEW_CALLS} images: a probe times {names} on the first one (then cached); up to "
+                   f"{FEW_CALLS} images: {first}, as here"}
 
 
 def collect() -> dict[str, Any]:

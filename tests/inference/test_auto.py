@@ -55,7 +55,7 @@ def net(tiny_pspnet):
 
 @pytest.mark.parametrize(("cpu_kind", "expected"), [("zen4", "bf16"), ("avx2", "fp32")])
 def test_without_an_int8_record_features_decide(net, simulate_cpu, tmp_path, cpu_kind, expected):
-    simulate_cpu(cpu_kind)
+    simulate_cpu(cpu_kind, onnxruntime=None, openvino=None)  # no other fp32 engine either
     choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=None, cache_path=tmp_path / "c.json")
     assert (choice.precision, choice.backend) == (expected, "torch")
     assert "int8 not considered" in choice.reason
@@ -67,10 +67,13 @@ def test_without_an_int8_record_features_decide(net, simulate_cpu, tmp_path, cpu
     ("avx2", None, "no 7-bit (this CPU has no VNNI) int8 agreement"),  # no VNNI: the 7-bit graph needs its own
 ])
 def test_int8_is_not_a_candidate(net, simulate_cpu, tmp_path, cpu_kind, agreement, why):
-    simulate_cpu(cpu_kind)
-    choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=agreement,
-                              cache_path=tmp_path / "c.json")
-    assert choice.backend == "torch" and why in choice.reason
+    simulate_cpu(cpu_kind, openvino=None, onnxruntime="1.0")
+    backends, why_not = auto.int8_candidates(torch.device("cpu"), agreement)
+    assert backends == [] and why in why_not["onnxruntime"]
+    if cpu_kind == "zen4":  # bf16 native: no other fp32 engine either, so no probe at all
+        choice = auto.choose_auto(net, (1, 3, 64, 64), never_build, int8_agreement=agreement,
+                                  cache_path=tmp_path / "c.json")
+        assert choice.backend == "torch" and why in choice.reason
 
 
 @pytest.mark.parametrize(("int8_s", "expected"), [(0.001, "int8/onnxruntime"), (0.05, "bf16/torch")])
@@ -122,9 +125,9 @@ def test_damaged_cache_is_probed_again(net, simulate_cpu, monkeypatch, tmp_path)
 
 
 def test_auto_runner_built_at_once_where_the_features_decide(net, simulate_cpu, monkeypatch, tmp_path):
-    """No int8 record: the mode is known before any input, so it is built in the constructor, once,
-    and runs without a probe or a cache file."""
-    simulate_cpu("avx2")
+    """No int8 record and no other engine: the mode is known before any input, so it is built in the
+    constructor, once, and runs without a probe or a cache file."""
+    simulate_cpu("avx2", onnxruntime=None, openvino=None)
     monkeypatch.setenv("PSPNET_HOME", str(tmp_path))
     built: list[str] = []
     runner = AutoPSPNet(net, fake_build({"fp32/torch": 0.0}, built), int8_agreement=None)
@@ -366,3 +369,18 @@ def test_int8_is_quantised_to_7_bits_where_the_cpu_has_no_vnni(net, simulate_cpu
     assert (largest <= 64) is seven_bit
     meta = {"int8_agreement": {"agreement": 0.998}, "int8_agreement_7bit": {"agreement": 0.997}}
     assert auto.recorded_int8_agreements(meta)["onnxruntime"] == (0.997 if seven_bit else 0.998)
+
+
+@pytest.mark.parametrize(("ort_s", "expected"), [(0.01, "fp32/onnxruntime"), (0.05, "fp32/torch")])
+def test_without_native_bf16_the_other_fp32_engines_join_the_probe(net, simulate_cpu, tmp_path, ort_s, expected):
+    """An AVX2-only CPU: no bf16, and no int8 without a 7-bit record; ONNX Runtime's and OpenVINO's fp32 (the same
+    function) are timed against torch's, and the fastest runs. Where bf16 is native they are not candidates."""
+    simulate_cpu("avx2", onnxruntime="1.0", openvino="2026.0")
+    built: list[str] = []
+    speeds = {"fp32/torch": 0.03, "fp32/onnxruntime": ort_s, "fp32/openvino": 0.04}
+    choice = auto.choose_auto(net, (1, 3, 64, 64), fake_build(speeds, built), cache_path=tmp_path / "c.json")
+    assert choice.mode == expected and sorted(built) == sorted(speeds)
+    assert "the same function on another engine" in choice.reason and "int8 not considered" in choice.reason
+    assert auto.choose_from_features(torch.device("cpu"), None, calls=3).mode == "fp32/torch"  # a short job
+    simulate_cpu("zen4", onnxruntime="1.0", openvino="2026.0")
+    assert auto.fp32_engines(torch.device("cpu")) == []

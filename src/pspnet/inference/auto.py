@@ -58,7 +58,8 @@ __all__ = ["AGREEMENT_BOUND", "INT8_BACKENDS", "AGREEMENT_KEYS", "CACHE_ENV", "A
            "Int8Agreement", "auto_cache_path", "torch_candidate", "int8_agreements", "int8_unavailable_reason",
            "int8_candidates", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
            "recorded_int8_agreement", "recorded_int8_agreements", "agreement_key",
-           "REDUCED_RANGE_SUFFIX", "cached_choice"]
+           "REDUCED_RANGE_SUFFIX", "cached_choice", "candidates",
+           "fp32_engines", "FP32_ENGINES"]
 
 AGREEMENT_BOUND = 0.995
 """The least argmax agreement with fp32 a lower-precision mode must keep to be chosen automatically."""
@@ -207,11 +208,42 @@ def _torch_mode_without_int8(device: torch.device, why_not: dict[str, str]) -> A
                       reason=f"{native} on this {device.type}; int8 not considered: {_why_not(why_not)}")
 
 
-def choose_from_features(device: torch.device, int8_agreement: Int8Agreement) -> AutoChoice | None:
-    """The torch mode, when the device, the CPU's features or the weights rule int8 out on every
-    backend (no input shape is needed for that); None when only a probe can decide."""
+FP32_ENGINES = ("onnxruntime", "openvino")
+
+
+def fp32_engines(device: torch.device) -> list[str]:
+    """The other fp32 engines that join the probe where the torch candidate is fp32 (no native bf16: an
+    AVX2-only CPU, AVX-512 without bf16, ARM64): they compute the same function, so they need no agreement
+    record, and their kernels can be faster than PyTorch's there (with PyTorch's oneDNN capped at AVX2 on
+    a Xeon, ONNX Runtime's fp32 ran 741 ms against torch's 1349 ms). Where bf16 is native, it is faster."""
+    if device.type != "cpu" or torch_candidate(device)[0] != "fp32":
+        return []
+    return [b for b in FP32_ENGINES if capability.check("fp32", b).native]
+
+
+def candidates(device: torch.device, int8_agreement: Int8Agreement) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(the modes ``auto`` weighs here, torch's first; why each int8 backend is not one)."""
     backends, why_not = int8_candidates(device, int8_agreement)
-    return None if backends else _torch_mode_without_int8(device, why_not)
+    return ([torch_candidate(device)] + [("fp32", b) for b in fp32_engines(device)]
+            + [("int8", b) for b in backends]), why_not
+
+
+def choose_from_features(device: torch.device, int8_agreement: Int8Agreement,
+                         calls: int | None = None) -> AutoChoice | None:
+    """The torch mode, when the device, the CPU's capabilities or the weights leave no other candidate, or
+    the job is too short for another engine's setup to pay (no input shape is needed for that); None when
+    only a probe can decide."""
+    found, why_not = candidates(device, int8_agreement)
+    if len(found) == 1:
+        return _torch_mode_without_int8(device, why_not)
+    if calls is not None and calls <= FEW_CALLS:
+        return AutoChoice(*found[0], reason=_few_calls(calls))
+    return None
+
+
+def _few_calls(calls: int) -> str:
+    return (f"{calls} call(s): another engine's setup (a graph export, and for int8 an fp32 calibration pass, at "
+            f"this shape) costs more than it could save")
 
 
 def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -350,11 +382,11 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     device = torch.device(device)
     first = torch_candidate(device)
     backends, why_not = int8_candidates(device, int8_agreement)
-    if not backends:
+    engines = fp32_engines(device)
+    if not backends and not engines:
         return _torch_mode_without_int8(device, why_not)
     if calls is not None and calls <= FEW_CALLS:
-        return AutoChoice(*first, reason=f"{calls} call(s): int8's setup (a graph export and an fp32 calibration "
-                                         f"pass at this shape) costs more than it could save")
+        return AutoChoice(*first, reason=_few_calls(calls))
     memory = ""
     need, free = calibration_bytes(net, shape), available_memory()
     heavy = [b for b in ("onnxruntime", "openvino") if b in backends]  # calibrated by ONNX Runtime's quantiser
@@ -363,12 +395,12 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
         memory = (f"int8 on {' and '.join(heavy)} not considered at {'x'.join(map(str, shape))}: calibrating "
                   f"it takes about {need / 1e9:.1f} GB (ONNX Runtime's quantiser keeps every activation), more "
                   f"than half the free memory ({free / 1e9:.1f} GB)")
-        if not backends:
+        if not backends and not engines:
             return AutoChoice(*first, reason=memory)
-    candidates = [first] + [("int8", b) for b in backends]
+    modes = [first] + [("fp32", b) for b in engines] + [("int8", b) for b in backends]
     path = cache_path or auto_cache_path()
-    key = _cache_key(net, shape, candidates)
-    names = {f"{p}/{b}" for p, b in candidates}
+    key = _cache_key(net, shape, modes)
+    names = {f"{p}/{b}" for p, b in modes}
     entry = _cached_entry(path, key, names)
     cached = entry is not None
     if cached:
@@ -377,7 +409,7 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     else:
         log.info("auto: timing %s on %s once for this machine (cached in %s)",
                  " and ".join(sorted(names)), "x".join(map(str, shape)), path)
-        times, setup, failed = _probe(build, candidates, shape)
+        times, setup, failed = _probe(build, modes, shape)
         if failed:  # not cached: a failure may be passing (memory), and the reason must be seen again
             dropped = "; ".join(f"{k} dropped ({why})" for k, why in failed.items())
             if not times:
@@ -395,6 +427,11 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
         how = f"fastest for {calls} call(s) with setup, in a probe at {'x'.join(map(str, shape))}"
     precision, backend = best.split("/")
     recorded = int8_agreements(int8_agreement)
-    agreement = "; ".join(f"int8 on {b} keeps {recorded[b] * 100:.2f}% of the fp32 labels" for b in backends) + \
-        " (recorded in the weights)" + (f"; {memory}" if memory else "")
+    notes = [f"int8 on {b} keeps {recorded[b] * 100:.2f}% of the fp32 labels (recorded in the weights)"
+             for b in backends]
+    if engines:
+        notes.append(f"fp32 on {' and '.join(engines)}: the same function on another engine")
+    if not backends:
+        notes.append(f"int8 not considered: {_why_not(why_not)}")
+    agreement = "; ".join(notes + ([memory] if memory else []))
     return AutoChoice(precision, backend, reason=f"{how}; {agreement}", times_ms=times, setup_ms=setup, cached=cached)

@@ -146,7 +146,7 @@ class AutoPSPNet:
         self.calibration = None if calibration is None else list(calibration)
         self.int8_agreement = int8_agreement
         self.config, self.device = net.config, next(net.parameters()).device
-        self.choice: AutoChoice | None = choose_from_features(self.device, int8_agreement)
+        self.choice: AutoChoice | None = choose_from_features(self.device, int8_agreement, calls)
         self.runner: Any = None
         self.calibrated_on: str | None = None  # int8: what it calibrated on, where no calibration was given
         if self.choice is not None:  # the features decide: built now, no input shape needed
