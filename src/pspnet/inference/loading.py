@@ -30,10 +30,10 @@ def load_for_inference(weights: str | Path | None = None, config=None, device: s
     import torch
 
     from ..models.pspnet import PSPNet, PSPNetConfig
-    from ..models.weights import load_into, load_weights, read_state_dict
+    from ..models.weights import check_state_fits, load_into, load_weights, read_state_dict
     path = Path(weights) if weights is not None else default_weights_path()
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
+    from ..models.weights import check_weight_path
+    check_weight_path(path)
     if _has_config(path):
         model, meta = load_weights(path)
     else:
@@ -43,8 +43,10 @@ def load_for_inference(weights: str | Path | None = None, config=None, device: s
         from ..data.datasets import dataset_info
         num_classes = config.model.num_classes or len(config.data.class_names or ()) or \
             dataset_info(config.data.dataset).num_classes
-        model = PSPNet(PSPNetConfig.from_dict(config.model_kwargs(num_classes)))
+        model_config = PSPNetConfig.from_dict(config.model_kwargs(num_classes))
         state, meta = read_state_dict(path)
+        check_state_fits(model_config, state, str(path))  # before the model's memory is taken
+        model = PSPNet(model_config)
         load_into(model, state, source=str(path), strict=True)
         meta = {"class_names": None, "palette": None, "config": model.config.to_dict()}
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
