@@ -10,6 +10,7 @@ before the fix (the module docstring of each section says how they did).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -173,3 +174,122 @@ def test_weight_file_headers_are_weights_errors(tmp_path, header, declared):
     path.write_bytes(declared.to_bytes(8, "little") + header)
     with pytest.raises(PSPNetError):
         load_weights(path)
+
+
+# ------------------------------------------------------------------ CLI options: usage errors, exit 2, the range
+def _usage_error(argv: list[str], capsys) -> str:
+    """``main(argv)`` must stop at argument parsing with exit status 2 and one line naming the range."""
+    from pspnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def tiny_inputs(tmp_path, varied_tiny_weights):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
+    _, weights = varied_tiny_weights(tmp_path, ["a", "b", "c"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+    return image, weights
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--base-size", "-1", "allowed 0 (no resize) or 16 to 8192"),
+    ("--base-size", "100000", "allowed 0 (no resize) or 16 to 8192"),   # was: tried to allocate 90 GB
+    ("--scales", "1000", "allowed from 0.1 to 4"),                      # was: 37 GB
+    ("--scales", "nan", "not a finite number"),
+    ("--stride-rate", "1e-9", "allowed from 0.1 to 1"),                 # was: accepted, 16 s for 64 x 48
+    ("--crop-size", "0", "allowed 16 to 8192"),
+    ("--every", "0", "allowed at least 1"),                             # was: accepted
+    ("--batch-size", "0", "allowed 1 to 256"),
+])
+def test_predict_options_out_of_range_are_usage_errors(tiny_inputs, tmp_path, capsys, option, value, words):
+    image, weights = tiny_inputs
+    extra = [value, value] if option == "--crop-size" else [value]
+    line = _usage_error(["predict", str(image), "--weights", str(weights), "--out", str(tmp_path / "o"),
+                         "--precision", "fp32", "--device", "cpu", "--no-progress", option, *extra], capsys)
+    assert option in line and words in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_or_unwritable_is_a_usage_error(tiny_inputs, tmp_path, capsys):
+    """Was: a traceback (FileExistsError / PermissionError) after the model had run."""
+    image, weights = tiny_inputs
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    common = [str(image), "--weights", str(weights), "--precision", "fp32", "--device", "cpu", "--no-progress"]
+    line = _usage_error(["predict", *common, "--out", str(a_file)], capsys)
+    assert "is not a folder" in line
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: only the file case can be shown
+            return
+        line = _usage_error(["predict", *common, "--out", str(locked / "sub")], capsys)
+        assert "cannot write there" in line
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["eval", "--max-images", "0"], "allowed at least 1"),              # was: exit 0 having evaluated nothing
+    (["eval", "--max-images", "-1"], "allowed at least 1"),
+    (["eval", "--grid-images", "-1"], "allowed 1 to 64"),
+    (["data", "check", "--workers", "-1"], "allowed 0 to"),
+    (["data", "check", "--workers", "100000"], "CPU core"),
+    (["train", "--config", "x", "--max-iters", "0"], "allowed at least 1"),
+    (["bench", "--threads", "100000"], "CPU core"),
+    (["export", "--out", "."], "is a folder"),
+])
+def test_other_commands_validate_their_options(argv, words, capsys):
+    line = _usage_error(argv, capsys)
+    assert words in line, line
+
+
+def test_eval_max_images_zero_is_not_a_silent_success(tmp_path, folder_dataset, varied_tiny_weights, capsys):
+    root = folder_dataset(tmp_path / "data", splits=("val",), n=2)
+    _, weights = varied_tiny_weights(tmp_path, ["a", "b", "c"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+    _usage_error(["eval", "--weights", str(weights), "--dataset", "folder", "--data-root", str(root),
+                  "--split", "val", "--device", "cpu", "--no-progress", "--max-images", "0"], capsys)
+
+
+def test_absurd_thread_and_worker_counts_in_a_config_are_config_errors():
+    """Was: train.threads=100000 reached torch.set_num_threads (a traceback)."""
+    for override in ("train.threads=100000", "data.workers=100000", "eval.stride_rate=1e-9", "eval.scales=[1000]",
+                     "eval.base_size=100000"):
+        with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+            load_config(None, [override])
+
+
+@FAST
+@given(option=st.sampled_from(["--base-size", "--scales", "--stride-rate", "--crop-size", "--every", "--batch-size",
+                               "--max-memory"]),
+       value=st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(repr),
+                       st.text(max_size=12)))
+def test_predict_option_values_parse_in_range_or_are_usage_errors(option, value):
+    """Any value: either it parses to one inside the documented range, or argparse refuses it (exit 2)."""
+    from pspnet import cli_options as opt
+    from pspnet.cli import build_parser
+    parser = build_parser()
+    parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(SystemExit(status))
+    parser.error = lambda message: (_ for _ in ()).throw(SystemExit(2))
+    extra = [value, value] if option == "--crop-size" else [value]
+    if value.startswith("-") and not value.lstrip("-")[:1].isdigit():
+        return  # argparse reads it as an option name: a usage error too, but not ours to test
+    try:
+        args = parser.parse_args(["predict", "x.png", "--out", "o", option, *extra])
+    except SystemExit as e:
+        assert e.code == 2
+        return
+    got = getattr(args, option[2:].replace("-", "_"))
+    got = got[0] if isinstance(got, list) else got
+    bounds = {"--base-size": (0, opt.MAX_SIDE), "--scales": (0.1, opt.MAX_SCALE), "--stride-rate": (0.1, 1.0),
+              "--crop-size": (16, opt.MAX_SIDE), "--every": (1, float("inf")), "--batch-size": (1, 256),
+              "--max-memory": (2**26, 2**46)}[option]
+    assert bounds[0] <= got <= bounds[1] and math.isfinite(got)
+    if option == "--base-size":
+        assert got == 0 or got >= 16

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "pspnet.hub": FOUNDATION | {"pspnet.models"},
 }
 APPS = {"pspnet.bench", "pspnet.demo"}  # may use everything but the CLI
-TOP = {"pspnet.cli"}
+TOP = {"pspnet.cli", "pspnet.cli_options"}  # cli_options: the CLI's checked option types
 
 
 def module_name(path: Path) -> str:

@@ -9,6 +9,7 @@ Every section is a pydantic model that forbids unknown keys; an unknown or missp
 from __future__ import annotations
 
 import difflib
+import os
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -78,6 +79,15 @@ def _model_section() -> type[_Section]:
 ModelSection = _model_section()
 
 
+def _per_core(value: int | None, key: str) -> int | None:
+    """At most four per CPU core: ``train.threads=100000`` asked the OS for 100000 threads."""
+    cores = os.cpu_count() or 1
+    if value is not None and value > 4 * cores:
+        raise ValueError(f"{key}={value} is more than 4 per CPU core (this machine has {cores}); allowed up to "
+                         f"{4 * cores}")
+    return value
+
+
 def _square(v: Any) -> Any:
     """``473`` -> ``(473, 473)``: a single number is a square crop."""
     return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -105,6 +115,8 @@ class DataSection(_Section):
     ignore_index: int = IGNORE_INDEX
     workers: int = Field(2, ge=0)
     skip_bad: bool = False
+
+    _workers_bound = field_validator("workers")(lambda v: _per_core(v, "data.workers"))
 
     _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
 
@@ -155,13 +167,15 @@ class TrainSection(_Section):
     tensorboard: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
 
+    _threads_bound = field_validator("threads")(lambda v: _per_core(v, "train.threads"))
+
 
 class EvalSection(_Section):
     mode: Literal["whole", "sliding"] = "whole"
-    base_size: int | None = Field(None, ge=8, description="resize the long side to this before inference")
+    base_size: int | None = Field(None, ge=8, le=8192, description="resize the long side to this before inference")
     crop_size: tuple[int, int] | None = None
-    stride_rate: float = Field(2 / 3, gt=0, le=1)
-    scales: list[float] = [1.0]
+    stride_rate: float = Field(2 / 3, ge=0.1, le=1)  # 1e-9 meant a window per pixel: 16 s for 64 x 48
+    scales: list[Annotated[float, Field(ge=0.1, le=4.0)]] = Field([1.0], min_length=1, max_length=16)
     flip: bool = False
     protocol: Literal["release", "logit-average"] = Field(
         "release", description="test-time averaging: the original release's tool/test.py, or pspnet 0.1's")
