@@ -151,6 +151,9 @@ def test_predict_with_a_metadata_only_file_is_a_usage_error(tmp_path, capsys, no
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     path = _metadata_only(tmp_path / "huge.safetensors", _LARGEST)
     assert main(["predict", str(image), "--weights", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "over the memory budget" in capsys.readouterr().err  # 314 GiB of parameters: refused from the header
+    assert main(["predict", str(image), "--weights", str(path), "--out", str(tmp_path / "o"), "--max-memory",
+                 "64T"]) == 2
     assert "no tensors" in capsys.readouterr().err
 
 
@@ -293,3 +296,145 @@ def test_predict_option_values_parse_in_range_or_are_usage_errors(option, value)
     assert bounds[0] <= got <= bounds[1] and math.isfinite(got)
     if option == "--base-size":
         assert got == 0 or got >= 16
+
+
+# ------------------------------------------------------------------ outputs: atomic, a full disk is a named failure
+def _images(folder: Path, names=("a", "big", "b"), size=(40, 56)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for n in names:
+        p = folder / f"{n}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp")
+
+
+def test_a_full_disk_during_save_probs_leaves_no_truncated_file(tmp_path, tiny_inputs, monkeypatch, capsys):
+    """Was: a truncated _probs.npz, a 0-byte legend.png and a traceback."""
+    from pspnet.cli import main
+    _, weights = tiny_inputs
+    imgs = _images(tmp_path / "in")
+    real = np.savez_compressed
+
+    def disk_full(file, **arrays):
+        if "big" in str(getattr(file, "name", file)) or True:
+            file_obj = file if hasattr(file, "write") else open(file, "wb")
+            file_obj.write(b"PK\x03\x04 half a zip")
+            raise OSError(28, "No space left on device")
+        return real(file, **arrays)
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    out = tmp_path / "out"
+    rc = main(["predict", *map(str, imgs), "--weights", str(weights), "--out", str(out), "--save-probs",
+               "--precision", "fp32", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "No space left on device" in err and err.count("failed: ") == 3
+    assert not list(out.glob("*_probs.npz")), "a truncated .npz was left"
+    assert _leftovers(out) == []
+    assert (out / "legend.png").stat().st_size > 0
+
+
+def test_a_full_disk_for_the_legend_is_reported(tmp_path, tiny_inputs, monkeypatch, capsys):
+    from pspnet.cli import main
+    from pspnet.inference import predict as predict_module
+    _, weights = tiny_inputs
+    imgs = _images(tmp_path / "in", names=("a",))
+    real_save = Image.Image.save
+
+    def save(self, fp, *a, **k):
+        if "legend" in str(fp):
+            open(fp, "wb").close()
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *a, **k)
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out"
+    rc = main(["predict", *map(str, imgs), "--weights", str(weights), "--out", str(out), "--precision", "fp32",
+               "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "legend.png" in err
+    assert not (out / "legend.png").exists() and _leftovers(out) == []
+    assert predict_module  # the module under test
+
+
+# ------------------------------------------------------------------ batches go on past a failing image
+def test_one_image_that_fails_for_any_reason_does_not_stop_the_batch(tmp_path, tiny_inputs, monkeypatch, capsys):
+    """Was: a MemoryError / RuntimeError in one image aborted the batch with a traceback (the images after
+    it were never written)."""
+    from pspnet.cli import main
+    from pspnet.inference import predict as predict_module
+    _, weights = tiny_inputs
+    imgs = _images(tmp_path / "in")
+    real = predict_module.predict_logits
+
+    def sometimes(model, x, **kw):
+        if x.shape[-1] == 57:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 12700000000 bytes")
+        return real(model, x, **kw)
+    monkeypatch.setattr(predict_module, "predict_logits", sometimes)
+    Image.fromarray(np.zeros((40, 57, 3), np.uint8)).save(imgs[1])  # "big": the one that fails
+    out = tmp_path / "out"
+    rc = main(["predict", *map(str, imgs), "--weights", str(weights), "--out", str(out), "--precision", "fp32",
+               "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "failed: " in err and "big.png" in err and "can't allocate memory" in err
+    assert (out / "a_label.png").is_file() and (out / "b_label.png").is_file()
+    assert not (out / "big_label.png").exists()
+
+
+# ------------------------------------------------------------------ the memory budget
+def test_an_image_over_the_budget_runs_in_sliding_windows_and_says_so(tmp_path, tiny_pspnet, caplog):
+    """Was: an 8000x8000 PNG ran whole at full resolution and peaked at 12.7 GB."""
+    from pspnet.inference.budget import SLIDING_CROP, image_bytes, model_bytes
+    from pspnet.inference.predict import predict_paths
+    model = tiny_pspnet(3).eval()
+    h, w = 1000, 1600  # more pixels than four 512 x 512 windows
+    kw = dict(base_size=None, scales=(1.0,), precision="fp32")
+    whole = model_bytes(model.config) + image_bytes(model.config, h, w, mode="whole", crop_size=None, **kw)
+    windows = model_bytes(model.config) + image_bytes(model.config, h, w, mode="sliding",
+                                                      crop_size=(SLIDING_CROP, SLIDING_CROP), **kw)
+    assert windows < whole
+    img = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(img)
+    calls = []
+    import pspnet.inference.predict as predict_module
+    monkey = pytest.MonkeyPatch()
+    # the run itself is sliding_window's (tested elsewhere): only which mode was chosen matters here
+    monkey.setattr(predict_module, "predict_logits",
+                   lambda m, x, **k: (calls.append(k["mode"]), torch.full((1, 3, *x.shape[-2:]), 1 / 3))[1])
+    try:
+        with caplog.at_level("WARNING"):
+            out = predict_paths(model, [img], tmp_path / "o", class_names=["a", "b", "c"], palette=None or
+                                [(0, 0, 0), (1, 1, 1), (2, 2, 2)], progress=False, max_memory=(whole + windows) // 2)
+    finally:
+        monkey.undo()
+    assert calls == ["sliding"] and not out.failed
+    assert "sliding windows" in caplog.text and "over the memory budget" in caplog.text
+    out = predict_paths(model, [img], tmp_path / "o2", class_names=["a", "b", "c"],
+                        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)], progress=False, max_memory=windows // 2)
+    assert len(out.failed) == 1 and "even in sliding windows" in out.failed[0][1]
+
+
+def test_the_estimate_refuses_a_model_over_the_budget_before_it_is_built(tmp_path, no_real_model):
+    from pspnet.errors import MemoryBudgetError
+    from pspnet.inference.loading import load_for_inference
+    path = _metadata_only(tmp_path / "huge.safetensors", _LARGEST)
+    with pytest.raises(MemoryBudgetError, match="over the memory budget"):
+        load_for_inference(path, device="cpu", max_memory=8 << 30)
+
+
+def test_colliding_output_names_are_reported(tmp_path, tiny_pspnet, caplog):
+    from pspnet.inference.predict import predict_paths
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    for folder in ("x", "y"):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / folder / "same.png")
+    with caplog.at_level("WARNING"):
+        predict_paths(tiny_pspnet(3).eval(), [tmp_path / "x" / "same.png", tmp_path / "y" / "same.png"],
+                      tmp_path / "o", class_names=["a", "b", "c"], palette=[(0, 0, 0)] * 3, progress=False)
+    assert "same-2" in caplog.text

@@ -182,7 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import GENERIC, build_dataset, dataset_info
     from .distributed import rank_and_world
     from .errors import ConfigError
-    from .files import atomic_write
+    from .files import write_text_output
     from .inference.evaluate import evaluate, format_table
     from .inference.loading import load_for_inference
     from .labels import IGNORE_INDEX
@@ -196,7 +196,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     root = args.data_root or (d.root if d else None)
     if not root:
         raise ConfigError("pspnet eval needs --data-root (or --config, whose data.root it reads)")
-    model, meta = load_for_inference(args.weights, cfg, args.device)
+    model, meta = load_for_inference(args.weights, cfg, args.device, max_memory=args.max_memory)
     name = args.dataset or (d.dataset if d else None)
     name_from_weights = not name
     if name_from_weights:  # the dataset the weights record they were trained on (the packaged model: camvid)
@@ -244,7 +244,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped: {b['path']}: {b['error']}", file=sys.stderr)
     if args.out:
         text = json.dumps(res, indent=2, allow_nan=False)
-        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        write_text_output(args.out, text + "\n")
         print(f"metrics: {args.out}")
     if args.per_image:
         from .inference.per_image import write_per_image_csv
@@ -272,7 +272,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.loading import load_for_inference
     from .inference.predict import predict_paths
     from .labels import default_palette
-    model, meta = load_for_inference(args.weights, None, args.device)
+    model, meta = load_for_inference(args.weights, None, args.device, max_memory=args.max_memory)
     n = model.config.num_classes
     names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
     palette = meta.get("palette") or default_palette(n)
@@ -290,7 +290,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = []
     if images or not videos:
         out = predict_paths(model, images, args.out, class_names=names, palette=palette,
-                            progress=not args.no_progress, save_probs=args.save_probs, **s)
+                            progress=not args.no_progress, save_probs=args.save_probs, max_memory=args.max_memory,
+                            **s)
         done = sum(p.name.endswith("_label.png") for p in out)
         kinds = "_label/_color/_overlay.png" + (", _probs.npz, _confidence/_entropy.png" if args.save_probs else "")
         ranks = f" ({len(out.images_per_rank)} processes: {' + '.join(map(str, out.images_per_rank))} images)" \
@@ -418,9 +419,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if "cm" in what:
         results["confusion_matrix"] = bench.bench_confusion()
     if args.out:
-        from .files import atomic_write
+        from .files import write_text_output
         text = json.dumps(results, indent=2)
-        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        write_text_output(args.out, text + "\n")
         print(f"results: {args.out}")
     return 0
 

@@ -27,3 +27,7 @@ class UnsafePathError(PSPNetError, ValueError):
 
 class MemoryBudgetError(PSPNetError, MemoryError):
     """A model or an image would need more memory than the budget (``--max-memory``) allows."""
+
+
+class OutputError(PSPNetError, OSError):
+    """An output file could not be written (disk full, read-only folder); nothing half-written is left."""

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .errors import UnsafePathError
+from .errors import OutputError, UnsafePathError
 
 __all__ = ["HOME_ENV", "pspnet_home", "atomic_write", "remove_stale_temp_files", "read_json_cache",
-           "write_json_cache", "safe_file_name", "path_inside"]
+           "write_json_cache", "safe_file_name", "path_inside", "write_output", "write_text_output"]
 
 HOME_ENV = "PSPNET_HOME"
 
@@ -75,6 +75,24 @@ def atomic_write(path: str | Path, write_fn) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_output(path: str | Path, write_fn) -> Path:
+    """:func:`atomic_write` for a user's output (a PNG, ``.npz``, JSON, CSV, figure): a full disk or a
+    read-only folder leaves no truncated file and becomes an :class:`~pspnet.errors.OutputError` naming
+    the file. ``write_fn(tmp)`` must name the format itself (the temporary name ends in ``.tmp``)."""
+    try:
+        atomic_write(path, write_fn)
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OutputError(f"{path}: could not write it ({reason}); nothing half-written was left; free disk space "
+                          f"or write somewhere else") from None
+    return Path(path)
+
+
+def write_text_output(path: str | Path, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` through :func:`write_output`."""
+    return write_output(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:
