@@ -55,7 +55,12 @@ def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
                                     f"over the limit of {MAX_PIXELS:,} (a possible decompression bomb); "
                                     f"downscale or tile it first")
                 im.load()
+                frames = getattr(im, "n_frames", 1)
                 out = ImageOps.exif_transpose(im) if transpose else im.copy()
+                if frames > 1:  # an animated GIF/PNG/WebP, a multi-page TIFF: say only one frame is used
+                    logging.getLogger("pspnet.data").warning(
+                        "%s: has %d frames; only the first is used (for a video, give an .mp4 or split the frames "
+                        "into images)", path, frames)
     except DataError:
         raise
     except FileNotFoundError:
@@ -85,10 +90,6 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 H x W x 3 RGB, upright according to its EXIF orientation."""
     path = Path(path)
     im = _open(path, "image")
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:  # an animated GIF/PNG/WebP or a multi-page TIFF: say that only one frame is used
-        logging.getLogger("pspnet.data").warning("%s: has %d frames; only the first is used (for a video, give "
-                                                 "an .mp4 or split the frames into images)", path, frames)
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
