@@ -444,3 +444,15 @@ def test_an_animated_gif_says_only_its_first_frame_is_used(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert read_image(tmp_path / "anim.gif").shape == (16, 16, 3)
     assert "3 frames; only the first is used" in caplog.text
+
+
+def test_an_image_over_the_budget_is_refused_from_its_header_before_decoding(tmp_path, tiny_pspnet, monkeypatch):
+    """Was: a 19999 x 19999 PNG was decoded (1.2 GB, copied twice) before anything else happened."""
+    import pspnet.inference.predict as predict_module
+    img = tmp_path / "huge.png"
+    Image.new("RGB", (6000, 5000)).save(img)
+    decoded = []
+    monkeypatch.setattr(predict_module, "read_image", lambda f: decoded.append(f))
+    out = predict_module.predict_paths(tiny_pspnet(3).eval(), [img], tmp_path / "o", class_names=["a", "b", "c"],
+                                       palette=[(0, 0, 0)] * 3, progress=False, max_memory=256 << 20)
+    assert not decoded and "even in sliding windows" in out.failed[0][1]

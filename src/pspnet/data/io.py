@@ -86,6 +86,18 @@ def exif_orientation(path: str | Path) -> int:
         return 1
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the image file's header, without decoding a pixel (None where the header
+    cannot be read: :func:`read_image` then names the problem). What a memory estimate starts from."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.height, im.width
+    except Exception:  # noqa: BLE001 - any unreadable header: read_image reports it
+        return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 H x W x 3 RGB, upright according to its EXIF orientation."""
     path = Path(path)

@@ -11,9 +11,10 @@ The estimate, per image and scale, in bytes:
   one module's input + output per input pixel, scaled by the pixels
   of the largest scaled image (whole mode) or of four windows (sliding mode, which runs them four at
   a time); halved in bf16;
-- the output-sized buffers (:doc:`docs/reliability.md`, "Stated bound"): the normalised image
-  (3 x 4 bytes), the summed probabilities and their average (2 x C x 4), the window count (4), the
-  int64 argmax (8) per pixel of the original or the largest scaled image.
+- the output-sized buffers (:doc:`docs/reliability.md`, "Stated bound"): the decoded image and its
+  copies (3 x 3 bytes), the normalised image (3 x 4 bytes), the summed probabilities and their
+  average (2 x C x 4), the window count (4), the int64 argmax (8) per pixel of the original or the
+  largest scaled image.
 
 It errs high (every buffer alive at once); the default budget is three quarters of the memory the
 system reports available (``MemAvailable``), ``--max-memory`` sets another.
@@ -113,7 +114,7 @@ def image_bytes(config, height: int, width: int, *, base_size: int | None, scale
         run_pixels = min(largest, 4 * crop_size[0] * crop_size[1])
     else:
         run_pixels = largest
-    buffers = (24 + 8 * config.num_classes) * max(height * width, largest)
+    buffers = (33 + 8 * config.num_classes) * max(height * width, largest)
     return int(per_pixel * run_pixels + buffers)
 
 

@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.datasets.base import IMAGE_EXTS
-from ..data.io import read_image
+from ..data.io import image_size, read_image
 from ..distributed import gather_objects, rank_and_world, shard
 from ..errors import PSPNetError
 from ..files import write_output
@@ -239,10 +239,11 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     try:
         for f, stem in mine:
             try:
-                image = read_image(f)
                 image_mode, image_crop = mode, crop_size
-                if config is not None:  # over the memory budget whole: sliding windows, or a named error
-                    plan = plan_image(config, *image.shape[:2], max_memory, base_size=base_size, scales=scales,
+                size = image_size(f) if config is not None else None
+                if size is not None:  # from the header, before decoding: over the budget whole, sliding
+                    # windows; over it even then, a named error (a 19999 x 19999 PNG decodes to 1.2 GB)
+                    plan = plan_image(config, *size, max_memory, base_size=base_size, scales=scales,
                                       mode=mode, crop_size=crop_size, precision=precision, name=str(f))
                     image_mode, image_crop = plan.mode, plan.crop_size
                     if plan.note:
@@ -250,6 +251,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                             bar.write(plan.note, file=sys.stderr)
                         else:
                             log.warning(plan.note)
+                image = read_image(f)
                 x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
                 probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=image_mode,
                                        crop_size=image_crop, stride_rate=stride_rate, softmax=True,
