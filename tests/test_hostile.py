@@ -456,3 +456,12 @@ def test_an_image_over_the_budget_is_refused_from_its_header_before_decoding(tmp
     out = predict_module.predict_paths(tiny_pspnet(3).eval(), [img], tmp_path / "o", class_names=["a", "b", "c"],
                                        palette=[(0, 0, 0)] * 3, progress=False, max_memory=256 << 20)
     assert not decoded and "even in sliding windows" in out.failed[0][1]
+
+
+def test_image_size_reads_headers_up_to_the_pixel_limit(tmp_path):
+    """PIL's own limit (89 M pixels) is below pspnet's (400 M): the header of a 10000 x 10000 image must
+    still give its size, or the budget would never see the images that need it most."""
+    from pspnet.data.io import image_size
+    Image.new("L", (10000, 10000)).save(tmp_path / "big.png")
+    assert image_size(tmp_path / "big.png") == (10000, 10000)
+    assert image_size(tmp_path / "missing.png") is None

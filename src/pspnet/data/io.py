@@ -90,7 +90,7 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
     """``(height, width)`` from the image file's header, without decoding a pixel (None where the header
     cannot be read: :func:`read_image` then names the problem). What a memory estimate starts from."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):  # read_image's limit, not PIL's smaller one
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 return im.height, im.width

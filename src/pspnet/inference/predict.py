@@ -192,6 +192,17 @@ def _write_probs(probs: torch.Tensor, class_names: Sequence[str], out_dir: Path,
     return paths
 
 
+def _plan(config, size, max_memory, f, bar, **kw) -> tuple[str, tuple[int, int] | None]:
+    """The mode and crop to run image ``f`` of ``size`` with inside the budget (a note when it changed)."""
+    plan = plan_image(config, *size, max_memory, name=str(f), **kw)
+    if plan.note:
+        if bar is not None:
+            bar.write(plan.note, file=sys.stderr)
+        else:
+            log.warning(plan.note)
+    return plan.mode, plan.crop_size
+
+
 @torch.no_grad()
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -229,6 +240,7 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     mine = shard(list(zip(files, stems)), rank, world)  # stems of the whole list: no clashes
     calls = network_calls(len(mine), scales, flip, mode, protocol)
     config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
+    plan_kw = dict(base_size=base_size, scales=scales, mode=mode, crop_size=crop_size, precision=precision)
     runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None
@@ -240,18 +252,14 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
         for f, stem in mine:
             try:
                 image_mode, image_crop = mode, crop_size
+                # the plan from the header, before decoding (a 19999 x 19999 PNG decodes to 1.2 GB); from the
+                # decoded image where the header alone cannot be read
                 size = image_size(f) if config is not None else None
-                if size is not None:  # from the header, before decoding: over the budget whole, sliding
-                    # windows; over it even then, a named error (a 19999 x 19999 PNG decodes to 1.2 GB)
-                    plan = plan_image(config, *size, max_memory, base_size=base_size, scales=scales,
-                                      mode=mode, crop_size=crop_size, precision=precision, name=str(f))
-                    image_mode, image_crop = plan.mode, plan.crop_size
-                    if plan.note:
-                        if bar is not None:
-                            bar.write(plan.note, file=sys.stderr)
-                        else:
-                            log.warning(plan.note)
+                if size is not None:
+                    image_mode, image_crop = _plan(config, size, max_memory, f, bar, **plan_kw)
                 image = read_image(f)
+                if config is not None and size is None:
+                    image_mode, image_crop = _plan(config, image.shape[:2], max_memory, f, bar, **plan_kw)
                 x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
                 probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=image_mode,
                                        crop_size=image_crop, stride_rate=stride_rate, softmax=True,
