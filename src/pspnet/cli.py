@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from . import cli_options as opt
 from .errors import ConfigError, PSPNetError
 from .models.pspnet import CONFIG_FIELDS
 
@@ -187,7 +188,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import GENERIC, build_dataset, dataset_info
     from .distributed import rank_and_world
     from .errors import ConfigError
-    from .files import atomic_write
+    from .files import write_text_output
     from .inference.evaluate import evaluate, format_table
     from .inference.loading import load_for_inference
     from .labels import IGNORE_INDEX
@@ -201,7 +202,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     root = args.data_root or (d.root if d else None)
     if not root:
         raise ConfigError("pspnet eval needs --data-root (or --config, whose data.root it reads)")
-    model, meta = load_for_inference(args.weights, cfg, args.device)
+    model, meta = load_for_inference(args.weights, cfg, args.device, max_memory=args.max_memory)
     name = args.dataset or (d.dataset if d else None)
     name_from_weights = not name
     if name_from_weights:  # the dataset the weights record they were trained on (the packaged model: camvid)
@@ -261,7 +262,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped: {b['path']}: {b['error']}", file=sys.stderr)
     if args.out:
         text = json.dumps(res, indent=2, allow_nan=False)
-        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        write_text_output(args.out, text + "\n")
         print(f"metrics: {args.out}")
     if args.per_image:
         from .inference.per_image import write_per_image_csv
@@ -296,7 +297,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.loading import load_for_inference
     from .inference.predict import predict_paths
     from .labels import default_palette
-    model, meta = load_for_inference(args.weights, None, args.device)
+    model, meta = load_for_inference(args.weights, None, args.device, max_memory=args.max_memory)
     n = model.config.num_classes
     names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
     palette = meta.get("palette") or default_palette(n)
@@ -314,7 +315,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = []
     if images or not videos:
         out = predict_paths(model, images, args.out, class_names=names, palette=palette,
-                            progress=not args.no_progress, save_probs=args.save_probs, **s)
+                            progress=not args.no_progress, save_probs=args.save_probs, max_memory=args.max_memory,
+                            **s)
         done = sum(p.name.endswith("_label.png") for p in out)
         kinds = "_label/_color/_overlay.png" + (", _probs.npz, _confidence/_entropy.png" if args.save_probs else "")
         ranks = f" ({len(out.images_per_rank)} processes: {' + '.join(map(str, out.images_per_rank))} images)" \
@@ -368,15 +370,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--scales", type=float, nargs="+", help="multi-scale test, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    q.add_argument("--scales", type=opt.float_in(0.1, opt.MAX_SCALE), nargs="+",
+                   help="multi-scale test, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     q.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also average the horizontally flipped image")
     q.add_argument("--sliding", action=argparse.BooleanOptionalAction, default=None,
                    help="sliding-window inference with --crop-size (default: whole image)")
-    q.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
-    q.add_argument("--stride-rate", type=float, help="window stride / crop size (default 2/3)")
-    q.add_argument("--base-size", type=int, help="resize the long side to this first (0: no resize; default: what "
-                                                 "the weight file records, else no resize)")
+    q.add_argument("--crop-size", type=opt.int_in(16, opt.MAX_SIDE), nargs=2, metavar=("H", "W"),
+                   help="sliding-window size")
+    q.add_argument("--stride-rate", type=opt.float_in(0.1, 1.0), help="window stride / crop size (default 2/3)")
+    q.add_argument("--base-size", type=opt.base_size,
+                   help="resize the long side to this first (0: no resize; default: what the weight file records, "
+                        "else no resize)")
     q.add_argument("--protocol", choices=["release", "logit-average"],
                    help="test-time averaging: release (default) = the original release's tool/test.py (softmax "
                         "per window, flip inside each window, half-pixel resizes); logit-average = pspnet 0.1's")
@@ -392,6 +397,9 @@ def _add_inference_options(q: argparse.ArgumentParser) -> None:
                    help="torch (default), onnxruntime or openvino (optional: pip install \"pspnet[openvino]\"); "
                         "the last two run on the CPU with one graph per input size, so keep sizes fixed "
                         "with --base-size or --sliding")
+    q.add_argument("--max-memory", type=opt.memory_size, metavar="SIZE",
+                   help="memory budget, e.g. 4G: a model or image estimated to need more is refused, a large image "
+                        "is predicted in sliding windows that fit (default: 3/4 of the available memory)")
     q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -438,9 +446,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if "cm" in what:
         results["confusion_matrix"] = bench.bench_confusion()
     if args.out:
-        from .files import atomic_write
+        from .files import write_text_output
         text = json.dumps(results, indent=2)
-        atomic_write(args.out, lambda tmp: open(tmp, "w", encoding="utf-8").write(text + "\n"))
+        write_text_output(args.out, text + "\n")
         print(f"results: {args.out}")
     return 0
 
@@ -495,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(t, "default: the config's data.root")
     t.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    t.add_argument("--max-iters", type=int, help="stop after this iteration (the LR schedule keeps the full length)")
-    t.add_argument("--max-minutes", type=float,
+    t.add_argument("--max-iters", type=opt.int_in(1),
+                   help="stop after this iteration (the LR schedule keeps the full length)")
+    t.add_argument("--max-minutes", type=opt.float_in(0, 10**6, lo_open=True),
                    help="stop after the iteration that ends this many minutes in, saving last.pt to --resume from "
                         "(a stage that fits a time slot; the LR schedule keeps the full length)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -516,9 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(dc, "default: the config's data.root")
     dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
     dc.add_argument("--list", help="list file of 'image label' lines (relative to --data-root) instead of the split's")
-    dc.add_argument("--num-classes", type=int, help="number of classes (datasets 'list' and 'folder')")
-    dc.add_argument("--workers", type=int, default=0, help="processes reading files (default 0: this one)")
-    dc.add_argument("--json", help="also write the report(s) to this JSON file")
+    dc.add_argument("--num-classes", type=opt.int_in(1, 65536), help="number of classes (datasets 'list' and 'folder')")
+    dc.add_argument("--workers", type=opt.worker_count, default=0, help="processes reading files (default 0: this one)")
+    dc.add_argument("--json", type=opt.output_file, help="also write the report(s) to this JSON file")
     dc.add_argument("--no-progress", action="store_true", help="no progress bar")
     dc.set_defaults(func=_cmd_data_check)
 
@@ -531,13 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("output", help="the .safetensors file to write")
     model = CONFIG_FIELDS  # the model's fields: choices and defaults from PSPNetConfig's schema
     cv.add_argument("--depth", type=int, choices=model["depth"].choices, help="ResNet depth (default: from the file)")
-    cv.add_argument("--num-classes", type=int, help="classes of the model (needed for an ImageNet backbone; a "
-                                                    "different count re-initialises the classifiers)")
+    cv.add_argument("--num-classes", type=opt.int_in(1, 65536),
+                    help="classes of the model (needed for an ImageNet backbone; a different count re-initialises "
+                         "the classifiers)")
     cv.add_argument("--deep-stem", action=argparse.BooleanOptionalAction, default=None,
                     help="3x3 deep stem (original release) or 7x7 stem (torchvision); default: from the file")
     cv.add_argument("--output-stride", type=int, choices=model["output_stride"].choices,
                     help=f"{model['output_stride'].help} (default {model['output_stride'].default})")
-    cv.add_argument("--bins", type=int, nargs="+",
+    cv.add_argument("--bins", type=opt.int_in(1, 64), nargs="+",
                     help=f"PPM bins (default {' '.join(map(str, model['bins'].default))})")
     cv.add_argument("--norm", choices=model["norm"].choices,
                     help=f"normalisation layers (default {model['norm'].default})")
@@ -566,14 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--absent", choices=["nan", "zero"], default="nan",
                     help="classes absent from the ground truth: left out of the means (nan, default) or "
                          "counted as 0 (zero, the original release)")
-    ev.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    ev.add_argument("--max-images", type=opt.int_in(1), help="evaluate only the first N images")
     ev.add_argument("--skip-bad", action="store_true", help="skip unreadable items (listed; exit status 1)")
-    ev.add_argument("--out", "-o", help="write the metrics JSON here")
-    ev.add_argument("--per-image", metavar="FILE.csv",
+    ev.add_argument("--out", "-o", type=opt.output_file, help="write the metrics JSON here")
+    ev.add_argument("--per-image", metavar="FILE.csv", type=opt.output_file,
                     help="also write each image's mIoU, pixel accuracy and 3 worst classes (name, IoU) as CSV, "
                          "worst image first")
-    ev.add_argument("--grid", help="also write a PNG grid: image | ground truth | prediction")
-    ev.add_argument("--grid-images", type=int, default=6, help="rows of the --grid figure (default 6)")
+    ev.add_argument("--grid", type=opt.output_file, help="also write a PNG grid: image | ground truth | prediction")
+    ev.add_argument("--grid-images", type=opt.int_in(1, 64), default=6, help="rows of the --grid figure (default 6)")
     ev.set_defaults(func=_one_rank(_cmd_eval))
 
     pr = sub.add_parser("predict", help="label maps, colour maps and overlays for images; overlay videos for videos")
@@ -581,16 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image files, folders or glob patterns; video files (.mp4, .avi, .mov, .mkv, ...); "
                          "an integer is a camera index (0: the first webcam; Ctrl-C stops it)")
     pr.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
-    pr.add_argument("--out", "-o", required=True, help="output folder")
+    pr.add_argument("--out", "-o", required=True, type=opt.output_folder, help="output folder")
     pr.add_argument("--save-probs", action="store_true",
                     help="images: also <stem>_probs.npz (float16 class probabilities, C x H x W), "
                          "<stem>_confidence.png (255 x top probability) and <stem>_entropy.png (255 x entropy / ln C)")
     pr.add_argument("--video-color", action="store_true", help="videos: also <stem>_color.mp4 (the classes' colours)")
     pr.add_argument("--frame-labels", action="store_true", help="videos: also a label PNG per frame in <stem>_labels/")
-    pr.add_argument("--every", type=int, metavar="N",
+    pr.add_argument("--every", type=opt.int_in(1), metavar="N",
                     help="videos: label PNGs of every N-th frame only (implies --frame-labels; the videos keep "
                          "every frame)")
-    pr.add_argument("--batch-size", type=int, default=4, help="videos: frames per forward pass (default 4)")
+    pr.add_argument("--batch-size", type=opt.int_in(1, 256), default=4,
+                    help="videos: frames per forward pass (default 4)")
     _add_inference_options(pr)
     # predict: the fastest accurate CPU mode (docs/benchmarks.md)
     pr.set_defaults(func=_one_rank(_cmd_predict), precision="auto")
@@ -598,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="ONNX (dynamic height/width) or TorchScript")
     ex.add_argument("--weights", "-w", help="weight file (default: the packaged CamVid model)")
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", "-o", required=True, help="file to write (.onnx / .pt)")
-    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--out", "-o", required=True, type=opt.output_file, help="file to write (.onnx / .pt)")
+    ex.add_argument("--opset", type=opt.int_in(7, 30), default=17, help="ONNX opset (default 17)")
     ex.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter (slower)")
     ex.add_argument("--check", action="store_true", help="compare the export with PyTorch on several sizes")
     ex.add_argument("--check-sizes", default="97x129,240x320,361x481", help="HxW sizes for --check")
@@ -607,9 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the whole pipeline on built-in synthetic street scenes: generate, train, "
                                      "evaluate, predict (a few minutes on a CPU)")
-    dm.add_argument("--out", default="pspnet_demo", help="output folder (default: ./pspnet_demo)")
+    dm.add_argument("--out", default="pspnet_demo", type=opt.output_folder,
+                    help="output folder (default: ./pspnet_demo)")
     dm.add_argument("--quick", action="store_true", help="a tiny run (seconds) that checks the pipeline works")
-    dm.add_argument("--iters", type=int, help="training iterations (default: 400; --quick: 6)")
+    dm.add_argument("--iters", type=opt.int_in(1), help="training iterations (default: 400; --quick: 6)")
     dm.add_argument("--seed", type=int, help="seed of the scenes and of training (default 0)")
     dm.add_argument("--no-progress", action="store_true", help="no progress bar")
     dm.set_defaults(func=_cmd_demo)
@@ -627,16 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "bf16-unfused, fp32-unfactored, bf16-unfactored, fp32+compile, bf16+compile, "
                          "int8 (torch, needs torchao), int8-unfactored, ort-fp32, ort-int8, ort-fp32-unfactored, "
                          "ort-int8-unfactored (default eager,fp32,bf16)")
-    bn.add_argument("--reps", type=int,
+    bn.add_argument("--reps", type=opt.int_in(1, 10**6),
                     help="timed repetitions (training: steps) per case (default 5); memory: images per case "
                          "(default 4)")
     bn.add_argument("--memory-size", default="1024x2048", help="HxW image for --what memory (default 1024x2048)")
     bn.add_argument("--memory-depth", type=int, default=50, help="PSPNet depth for --what memory (default 50)")
     bn.add_argument("--memory-crop", default="713x713",
                     help="sliding-window crop for --what memory (default 713x713, Cityscapes; stride rate 2/3)")
-    bn.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    bn.add_argument("--threads", type=opt.thread_count, help="torch threads (default: all cores)")
     _add_data_root(bn, "CamVid: time training on real crops instead of random pixels")
-    bn.add_argument("--out", help="also write the results as JSON here")
+    bn.add_argument("--out", type=opt.output_file, help="also write the results as JSON here")
     bn.set_defaults(func=_cmd_bench)
 
     inf = sub.add_parser("info", help="versions, the CPU, which precisions run here and why not, and the mode "

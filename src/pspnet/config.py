@@ -9,6 +9,8 @@ Every section is a pydantic model that forbids unknown keys; an unknown or missp
 from __future__ import annotations
 
 import difflib
+import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -77,6 +79,15 @@ def _model_section() -> type[_Section]:
 ModelSection = _model_section()
 
 
+def _per_core(value: int | None, key: str) -> int | None:
+    """At most four per CPU core: ``train.threads=100000`` asked the OS for 100000 threads."""
+    cores = os.cpu_count() or 1
+    if value is not None and value > 4 * cores:
+        raise ValueError(f"{key}={value} is more than 4 per CPU core (this machine has {cores}); allowed up to "
+                         f"{4 * cores}")
+    return value
+
+
 def _square(v: Any) -> Any:
     """``473`` -> ``(473, 473)``: a single number is a square crop."""
     return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -104,6 +115,8 @@ class DataSection(_Section):
     ignore_index: int = IGNORE_INDEX
     workers: int = Field(2, ge=0)
     skip_bad: bool = False
+
+    _workers_bound = field_validator("workers")(lambda v: _per_core(v, "data.workers"))
 
     _crop_square = field_validator("crop_size", mode="before")(lambda v: _square(v))
 
@@ -154,13 +167,15 @@ class TrainSection(_Section):
     tensorboard: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
 
+    _threads_bound = field_validator("threads")(lambda v: _per_core(v, "train.threads"))
+
 
 class EvalSection(_Section):
     mode: Literal["whole", "sliding"] = "whole"
-    base_size: int | None = Field(None, ge=8, description="resize the long side to this before inference")
+    base_size: int | None = Field(None, ge=8, le=8192, description="resize the long side to this before inference")
     crop_size: tuple[int, int] | None = None
-    stride_rate: float = Field(2 / 3, gt=0, le=1)
-    scales: list[float] = [1.0]
+    stride_rate: float = Field(2 / 3, ge=0.1, le=1)  # 1e-9 meant a window per pixel: 16 s for 64 x 48
+    scales: list[Annotated[float, Field(ge=0.1, le=4.0)]] = Field([1.0], min_length=1, max_length=16)
     flip: bool = False
     protocol: Literal["release", "logit-average"] = Field(
         "release", description="test-time averaging: the original release's tool/test.py, or pspnet 0.1's")
@@ -180,7 +195,7 @@ def recorded_test_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
         base = meta.get("eval_base_size")
         raw = {} if base is None else {"base_size": base}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: metadata test_settings must be a JSON object, got {raw!r}")
+        raise ConfigError(f"{source}: metadata test_settings must be a JSON object, got {short_repr(raw)}")
     unknown = sorted(set(raw) - set(TEST_SETTING_KEYS))
     if unknown:
         raise ConfigError(f"{source}: metadata test_settings has unknown keys {unknown}; "
@@ -205,6 +220,62 @@ class Config(_Section):
 
 
 SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection, "eval": EvalSection}
+
+
+MAX_YAML_NODES = 100_000
+"""The most nodes a config may hold once its aliases are expanded (the shipped ones: under 200). An
+alias bomb (nine nested aliases of ten: 10^9 values) is refused from its node graph, before any value
+is built or validated."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
+    """Nodes ``node`` stands for with every alias expanded; a shared node is counted once per use but
+    computed once (``sizes``), so the count itself takes time in the size of the document, not of its
+    expansion."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigError(f"{source}: a YAML alias refers to the node that contains it (a recursive document); "
+                          f"write the values out")
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_nodes, source) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_nodes, source) + _expanded_size(v, sizes, open_nodes, source)
+                    for k, v in node.value)
+    open_nodes.discard(key)
+    sizes[key] = min(size, MAX_YAML_NODES + 1)  # capped: the sum stays a small integer
+    return sizes[key]
+
+
+def safe_yaml_load(text: str, source: str = "config") -> Any:
+    """``yaml.safe_load`` that refuses documents which expand (through anchors and aliases) to more than
+    :data:`MAX_YAML_NODES` nodes: PyYAML shares an aliased value, but validation and error messages
+    walk it once per use, so ten nested aliases of ten took a minute and gigabytes to refuse."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set(), source)
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: the YAML expands (through its anchors and aliases) to more than "
+                              f"{MAX_YAML_NODES:,} values; a config holds a few hundred: write the values out")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 60, 60, 2, 6, 6
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to two levels and 100 characters: an error message never expands a value."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _all_keys() -> list[str]:
@@ -242,7 +313,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             lines.append(str(e["msg"]).removeprefix("Value error, "))
         else:
             msg = str(e["msg"]).removeprefix("Value error, ")
-            lines.append(f"'{key}': {msg} (got {e.get('input')!r})")
+            lines.append(f"'{key}': {msg} (got {short_repr(e.get('input'))})")
     return f"{source}: invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -256,8 +327,8 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
 
 def parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return safe_yaml_load(text, "override")
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
@@ -306,9 +377,11 @@ def resolve_config(spec: str | Path) -> Path:
 
 def _read_raw(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = safe_yaml_load(path.read_text(encoding="utf-8"), str(path)) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections {list(SECTIONS)}, "
                           f"got {type(raw).__name__}")
@@ -319,7 +392,7 @@ def _resolve_base(spec: Any, child: Path) -> Path:
     """The file a ``base:`` key names: a path relative to the file that names it, else a shipped config."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"{child}: 'base' must name a config (a shipped name such as camvid/pspnet_r18_cpu, "
-                          f"or a path relative to this file), got {spec!r}")
+                          f"or a path relative to this file), got {short_repr(spec)}")
     beside = child.parent / spec
     if beside.is_file():
         return beside

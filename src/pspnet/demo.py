@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import write_text_output
 
 __all__ = ["DemoSettings", "FULL", "QUICK", "run_demo"]
 
@@ -155,7 +156,7 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
     results = evaluate(model, val, num_classes=len(CLASSES), class_names=CLASSES, progress=False)
     baseline = majority_miou(val)
     timings["eval_s"] = time.perf_counter() - t0
-    (out / "metrics.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_text_output(out / "metrics.json", json.dumps(results, indent=1))
     echo(f"[3/4] evaluated on {len(val)} held-out scenes ({timings['eval_s']:.1f} s):")
     echo(format_table(results))
     echo(f"      mIoU {results['mIoU']:.3f} vs {baseline:.3f} for always guessing the most frequent class")
@@ -177,7 +178,7 @@ def run_demo(out_dir: str | Path = "pspnet_demo", *, quick: bool = False, settin
                "majority_class_mIoU": baseline, "settings": asdict(s), "timings": timings,
                "weights": str(weights), "curves": str(curves), "predictions": [str(p) for p in written],
                "output_dir": str(out)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_text_output(out / "summary.json", json.dumps(summary, indent=1))
     echo(f"done in {timings['total_s']:.0f} s. Output folder: {out}")
     return summary
 

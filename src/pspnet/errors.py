@@ -19,3 +19,15 @@ class WeightsError(PSPNetError, ValueError):
 
 class TrainingError(PSPNetError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN/inf)."""
+
+
+class UnsafePathError(PSPNetError, ValueError):
+    """A path built from outside data (a URL, a catalogue, a config) would lie outside its folder."""
+
+
+class MemoryBudgetError(PSPNetError, MemoryError):
+    """A model or an image would need more memory than the budget (``--max-memory``) allows."""
+
+
+class OutputError(PSPNetError, OSError):
+    """An output file could not be written (disk full, read-only folder); nothing half-written is left."""

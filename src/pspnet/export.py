@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .errors import PSPNetError
+from .files import write_output
 from .models.pspnet import PSPNet
 from .models.weights import unwrap
 
@@ -206,26 +207,28 @@ def export_onnx(model: nn.Module, path: str | Path, *, class_names: Sequence[str
     device = next(net.parameters()).device
     example = torch.zeros(1, 3, *example_size, device=device)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with hidden_warnings():  # the exporter's deprecation and tracer notices, no other warning
-        if dynamo:
-            dim = torch.export.Dim
-            torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"],
-                              opset_version=max(opset, 18), dynamo=True,
-                              dynamic_shapes={"x": {0: dim("batch"), 2: dim("height", min=net.min_input_size),
-                                                    3: dim("width", min=net.min_input_size)}})
-        else:
-            torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"],
-                              opset_version=opset, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "logits": {0: "batch", 2: "height", 3: "width"}})
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in _metadata(net, class_names, palette).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(proto, str(path))
-    return path
+
+    def write(tmp: str) -> None:  # atomically: a full disk leaves no truncated .onnx
+        with hidden_warnings():  # the exporter's deprecation and tracer notices, no other warning
+            if dynamo:
+                dim = torch.export.Dim
+                torch.onnx.export(net, (example,), tmp, input_names=["image"], output_names=["logits"],
+                                  opset_version=max(opset, 18), dynamo=True,
+                                  dynamic_shapes={"x": {0: dim("batch"), 2: dim("height", min=net.min_input_size),
+                                                        3: dim("width", min=net.min_input_size)}})
+            else:
+                torch.onnx.export(net, (example,), tmp, input_names=["image"], output_names=["logits"],
+                                  opset_version=opset, dynamo=False, do_constant_folding=True,
+                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                                "logits": {0: "batch", 2: "height", 3: "width"}})
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]
+        for k, v in _metadata(net, class_names, palette).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(proto, tmp)
+
+    return write_output(path, write)
 
 
 def export_torchscript(model: nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
@@ -240,10 +243,8 @@ def export_torchscript(model: nn.Module, path: str | Path, *, class_names: Seque
     example = torch.zeros(1, 3, *example_size, device=device)
     with hidden_warnings(), torch.no_grad():  # TorchScript's deprecation and the tracer's notices only
         traced = torch.jit.trace(net, example, check_trace=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path), _extra_files={"pspnet.json": json.dumps(_metadata(net, class_names, palette))})
-    return path
+    extra = {"pspnet.json": json.dumps(_metadata(net, class_names, palette))}
+    return write_output(Path(path), lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
 
 
 def check_images(sizes: Sequence[tuple[int, int]], batch: int = 1, seed: int = 0) -> list[torch.Tensor]:

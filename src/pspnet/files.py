@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+
+from .errors import OutputError, UnsafePathError
 
 __all__ = ["HOME_ENV", "pspnet_home", "atomic_write", "remove_stale_temp_files", "read_json_cache",
-           "write_json_cache"]
+           "write_json_cache", "safe_file_name", "path_inside", "write_output", "write_text_output"]
 
 HOME_ENV = "PSPNET_HOME"
 
@@ -23,6 +28,30 @@ HOME_ENV = "PSPNET_HOME"
 def pspnet_home() -> Path:
     """pspnet's cache folder: ``$PSPNET_HOME``, else ``~/.cache/pspnet``."""
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "pspnet").expanduser()
+
+
+def safe_file_name(text: str, default: str = "download", max_length: int = 200) -> str:
+    """A plain base name made from outside data (a URL's last part, a catalogue's file name).
+
+    Percent-escapes are decoded and Unicode is folded (NFKC: a fullwidth solidus becomes ``/``)
+    *before* the last ``/`` or ``\\`` is taken, so ``%2F``, ``..%2F``, ``..\\`` and look-alikes
+    cannot climb out; then anything but ASCII letters, digits and ``. _ + -`` becomes ``_`` and
+    leading dots go (no ``.``, ``..`` or hidden names). What is left is never a path."""
+    name = unicodedata.normalize("NFKC", unquote(str(text)))
+    name = re.split(r"[/\\]", name)[-1]
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")[:max_length]
+    return name or default
+
+
+def path_inside(folder: str | Path, path: str | Path, what: str = "file") -> Path:
+    """``path`` if it lies inside ``folder`` once both are resolved (symlinks followed), else
+    :class:`~pspnet.errors.UnsafePathError`; call it before anything at ``path`` is read, written
+    or deleted."""
+    root = Path(folder).resolve()
+    resolved = Path(path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UnsafePathError(f"{path}: the {what} would lie outside {root} (it resolves to {resolved}); refused")
+    return Path(path)
 
 
 def _umask() -> int:
@@ -46,6 +75,24 @@ def atomic_write(path: str | Path, write_fn) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_output(path: str | Path, write_fn) -> Path:
+    """:func:`atomic_write` for a user's output (a PNG, ``.npz``, JSON, CSV, figure): a full disk or a
+    read-only folder leaves no truncated file and becomes an :class:`~pspnet.errors.OutputError` naming
+    the file. ``write_fn(tmp)`` must name the format itself (the temporary name ends in ``.tmp``)."""
+    try:
+        atomic_write(path, write_fn)
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OutputError(f"{path}: could not write it ({reason}); nothing half-written was left; free disk space "
+                          f"or write somewhere else") from None
+    return Path(path)
+
+
+def write_text_output(path: str | Path, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` through :func:`write_output`."""
+    return write_output(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:

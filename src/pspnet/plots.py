@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .files import write_output  # noqa: E402
+
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss (and its main/aux parts) per iteration, and val mIoU, side by side.
@@ -41,8 +43,10 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # atomically, in the format the name asks for (the temporary name ends in .tmp)
+        write_output(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".").lower() or "png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -69,6 +73,8 @@ def plot_prediction_grid(rows: Sequence[tuple[Any, Any, Any]], palette: Sequence
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if len(rows) > 2 else 0.12, 1, 0.97 if title else 1))
     path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:  # atomically, in the format the name asks for (the temporary name ends in .tmp)
+        write_output(path, lambda tmp: fig.savefig(tmp, dpi=90, format=path.suffix.lstrip(".").lower() or "png"))
+    finally:
+        plt.close(fig)
     return path

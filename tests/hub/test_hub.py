@@ -16,15 +16,18 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pspnet.cli import main
 from pspnet.hub import catalogue as cat
+from pspnet.hub.catalogue import ZooFile
 from pspnet.hub.download import (
     ChecksumError,
     CorruptDownloadError,
@@ -395,3 +398,74 @@ def test_unknown_names_suggest_close_ones(capsys):
     with pytest.raises(Exception, match="not a catalogue model or a downloaded name"):
         resolve_weights("no-such-model")
     assert resolve_weights("runs/x/final.safetensors") == "runs/x/final.safetensors"  # paths pass through
+
+
+# ------------------------------------------------------------------ hostile file names (issue 41)
+def _victim(tmp_path: Path) -> Path:
+    """A file of the user's outside the cache that no download may read, write or delete."""
+    victim = tmp_path / "elsewhere" / "v.txt"
+    victim.parent.mkdir(exist_ok=True)
+    victim.write_text("the user's notes")
+    return victim
+
+
+@pytest.mark.parametrize("tail", [
+    "ABSOLUTE",                                             # %2Ftmp%2F...%2Fv.txt: an absolute path
+    "..%2F..%2F..%2Felsewhere%2Fv.txt",                      # climbs from downloads/<name>/ to tmp_path
+    "%2e%2e%2F%2e%2e%2F%2e%2e%2Felsewhere%2Fv.txt",
+    "..%5C..%5C..%5Celsewhere%5Cv.txt",                      # backslashes
+    "%EF%BC%8E%EF%BC%8E%EF%BC%8F%EF%BC%8E%EF%BC%8E%EF%BC%8F%EF%BC%8E%EF%BC%8E%EF%BC%8Felsewhere%EF%BC%8Fv.txt",
+])                                                          # fullwidth dots and solidus (NFKC: ../)
+def test_a_crafted_url_cannot_delete_a_file_outside_the_cache(tail, tmp_path, capsys):
+    """Issue 41 (critical): the URL's decoded name joined the cache folder, the user's file counted as
+    'already downloaded', failed to convert and was deleted, with no server listening (port 9)."""
+    victim = _victim(tmp_path)
+    if tail == "ABSOLUTE":
+        tail = quote(str(victim), safe="")
+    assert main(["download", f"http://127.0.0.1:9/x/{tail}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert victim.read_text() == "the user's notes", err
+    assert "Traceback" not in err and "cannot download" in err
+    assert [p.name for p in files_under(tmp_path / "elsewhere")] == ["v.txt"]
+
+
+def test_a_crafted_url_cannot_write_outside_the_cache(server, release_ckpt, tmp_path):
+    """``..%2F`` forms wrote the downloaded file (or its .part) outside the cache."""
+    base, files, _ = server
+    name = "..%2F..%2F..%2Fescaped.pth"
+    files[name] = release_ckpt[0]
+    res = download(f"{base}/files/{name}", progress=False, say=lambda s: None)
+    assert not (tmp_path / "escaped.pth").exists() and not (tmp_path / "escaped.pth.part").exists()
+    home = (tmp_path / "home").resolve()
+    assert all(home in p.resolve().parents for p in [res.weights, *res.files])
+    assert res.files[0].name == "escaped.pth"
+
+
+def test_symlinks_in_the_cache_are_not_followed_outside_it(tmp_path, capsys):
+    victim = _victim(tmp_path)
+    downloads = tmp_path / "home" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "v.txt").symlink_to(victim.parent, target_is_directory=True)  # the folder of URL .../v.txt
+    assert main(["download", "http://127.0.0.1:9/x/v.txt", "--no-progress"]) == 2
+    assert "outside" in capsys.readouterr().err and victim.read_text() == "the user's notes"
+    (downloads / "v.txt").unlink()
+    (downloads / "v.txt").mkdir()
+    (downloads / "v.txt" / "v.txt").symlink_to(victim)                           # a link as the file itself
+    assert main(["download", "http://127.0.0.1:9/x/v.txt", "--no-progress", "--sha256", "0" * 64]) == 2
+    assert "outside" in capsys.readouterr().err and victim.read_text() == "the user's notes"
+    assert (downloads / "v.txt" / "v.txt").is_symlink()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.one_of(st.text(), st.lists(st.sampled_from(["..", ".", "%2F", "%2f", "%2e", "%5C", "/", "\\", "\x00",
+                                                      "\uff0f", "\uff0e", "\u2024", "\u2215", "\ufe52", "a", "~",
+                                                      "%252F", "C:", "%00"]), max_size=12).map("".join)))
+def test_url_file_names_are_plain_base_names(text):
+    """Whatever the URL or catalogue says, the file name stays a plain name inside its folder."""
+    name = ZooFile(f"http://127.0.0.1:9/x/{text}").filename
+    assert name and "/" not in name and "\\" not in name and not name.startswith(".")
+    assert re.fullmatch(r"[A-Za-z0-9._+-]+", name)
+    folder = Path("/nonexistent-cache/downloads/m")
+    assert (folder / name).parent == folder
+    given_name = ZooFile("http://127.0.0.1:9/drive", filename=text).filename
+    assert re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*", given_name) and (folder / given_name).parent == folder

@@ -254,4 +254,5 @@ def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | 
 
 
 def write_json(reports: Sequence[CheckReport], path: str | Path) -> None:
-    Path(path).write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n", encoding="utf-8")
+    from ..files import write_text_output
+    write_text_output(path, json.dumps([r.to_dict() for r in reports], indent=2) + "\n")

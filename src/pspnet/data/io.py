@@ -17,6 +17,7 @@ Decisions (see docs/data.md, "Image modes"):
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +55,12 @@ def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
                                     f"over the limit of {MAX_PIXELS:,} (a possible decompression bomb); "
                                     f"downscale or tile it first")
                 im.load()
+                frames = getattr(im, "n_frames", 1)
                 out = ImageOps.exif_transpose(im) if transpose else im.copy()
+                if frames > 1:  # an animated GIF/PNG/WebP, a multi-page TIFF: say only one frame is used
+                    logging.getLogger("pspnet.data").warning(
+                        "%s: has %d frames; only the first is used (for a video, give an .mp4 or split the frames "
+                        "into images)", path, frames)
     except DataError:
         raise
     except FileNotFoundError:
@@ -78,6 +84,18 @@ def exif_orientation(path: str | Path) -> int:
             return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 - a hint only; the real read reports real errors
         return 1
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the image file's header, without decoding a pixel (None where the header
+    cannot be read: :func:`read_image` then names the problem). What a memory estimate starts from."""
+    try:
+        with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):  # read_image's limit, not PIL's smaller one
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.height, im.width
+    except Exception:  # noqa: BLE001 - any unreadable header: read_image reports it
+        return None
 
 
 def read_image(path: str | Path) -> np.ndarray:

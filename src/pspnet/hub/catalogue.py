@@ -45,9 +45,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from ..errors import ConfigError
+from ..files import safe_file_name
 from ..models.zoo import MMSEG_SLIDE, MMSEG_TEST_SCALE
 
 __all__ = ["ZooFile", "Published", "Source", "ModelEntry", "SOURCES", "CATALOGUE", "catalogue", "find_entry",
@@ -100,8 +101,10 @@ class ZooFile:
                     raise ConfigError(f"{self.url}: {name} must be {'64' if name == 'sha256' else '1-64'} hex "
                                       f"digits, got {v!r}")
                 object.__setattr__(self, name, v.lower())
-        if self.filename is None:
-            object.__setattr__(self, "filename", unquote(Path(urlparse(self.url).path).name) or "download")
+        # The file name joins the cache folder: reduce it to a plain base name, whether the catalogue
+        # gave it or the URL's last part (percent-decoded there, so %2F must not become a folder)
+        raw = self.filename if self.filename is not None else urlparse(self.url).path
+        object.__setattr__(self, "filename", safe_file_name(raw))
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
-from ..errors import PSPNetError, WeightsError
-from ..files import HOME_ENV, pspnet_home
+from ..errors import PSPNetError, UnsafePathError, WeightsError
+from ..files import HOME_ENV, path_inside, pspnet_home, safe_file_name
 from ..version import __version__
 from .catalogue import ModelEntry, ZooFile, catalogue, close_names, entry_for_url, find_entry
 
@@ -89,8 +89,9 @@ class ManualDownloadRequired(DownloadError):
 
 # ------------------------------------------------------------------------------------ cache
 def cached_weights_path(name: str) -> Path:
-    """Where ``pspnet download NAME`` writes the converted file."""
-    return pspnet_home() / "weights" / f"{name}.safetensors"
+    """Where ``pspnet download NAME`` writes the converted file (``name`` reduced to a base name)."""
+    folder = pspnet_home() / "weights"
+    return path_inside(folder, folder / f"{safe_file_name(name)}.safetensors", "cached weight file")
 
 
 def _looks_like_a_name(value: str) -> bool:
@@ -177,6 +178,10 @@ def fetch_file(url: str, dest: str | os.PathLike, *, sha256: str | None = None, 
     from tqdm import tqdm
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    for p in (dest, part):  # a link planted in the cache must not make us read, write or delete its target
+        if p.is_symlink():
+            raise UnsafePathError(f"{p}: is a symbolic link (to {os.readlink(p)}); pspnet only uses files it wrote "
+                                  f"itself here; remove the link and run the command again")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file():
         try:
@@ -296,7 +301,7 @@ def _check_text(f: ZooFile, digest: str) -> str:
 
 def _url_entry_files(url: str) -> tuple[str, list[ZooFile]]:
     parsed = urlparse(url)
-    fname = Path(parsed.path).name or "download.pth"
+    fname = safe_file_name(parsed.path, default="download.pth")
     name = re.sub(r"\.(pth|pt|ckpt|bin|tar)$", "", fname)
     prefix = None
     m = re.search(r"-([0-9a-f]{8})\.pth$", fname)
@@ -360,7 +365,8 @@ def download(target: str, *, sha256: Sequence[str] | None = None, out: str | os.
             f"{name}: {entry.notes or 'no direct download link'} ({entry.url}); download "
             f"{', '.join(f.filename for f in files)} there yourself, then run: pspnet download {name} --from "
             f"{' '.join(f.filename for f in files)}")
-    folder = pspnet_home() / "downloads" / name
+    downloads = pspnet_home() / "downloads"
+    folder = downloads / safe_file_name(name)
     raw: list[Path] = []
     fetched: list[bool] = []
     digests, checked = [], []
@@ -376,7 +382,10 @@ def download(target: str, *, sha256: Sequence[str] | None = None, out: str | os.
             fetched.append(False)
         else:
             url = src or f.url
-            dest = folder / f.filename
+            # f.filename is a base name already (ZooFile); checked again, resolved, so that neither a
+            # name nor a symlinked folder in the cache can reach a file elsewhere
+            dest = path_inside(downloads, folder / safe_file_name(f.filename or ""), "download")
+            path_inside(downloads, dest.with_name(dest.name + ".part"), "partial download")
             say(f"downloading {url}\n  -> {dest}")
             digest = fetch_file(url, dest, sha256=f.sha256, sha256_prefix=f.sha256_prefix, progress=progress,
                                 timeout=timeout, say=say)
@@ -403,7 +412,8 @@ def download(target: str, *, sha256: Sequence[str] | None = None, out: str | os.
         _add_metadata(stage, dst, extra)
     except WeightsError as e:
         for path, ours in zip(raw, fetched):
-            if ours:
+            if ours and not path.is_symlink():  # only the cache's own files (checked inside it above)
+                path_inside(downloads, path, "download")
                 path.unlink(missing_ok=True)
         raise CorruptDownloadError(f"{' + '.join(map(str, raw))}: not a checkpoint pspnet can convert"
                                    + (" (deleted)" if any(fetched) else "") + f": {e}") from None

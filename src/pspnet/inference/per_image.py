@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write
+from ..files import write_output
 from ..metrics import ConfusionMatrix
 
 __all__ = ["WORST_CLASSES", "PerImageScores", "write_per_image_csv", "worst_first"]
@@ -84,5 +84,5 @@ def write_per_image_csv(records: Sequence[dict[str, Any]], path: str | Path) -> 
                     row += ["", ""] if w is None else [w["name"], fmt(w["iou"])]
                 out.writerow(row)
 
-    atomic_write(path, write)
+    write_output(path, write)
     return Path(path)

@@ -36,10 +36,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.datasets.base import IMAGE_EXTS
-from ..data.io import read_image
+from ..data.io import image_size, read_image
 from ..distributed import gather_objects, rank_and_world, shard
-from ..errors import DataError, PSPNetError
+from ..errors import PSPNetError
+from ..files import write_output
 from .auto import Int8Agreement
+from .budget import plan_image
 from .prepare import prepare_model
 from .testtime import network_calls, predict_logits
 
@@ -140,9 +142,12 @@ def draw_legend(class_names: Sequence[str], palette, path: str | Path) -> Path:
         y = 4 + i * row_h
         d.rectangle([6, y + 2, 6 + sw, y + row_h - 4], fill=tuple(int(c) for c in pal[i]), outline=(0, 0, 0))
         d.text((sw + 14, y + 5), r, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    img.save(path)
-    return path
+    return _save_png(img, Path(path))
+
+
+def _save_png(img: Image.Image, path: Path) -> Path:
+    """A PNG written atomically: a full disk leaves no truncated file (an ``OutputError`` instead)."""
+    return write_output(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def label_image(label: np.ndarray, num_classes: int) -> Image.Image:
@@ -160,10 +165,10 @@ def overlay(image: np.ndarray, color: np.ndarray) -> np.ndarray:
 
 def _write_outputs(image: np.ndarray, label: np.ndarray, pal: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_color.png", out_dir / f"{stem}_overlay.png"]
-    label_image(label, len(pal)).save(paths[0])
+    _save_png(label_image(label, len(pal)), paths[0])
     color = pal[label]
-    Image.fromarray(color).save(paths[1])
-    Image.fromarray(overlay(image, color)).save(paths[2])
+    _save_png(Image.fromarray(color), paths[1])
+    _save_png(Image.fromarray(overlay(image, color)), paths[2])
     return paths
 
 
@@ -172,13 +177,18 @@ def _write_probs(probs: torch.Tensor, class_names: Sequence[str], out_dir: Path,
     of the module docstring."""
     paths = [out_dir / f"{stem}_probs.npz", out_dir / f"{stem}_confidence.png", out_dir / f"{stem}_entropy.png"]
     probs = probs.float().cpu()
-    np.savez_compressed(paths[0], probs=probs.numpy().astype(np.float16), class_names=np.array(class_names))
+    half = probs.numpy().astype(np.float16)
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would append .npz to the temporary name
+            np.savez_compressed(f, probs=half, class_names=np.array(class_names))
+    write_output(paths[0], write_npz)
     confidence = probs.amax(0)
-    Image.fromarray(torch.round(confidence * 255).clamp(0, 255).to(torch.uint8).numpy()).save(paths[1])
+    _save_png(Image.fromarray(torch.round(confidence * 255).clamp(0, 255).to(torch.uint8).numpy()), paths[1])
     entropy = -torch.special.xlogy(probs, probs).sum(0)  # xlogy: 0 * log 0 = 0
     num_classes = probs.shape[0]
     scaled = entropy / math.log(num_classes) if num_classes > 1 else torch.zeros_like(entropy)
-    Image.fromarray(torch.round(scaled * 255).clamp(0, 255).to(torch.uint8).numpy()).save(paths[2])
+    _save_png(Image.fromarray(torch.round(scaled * 255).clamp(0, 255).to(torch.uint8).numpy()), paths[2])
     return paths
 
 
@@ -191,14 +201,30 @@ def _say_calibration(runner, first: str | Path) -> None:
         log.info("int8 calibrated on %s: %s", on, first)
 
 
+def _plan(config, size, max_memory, f, bar, **kw) -> tuple[str, tuple[int, int] | None]:
+    """The mode and crop to run image ``f`` of ``size`` with inside the budget (a note when it changed)."""
+    plan = plan_image(config, *size, max_memory, name=str(f), **kw)
+    if plan.note:
+        if bar is not None:
+            bar.write(plan.note, file=sys.stderr)
+        else:
+            log.warning(plan.note)
+    return plan.mode, plan.crop_size
+
+
 @torch.no_grad()
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
                   protocol: str = "release", save_probs: bool = False,
-                  int8_agreement: Int8Agreement = None) -> PredictOutputs:
+                  int8_agreement: Int8Agreement = None, max_memory: int | None = None) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
+
+    ``max_memory``: the memory budget in bytes (default: :func:`~pspnet.inference.budget.default_budget`);
+    an image estimated to need more runs in sliding windows (said so in the log), or fails with a
+    :class:`~pspnet.errors.MemoryBudgetError` when even those do not fit. An image that fails for any
+    reason is reported in ``.failed`` and the others are still predicted.
 
     Returns the written paths (three per image, six with ``save_probs``, then ``legend.png``) as a
     list whose ``.failed`` holds ``(input, reason)`` for each input that was skipped (missing,
@@ -215,8 +241,15 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     if rank == 0:  # every rank expands the same inputs and finds the same problems
         for item, reason in failed:
             log.error("%s: %s", item, reason)
-    mine = shard(list(zip(files, unique_stems(files))), rank, world)  # stems of the whole list: no clashes
+    stems = unique_stems(files)
+    if rank == 0:  # two inputs of one name: say which one got the suffix, not only write it
+        for f, stem in zip(files, stems):
+            if stem != f.stem:
+                log.warning("%s: another input is also named %s; its outputs are %s_*", f, f.stem, stem)
+    mine = shard(list(zip(files, stems)), rank, world)  # stems of the whole list: no clashes
     calls = network_calls(len(mine), scales, flip, mode, protocol)
+    config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
+    plan_kw = dict(base_size=base_size, scales=scales, mode=mode, crop_size=crop_size, precision=precision)
     runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None
@@ -227,10 +260,18 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     try:
         for f, stem in mine:
             try:
+                image_mode, image_crop = mode, crop_size
+                # the plan from the header, before decoding (a 19999 x 19999 PNG decodes to 1.2 GB); from the
+                # decoded image where the header alone cannot be read
+                size = image_size(f) if config is not None else None
+                if size is not None:
+                    image_mode, image_crop = _plan(config, size, max_memory, f, bar, **plan_kw)
                 image = read_image(f)
+                if config is not None and size is None:
+                    image_mode, image_crop = _plan(config, image.shape[:2], max_memory, f, bar, **plan_kw)
                 x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-                probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
-                                       crop_size=crop_size, stride_rate=stride_rate, softmax=True,
+                probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=image_mode,
+                                       crop_size=image_crop, stride_rate=stride_rate, softmax=True,
                                        protocol=protocol)
                 _say_calibration(runner, f)
                 if probs.shape[1] != num_classes:
@@ -240,8 +281,11 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                 written.extend(_write_outputs(image, label, pal, out_dir, stem))
                 if save_probs:
                     written.extend(_write_probs(probs[0], class_names, out_dir, stem))
-            except (DataError, ValueError, OSError) as e:  # unreadable / too small: report, go on
+            except Exception as e:  # noqa: BLE001 - any one image's failure (unreadable, out of memory, a full
+                # disk, a backend error) is reported and the others are still done; Ctrl-C still stops
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if not isinstance(e, (PSPNetError, OSError)):
+                    reason = f"{type(e).__name__}: {reason}"
                 if reason.startswith(f"{f}: "):  # DataError messages start with the path already
                     reason = reason[len(f"{f}: "):]
                 written.failed.append((str(f), reason))
@@ -259,5 +303,11 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     written = PredictOutputs([p for r in ranks for p in r[0]], failed + [x for r in ranks for x in r[1]],
                              [r[2] for r in ranks])
     legend = out_dir / "legend.png"
-    written.append(draw_legend(class_names, pal, legend) if rank == 0 else legend)
+    if rank == 0:
+        try:
+            written.append(draw_legend(class_names, pal, legend))
+        except OSError as e:  # a full disk by now: reported with the images that failed, nothing half-written
+            written.failed.append((str(legend), str(e).removeprefix(f"{legend}: ")))
+    else:
+        written.append(legend)
     return written

@@ -154,12 +154,23 @@ def _decoded_metadata(path: Path, raw: Mapping[str, str]) -> dict[str, Any]:
     return meta
 
 
+def check_weight_path(path: Path) -> None:
+    """:class:`WeightsError` unless ``path`` is a regular file, saying what it is instead: a link to
+    ``/dev/zero`` or a FIFO would be read forever, and is not 'not found' either."""
+    if path.is_file():
+        return
+    if not path.exists():
+        what = "a broken symbolic link" if path.is_symlink() else "not found"
+        raise WeightsError(f"{path}: weight file {what}")
+    kind = "a folder" if path.is_dir() else "a device, FIFO or socket"
+    raise WeightsError(f"{path}: is {kind}, not a regular file; give a weight file (.safetensors, .pth, .pt)")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """A safetensors weight file's metadata (config, class names, test settings, ...), read from the
     header alone."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
+    check_weight_path(path)
     return _decoded_metadata(path, _load_safetensors(path, tensors=False)[1])
 
 
@@ -198,8 +209,7 @@ def _load_pickle(path: Path) -> Any:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read any supported weight file safely; returns (flat state dict, metadata)."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
+    check_weight_path(path)
     if path.suffix == ".safetensors":
         state, raw_meta = _load_safetensors(path)
         meta = _decoded_metadata(path, raw_meta)
@@ -341,6 +351,36 @@ def load_into(model: PSPNet, state: Mapping[str, torch.Tensor], *, source: str =
     return {"loaded": sorted(loadable), "reinitialised": reinit, "new": new}
 
 
+def model_skeleton(config: PSPNetConfig) -> PSPNet:
+    """The model built on the ``meta`` device: every parameter's name and shape, no memory and no
+    initialisation; what a weight file is checked against before the real model is built."""
+    with torch.device("meta"):
+        return PSPNet(config)
+
+
+def parameter_bytes(config: PSPNetConfig) -> int:
+    """Bytes of the model's parameters and buffers in float32 (from its skeleton)."""
+    model = model_skeleton(config)
+    return sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
+
+
+def check_state_fits(config: PSPNetConfig, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a state dict that lacks tensors of the model ``config`` describes, has others, or others'
+    shapes, *before* that model is built: a file of a few hundred bytes whose metadata names the
+    largest config the limits allow (and no tensors) made ``load_weights`` allocate 40 GB first and
+    fail after. A classifier of another class count is left to :func:`load_into`, which names both."""
+    if not state:
+        raise WeightsError(f"{source}: the file holds no tensors (only metadata); it is not a weight file")
+    model = model_skeleton(config)
+    state = to_pspnet_keys(state)
+    missing, unexpected, shape = compare_state(model, state)
+    shape = [s for s in shape if not s.startswith(CLASSIFIER_KEYS)]
+    if not config.aux:
+        unexpected = [k for k in unexpected if not k.startswith("aux.")]
+    if missing or unexpected or shape:
+        raise WeightsError(_mismatch_message(source, missing, unexpected, shape) + _hint(model, state))
+
+
 def check_config_dict(cfg: Mapping[str, Any], source: str) -> None:
     """Raise :class:`WeightsError` unless ``cfg`` has only known keys with values of the right type and range.
 
@@ -392,6 +432,7 @@ def load_weights(path: str | Path, num_classes: int | None = None, **config_over
     if num_classes is None and own_cls is not None and own_cls.shape[0] != config.num_classes:
         raise WeightsError(f"{path}: metadata config says {config.num_classes} classes but tensor 'cls.4.weight' "
                            f"has shape {tuple(own_cls.shape)}; the file is inconsistent")
+    check_state_fits(config, state, str(path))
     model = PSPNet(config)
     load_into(model, state, source=str(path), strict=True, reinit_classifier=num_classes is not None)
     model.eval()

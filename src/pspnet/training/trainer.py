@@ -28,7 +28,7 @@ from ..data.check import check_dataset, median_frequency_weights
 from ..data.datasets import SegmentationDataset, build_dataset, dataset_info
 from ..data.transforms import TrainTransform, normalize
 from ..errors import ConfigError, DataError, TrainingError
-from ..files import remove_stale_temp_files
+from ..files import remove_stale_temp_files, write_text_output
 from ..inference.testtime import predict_logits
 from ..metrics import ConfusionMatrix
 from ..models import PSPNet, PSPNetConfig, PSPNetLoss
@@ -293,7 +293,7 @@ class Trainer:
             merged.update(part)
         lines = [merged[k] for k in sorted(merged)]
         if lines and self.dist.is_main:
-            (self.out / "bad_files.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_text_output(self.out / "bad_files.txt", "\n".join(lines) + "\n")
             log.warning("skipped %d bad file(s) (data.skip_bad=true), listed in %s:\n  %s", len(lines),
                         self.out / "bad_files.txt", "\n  ".join(lines))
         return lines
@@ -362,7 +362,7 @@ class Trainer:
     def _fit(self) -> TrainResult:
         t = self.cfg.train
         if self.dist.is_main:
-            (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+            write_text_output(self.out / "config.yaml", dump_config(self.cfg))
         old_handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
