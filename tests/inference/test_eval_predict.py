@@ -324,7 +324,7 @@ def test_auto_int8_names_the_image_it_calibrated_on(tmp_path, weights_file, monk
     """auto's int8 calibrates on the first image it sees (as the recorded agreement was measured): never
     silently; predict logs that image's file, eval logs it and records it in its JSON."""
     from pspnet.inference.auto import AutoChoice
-    monkeypatch.setattr(prepare, "choose_from_features", lambda device, agreement: None)
+    monkeypatch.setattr(prepare, "choose_from_features", lambda device, agreement, calls=None: None)
     monkeypatch.setattr(prepare, "choose_auto", lambda *a, **k: AutoChoice("int8", "onnxruntime", "the test's"))
     root = _make_list_dataset(tmp_path / "data")
     out = tmp_path / "m.json"

@@ -115,7 +115,7 @@ def test_auto_precision_follows_the_cpu(simulate_cpu, tiny_pspnet):
     """Both branches on any CPU, simulated (tests/test_cpu.py covers every place that branches)."""
     simulate_cpu("xeon-amx")
     assert resolve_inference_precision("auto") == "bf16"
-    simulate_cpu("avx512")
+    simulate_cpu("avx512", onnxruntime=None, openvino=None)  # no other fp32 engine to probe against
     assert resolve_inference_precision("auto") == "fp32"
     assert prepare_for_inference(tiny_pspnet(4).eval(), "auto").precision == "fp32"
     assert resolve_inference_precision("int8") == "int8"
