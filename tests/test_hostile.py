@@ -465,3 +465,27 @@ def test_image_size_reads_headers_up_to_the_pixel_limit(tmp_path):
     Image.new("L", (10000, 10000)).save(tmp_path / "big.png")
     assert image_size(tmp_path / "big.png") == (10000, 10000)
     assert image_size(tmp_path / "missing.png") is None
+
+
+def test_eval_runs_an_image_over_the_budget_in_sliding_windows_or_refuses_it(tiny_pspnet, monkeypatch, caplog):
+    """eval plans each image within the memory budget as predict does: one too large to run whole runs in
+    sliding windows (said, and listed in the metrics), one too large even so is refused by name. Windows of
+    64 px here (512 in use), so that a small image is already cheaper in windows than whole."""
+    from pspnet.errors import MemoryBudgetError
+    from pspnet.inference import budget
+    from pspnet.inference.budget import model_bytes
+    from pspnet.inference.evaluate import evaluate
+    monkeypatch.setattr(budget, "SLIDING_CROP", 64)
+
+    model = tiny_pspnet(3).eval()
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randint(0, 256, (3, 200, 240), dtype=torch.uint8, generator=g),
+              torch.randint(0, 3, (200, 240), generator=g))]
+    tight = model_bytes(model.config) + 40 * 200 * 240 * 4  # about 40 floats a pixel: too few to run whole
+    with caplog.at_level("WARNING"):
+        res = evaluate(model, items, num_classes=3, max_memory=tight, progress=False)
+    assert res["settings"]["memory_fallback"] and "sliding windows" in caplog.text
+    roomy = evaluate(model, items, num_classes=3, progress=False)
+    assert "memory_fallback" not in roomy["settings"]
+    with pytest.raises(MemoryBudgetError, match="even in sliding windows"):
+        evaluate(model, items, num_classes=3, max_memory=model_bytes(model.config) + 1000, progress=False)

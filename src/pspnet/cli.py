@@ -246,7 +246,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
                    class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
                    absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
-                   int8_agreement=recorded, **s)
+                   int8_agreement=recorded, max_memory=args.max_memory, **s)
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
                             "data_root": str(root), "split": split, "list": list_file, "sources": sources})
     if note:
@@ -327,7 +327,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if videos:
         out = predict_videos(model, videos, args.out, class_names=names, palette=palette, color=args.video_color,
                              frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
-                             batch_size=args.batch_size, progress=not args.no_progress, **s)
+                             batch_size=args.batch_size, progress=not args.no_progress,
+                             max_memory=args.max_memory, **s)
         made = [p.name for p in out if p.suffix == ".mp4" or p.name.endswith("_labels")]
         if main_rank:
             print(f"wrote {', '.join(made) or 'no video'} and legend.png to {args.out}")

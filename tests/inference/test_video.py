@@ -189,3 +189,26 @@ def test_interrupted_video_leaves_no_finished_output_and_stale_parts_are_removed
     assert written.failed == [(str(tmp_path / "missing.mp4"), "file not found"),
                               ("camera 9", "could not be opened (no such device, or it is in use)")]
     assert _hidden(out) == []
+
+
+def test_video_frames_are_planned_within_the_memory_budget(tmp_path, tiny, caplog):
+    """A video's frames get the memory plan an image gets: over the budget whole, sliding windows (said);
+    over it even so, the video is reported as failed and the run goes on with the next."""
+    from pspnet.inference.budget import image_bytes, model_bytes
+    model, _ = tiny
+    fixed = model_bytes(model.config)
+    settings = {"base_size": None, "scales": (1.0,), "mode": "whole", "crop_size": None, "stride_rate": 2 / 3}
+    whole = image_bytes(model.config, 2000, 2000, base_size=None, scales=(1.0,), mode="whole", crop_size=None,
+                        precision="fp32")
+    with caplog.at_level("WARNING"):
+        planned = video_module._frame_plan(model.config, 2000, 2000, 2, fixed + whole, "fp32", settings, "big.mp4")
+    assert planned["mode"] == "sliding" and "sliding windows" in caplog.text  # two frames a batch: half each
+    assert video_module._frame_plan(model.config, 2000, 2000, 1, fixed + whole, "fp32", settings, "b")["mode"] \
+        == "whole"
+    clip = _write_video(tmp_path / "clip.mp4", "mp4v", frames=2)
+    other = _write_video(tmp_path / "other.mp4", "mp4v", frames=2)
+    out = predict_videos(model, [clip, other], tmp_path / "o", class_names=NAMES, palette=PALETTE, batch_size=1,
+                         progress=False, max_memory=fixed + 1000)
+    assert [str(s) for s, _ in out.failed] == [str(clip), str(other)]
+    assert "even in sliding windows" in out.failed[0][1]
+    assert not (tmp_path / "o" / "clip_overlay.mp4").exists()

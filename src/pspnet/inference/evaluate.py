@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from ..distributed import gather_objects, rank_and_world, shard
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MemoryBudgetError
 from ..metrics import Absent, ConfusionMatrix
 from .auto import Int8Agreement
+from .budget import plan_image
 from .per_image import PerImageScores, worst_first
 from .prepare import prepare_model
 from .testtime import model_device, network_calls, predict_logits
@@ -47,13 +48,18 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
              crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3, precision: str = "fp32",
              progress: bool = True, skip_bad: bool = False, absent: Absent = "nan",
              max_images: int | None = None, backend: str = "torch", protocol: str = "release",
-             per_image: bool = False, int8_agreement: Int8Agreement = None) -> dict[str, Any]:
+             per_image: bool = False, int8_agreement: Int8Agreement = None,
+             max_memory: int | None = None) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` (items: uint8 ``3 x H x W`` image, int ``H x W`` label) and score it.
 
     Returns ``{"mIoU", "mAcc", "allAcc"`` (fractions in [0, 1]), ``"per_class": [{name, iou, acc}]``
     (``None`` where undefined), ``"confusion_matrix"`` (rows: ground truth, columns: prediction),
     ``"settings"`` (with ``world_size`` and ``images_per_rank``: images each rank scored), ``"num_images"``,
     ``"seconds"`` (the slowest rank's), ``"bad_files": [{index, path, error}]}``.
+    ``max_memory``: the memory budget in bytes (default: :func:`~pspnet.inference.budget.default_budget`): an
+    image too large to run whole within it runs in sliding windows (listed in ``settings["memory_fallback"]``),
+    one too large even so is a :class:`~pspnet.errors.MemoryBudgetError` (with ``skip_bad``: recorded and
+    skipped, as an unreadable item is).
     With ``skip_bad`` an unreadable item (:class:`DataError`) is recorded and skipped; otherwise it
     is raised. ``protocol``: test-time averaging (:data:`pspnet.inference.testtime.PROTOCOLS`; the
     original release's by default). ``precision`` other than ``fp32`` (or ``backend="onnxruntime"``) goes through
@@ -82,6 +88,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                    dynamic_ncols=True)
     t0 = time.perf_counter()
     calibrated_on = None
+    config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
+    fallback: list[str] = []
     try:
         for k, i in enumerate(mine):
             try:
@@ -98,8 +106,27 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
             if tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
                 raise DataError(f"item {i} ({_item_path(dataset, i)}): label {tuple(label.shape)} and image "
                                 f"{tuple(image.shape)} sizes differ")
-            probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip, mode=mode,
-                                   crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
+            image_mode, image_crop = mode, crop_size
+            if config is not None:  # within the memory budget: sliding windows, or a named refusal
+                try:
+                    plan = plan_image(config, *image.shape[-2:], max_memory, base_size=base_size, scales=scales,
+                                      mode=mode, crop_size=crop_size, precision=used_precision,
+                                      name=f"item {i} ({_item_path(dataset, i)})")
+                except MemoryBudgetError as e:
+                    if not skip_bad:
+                        raise
+                    bad.append({"index": i, "path": _item_path(dataset, i), "error": str(e)})
+                    log.warning("skipped item %d: %s", i, e)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                image_mode, image_crop = plan.mode, plan.crop_size
+                if plan.note:
+                    log.warning("%s", plan.note)
+                    fallback.append(_item_path(dataset, i))
+            probs = predict_logits(runner, image[None], base_size=base_size, scales=scales, flip=flip,
+                                   mode=image_mode, crop_size=image_crop, stride_rate=stride_rate, softmax=True,
+                                   protocol=protocol)
             if calibrated_on is None and getattr(runner, "calibrated_on", None):  # auto's int8: said, and recorded
                 calibrated_on = f"{runner.calibrated_on}: item {i} ({_item_path(dataset, i)})"
                 log.info("int8 calibrated on %s", calibrated_on)
@@ -116,7 +143,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
             bar.close()
     cm.all_reduce()
     ranks = gather_objects({"scored": len(mine) - len(bad), "bad": bad, "seconds": time.perf_counter() - t0,
-                            "per_image": scores.records if scores is not None else []})
+                            "per_image": scores.records if scores is not None else [], "fallback": fallback})
+    fallback = [p for r in ranks for p in r["fallback"]]
     bad = sorted((b for r in ranks for b in r["bad"]), key=lambda b: b["index"])
     metrics = cm.compute(absent)
     result = metrics.as_dict(names, json_safe=True)
@@ -132,6 +160,8 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                           "images_per_rank": [r["scored"] for r in ranks]}
     if calibrated_on is not None:
         result["settings"]["int8_calibration"] = calibrated_on
+    if fallback:  # run in sliding windows to stay within the memory budget: the protocol differs for these
+        result["settings"]["memory_fallback"] = fallback
     result["num_images"] = n - len(bad)
     result["seconds"] = round(max(r["seconds"] for r in ranks), 3)
     result["bad_files"] = bad

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 
 from ..distributed import gather_objects, rank_and_world, shard
-from ..errors import ConfigError, DataError, PSPNetError
+from ..errors import ConfigError, DataError, MemoryBudgetError, PSPNetError
 from .auto import Int8Agreement
+from .budget import default_budget, model_bytes, plan_image
 from .predict import PredictOutputs, draw_legend, label_image, overlay, palette_array, unique_stems
 from .prepare import prepare_model
 from .testtime import network_calls, predict_logits
@@ -182,8 +183,11 @@ def _open_writer(path: Path, fps: float, height: int, width: int) -> cv2.VideoWr
 
 def _predict_video(runner, source: str | Path | int, out_dir: Path, stem: str, *, pal: np.ndarray,
                    num_classes: int, color: bool, frame_labels: bool, every: int, batch_size: int,
-                   settings: dict, progress: bool) -> list[Path]:
-    """One video through ``runner`` (prepared) into ``out_dir``; returns the outputs' paths."""
+                   settings: dict, progress: bool, config=None, max_memory: int | None = None,
+                   precision: str = "fp32") -> list[Path]:
+    """One video through ``runner`` (prepared) into ``out_dir``; returns the outputs' paths. With the model's
+    ``config``, the first batch's frame size is planned within the memory budget (``max_memory``) as
+    :func:`~pspnet.inference.predict.predict_paths` plans an image: sliding windows, or a named refusal."""
     _remove_stale(out_dir, stem)
     staged = _Staged()
     writers: list[cv2.VideoWriter] = []
@@ -200,6 +204,9 @@ def _predict_video(runner, source: str | Path | int, out_dir: Path, stem: str, *
                 for start, frames in video.batches(batch_size):
                     if not writers:
                         h, w = frames.shape[1:3]
+                        if config is not None:
+                            settings = _frame_plan(config, h, w, batch_size, max_memory, precision, settings,
+                                                   video.name)
                         writers.append(_open_writer(overlay_tmp, video.fps, h, w))
                         if color_tmp is not None:
                             writers.append(_open_writer(color_tmp, video.fps, h, w))
@@ -237,6 +244,20 @@ def _predict_video(runner, source: str | Path | int, out_dir: Path, stem: str, *
             bar.close()
 
 
+def _frame_plan(config, height: int, width: int, batch_size: int, max_memory: int | None, precision: str,
+                settings: dict, name: str) -> dict:
+    """The test-time settings for frames of ``height x width`` within the budget: a batch of ``batch_size``
+    frames shares the model, so each frame gets an equal share of what the model leaves."""
+    fixed = model_bytes(config)
+    budget = max_memory or default_budget()
+    per_frame = fixed + max(0, budget - fixed) // batch_size
+    plan = plan_image(config, height, width, per_frame, precision=precision, name=f"{name} (frames, {batch_size} a "
+                      f"batch)", **{k: settings[k] for k in ("base_size", "scales", "mode", "crop_size")})
+    if plan.note:
+        log.warning("%s", plan.note)
+    return {**settings, "mode": plan.mode, "crop_size": plan.crop_size}
+
+
 def _batches_in(sources: Sequence[str | Path | int], batch_size: int) -> int | None:
     """Forward passes the videos' headers announce, ``batch_size`` frames each; None when a source
     has no end (a camera) or its header no frame count. ``auto`` weighs its setup against this:
@@ -262,14 +283,16 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
                    base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    mode: str = "whole", crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
                    precision: str = "fp32", backend: str = "torch", protocol: str = "release",
-                   progress: bool = True, int8_agreement: Int8Agreement = None) -> PredictOutputs:
+                   progress: bool = True, int8_agreement: Int8Agreement = None,
+                   max_memory: int | None = None) -> PredictOutputs:
     """Segment each video file (or camera index) of ``sources`` into ``out_dir`` (module docstring).
 
     ``color``: also the colour-label video; ``frame_labels``: also label PNGs of every ``every``-th
     frame; ``batch_size``: frames per forward pass. The test-time settings are those of
     :func:`pspnet.inference.predict.predict_paths`. Returns the written paths (then ``legend.png``)
     as a list whose ``.failed`` holds ``(source, reason)`` for each video that could not be
-    segmented; its partial outputs are removed.
+    segmented; its partial outputs are removed. ``max_memory``: the memory budget in bytes (default:
+    :func:`~pspnet.inference.budget.default_budget`), planned from each video's frame size.
     """
     if every < 1 or batch_size < 1:
         raise ConfigError(f"every and batch_size must be >= 1, got every={every}, batch_size={batch_size}")
@@ -291,10 +314,13 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
     written = PredictOutputs()
     for source, stem in mine:
         try:
+            config = getattr(model, "config", None)  # what the memory plan is made from
             written.extend(_predict_video(runner, source, out_dir, stem, pal=pal, num_classes=len(class_names),
                                           color=color, frame_labels=frame_labels, every=every,
-                                          batch_size=batch_size, settings=settings, progress=progress))
-        except (DataError, OSError, cv2.error) as e:  # unreadable / truncated: report, go on with the others
+                                          batch_size=batch_size, settings=settings, progress=progress,
+                                          config=config, max_memory=max_memory,
+                                          precision=getattr(runner, "precision", precision)))
+        except (DataError, OSError, MemoryBudgetError, cv2.error) as e:  # unreadable / truncated: report, go on with the others
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             name = f"camera {source}" if isinstance(source, int) else str(source)
             reason = reason.removeprefix(f"{name}: ")  # DataError messages start with the source already
