@@ -320,7 +320,7 @@ def predict_videos(model, sources: Sequence[str | Path | int], out_dir: str | Pa
                                           batch_size=batch_size, settings=settings, progress=progress,
                                           config=config, max_memory=max_memory,
                                           precision=getattr(runner, "precision", precision)))
-        except (DataError, OSError, MemoryBudgetError, cv2.error) as e:  # unreadable / truncated: report, go on with the others
+        except (DataError, OSError, MemoryBudgetError, cv2.error) as e:  # unreadable, truncated, too large: go on
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             name = f"camera {source}" if isinstance(source, int) else str(source)
             reason = reason.removeprefix(f"{name}: ")  # DataError messages start with the source already
