@@ -33,7 +33,8 @@ def _private_pspnet_home(tmp_path_factory):
     mp.undo()
 
 
-ZEN4_BF16_SPEEDUP = 2.9  # bf16 / fp32 matrix throughput measured on the Zen 4 (377 / 131 GFLOP/s, docs/benchmarks.md)
+# bf16 / fp32 matrix throughput measured on the Zen 4 (377 / 131 GFLOP/s, docs/archive/benchmarks-history.md)
+ZEN4_BF16_SPEEDUP = 2.9
 
 
 @pytest.fixture(autouse=True)
