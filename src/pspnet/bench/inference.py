@@ -159,4 +159,3 @@ def bench_inference(depths: Sequence[int] = (18, 50, 101), sizes: Sequence[tuple
                     f"{batch / med:9.2f} {setup:8.1f}")
                 del run  # free the exported / compiled model before the next mode
     return rows
-

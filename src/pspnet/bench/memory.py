@@ -130,4 +130,3 @@ def bench_memory(depth: int = 50, size: tuple[int, int] = (1024, 2048), num_clas
     return {"model": f"PSPNet-{depth}", "size": list(size), "num_classes": num_classes, "mode": mode,
             "resolved_precision": resolved, "crop": list(crop), "stride_rate": stride_rate, "images": images,
             "train": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "cases": cases}
-

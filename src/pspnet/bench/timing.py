@@ -41,4 +41,3 @@ def build_model(depth: int = 50, num_classes: int = 19, **kwargs: Any) -> PSPNet
     head) with its initial weights: timing does not depend on the weight values."""
     torch.manual_seed(0)
     return PSPNet(PSPNetConfig(num_classes=num_classes, depth=depth, **kwargs)).eval()
-

@@ -176,4 +176,3 @@ def _training_batch(crop: tuple[int, int], batch: int, num_classes: int, root: s
         imgs.append(im)
         lbls.append(lb)
     return torch.stack(imgs), torch.stack(lbls)
-

@@ -113,4 +113,3 @@ def one_rank(cmd):
         finally:
             cleanup()
     return run
-
