@@ -45,7 +45,8 @@ def test_training_times_what_runs_natively_against_the_peak_of_the_precision_it_
 def test_training_reads_the_peak_after_every_round_and_pairs_each_step_with_it(monkeypatch):
     """A drifting matmul peak: each step is judged against the reading taken right after it."""
     readings = iter([100.0, 400.0, 100.0, 400.0, 50.0])  # the peak precision after rounds 1-4, then fp32
-    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: next(readings))
+    # bench_training (pspnet/bench/training.py) reads the peak through its own module
+    monkeypatch.setattr("pspnet.bench.training.matmul_gflops", lambda *a, **k: next(readings))
     res = bench.bench_training(**TINY_TRAIN, batch=2, steps=4, warmup=0, precisions=("fp32",), matmul_n=128,
                                matmul_reps=2, peak_precision="bf16", **QUIET)
     assert res["peak_readings"] == [100.0, 400.0, 100.0, 400.0]

@@ -275,8 +275,8 @@ def test_absurd_thread_and_worker_counts_in_a_config_are_config_errors():
                        st.text(max_size=12)))
 def test_predict_option_values_parse_in_range_or_are_usage_errors(option, value):
     """Any value: either it parses to one inside the documented range, or argparse refuses it (exit 2)."""
-    from pspnet import cli_options as opt
     from pspnet.cli import build_parser
+    from pspnet.cli import options as opt
     parser = build_parser()
     parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(SystemExit(status))
     parser.error = lambda message: (_ for _ in ()).throw(SystemExit(2))

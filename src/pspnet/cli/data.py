@@ -1,0 +1,58 @@
+"""``pspnet data check``: missing/unreadable files, size mismatches, bad label values, per-class pixel counts."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+from . import options as opt
+from .common import add_data_root
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.check import check_splits, write_json
+    if args.config:
+        from ..config import load_config
+        cfg = load_config(args.config, args.overrides)
+        d = cfg.data
+        name, root = args.dataset or d.dataset, args.data_root or d.root
+        num_classes, class_names, label_map = args.num_classes or cfg.model.num_classes, d.class_names, d.label_map
+        if args.split or args.list:
+            splits = [(args.split or d.train_split, args.list)]
+        else:
+            splits = [(d.train_split, d.train_list)]
+            if d.val_split or d.val_list:
+                splits.append((d.val_split, d.val_list))
+    else:
+        if not args.dataset or not args.data_root:
+            raise ConfigError("pspnet data check needs --config, or --dataset and --data-root")
+        if args.overrides:
+            raise ConfigError(f"overrides {args.overrides} need --config")
+        name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
+        splits = [(args.split or "train", args.list)]
+    reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
+                           workers=args.workers, progress=not args.no_progress, label_map=label_map)
+    print("\n\n".join(r.format() for r in reports))
+    if args.json:
+        write_json(reports, args.json)
+        print(f"report: {args.json}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def add_parser(sub) -> None:
+    dt = sub.add_parser("data", help="dataset tools: 'pspnet data check'")
+    dsub = dt.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dc = dsub.add_parser("check", help="report missing/unreadable files, size mismatches, bad label values and "
+                                       "per-class pixel counts; exits 1 when there is any problem")
+    dc.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): checks its "
+                                          "data.train_split and data.val_split")
+    dc.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
+    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder")
+    add_data_root(dc, "default: the config's data.root")
+    dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
+    dc.add_argument("--list", help="list file of 'image label' lines (relative to --data-root) instead of the split's")
+    dc.add_argument("--num-classes", type=opt.int_in(1, 65536), help="number of classes (datasets 'list' and 'folder')")
+    dc.add_argument("--workers", type=opt.worker_count, default=0, help="processes reading files (default 0: this one)")
+    dc.add_argument("--json", type=opt.output_file, help="also write the report(s) to this JSON file")
+    dc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dc.set_defaults(func=run)
