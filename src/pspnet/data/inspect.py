@@ -361,3 +361,20 @@ def recognise(root: str | Path, *, sample: int = SAMPLE_LABELS) -> Finding:
         if hw:
             sizes[(hw[1], hw[0])] += 1
     return Finding(layout, encoding, sizes)
+
+
+def check_finding(finding: Finding, *, workers: int = 0, progress: bool = True, class_names=None) -> list:
+    """``pspnet data check`` of a recognised folder: each split it found, read as the starter config reads it."""
+    from .check import check_dataset, check_splits
+    from .datasets import SegmentationDataset, dataset_info
+    lay = finding.layout
+    if lay.named:
+        splits = [(s, None) for s in (lay.train_split, lay.val_split) if s]
+        return check_splits(lay.dataset, lay.root, splits, workers=workers, progress=progress)
+    enc = finding.encoding
+    if enc is None or not enc.usable:
+        return []
+    info = dataset_info(finding.dataset, enc.num_classes, class_names, label_map=enc.label_map)
+    return [check_dataset(SegmentationDataset(pairs, info, check_labels=False), name=lay.dataset, split=split,
+                          root=str(lay.root), workers=workers, progress=progress)
+            for split, pairs in lay.split_pairs().items()]
