@@ -356,6 +356,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         try:
             return self._fit()
+        except Exception as e:
+            mark_failed(self.out, e, self)
+            raise
         finally:
             self.logger.close()
 
@@ -538,7 +541,8 @@ def train(cfg: Config, *, resume: str | Path | None = None, device: str | None =
                           max_minutes=max_minutes)
         return trainer.fit()
     except Exception as e:
-        mark_failed(Path(cfg.train.output_dir), e, trainer)
+        if trainer is None:  # fit() marks its own failures
+            mark_failed(Path(cfg.train.output_dir), e, None)
         raise
     finally:
         dist_utils.cleanup()
