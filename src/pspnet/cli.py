@@ -12,11 +12,18 @@ from .models.pspnet import CONFIG_FIELDS
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_run_config
     from .training.trainer import train
-    cfg = load_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []))
-    if args.data_root:
-        cfg.data.root = args.data_root
+    if not args.config and not args.data_root and not any(o.startswith("data.root=") for o in args.overrides):
+        raise ConfigError("pspnet train needs --config FILE, or --data-root DIR: a data folder pspnet recognises "
+                          "('pspnet data check --data-root DIR' shows what it finds and --write-config writes a "
+                          "config for it)")
+    cfg = load_run_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []),
+                          data_root=args.data_root)
+    if not args.config:
+        print(f"no config file: data.dataset={cfg.data.dataset}, data.root={cfg.data.root}, "
+              f"model.num_classes={cfg.model.num_classes}, train.iters={cfg.train.iters}, "
+              f"train.output_dir={cfg.train.output_dir} (see them all in <output_dir>/config.yaml)")
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                    max_iters=args.max_iters, max_minutes=args.max_minutes)
     if result.bad_files:
@@ -44,11 +51,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             splits = [(d.train_split, d.train_list)]
             if d.val_split or d.val_list:
                 splits.append((d.val_split, d.val_list))
+    elif not args.dataset:
+        return _data_check_recognised(args)
     else:
-        if not args.dataset or not args.data_root:
-            raise ConfigError("pspnet data check needs --config, or --dataset and --data-root")
+        if not args.data_root:
+            raise ConfigError("pspnet data check needs --config, or --data-root (and --dataset to name its kind)")
         if args.overrides:
-            raise ConfigError(f"overrides {args.overrides} need --config")
+            raise ConfigError(f"overrides {args.overrides} need --config, or --data-root without --dataset")
         name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
@@ -57,6 +66,52 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     if args.json:
         write_json(reports, args.json)
         print(f"report: {args.json}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _data_check_recognised(args: argparse.Namespace) -> int:
+    """``pspnet data check --data-root DIR`` without --dataset/--config: recognise the folder's layout and label
+    encoding, say what was found, check it as the starter config reads it (overrides applied) and, with
+    --write-config, write that config."""
+    from .config import config_for_data
+    from .data.check import check_splits, write_json
+    from .data.inspect import check_finding, recognise
+    from .data.starter import write_starter
+    if not args.data_root:
+        raise ConfigError("pspnet data check needs --data-root DIR (its layout and labels are recognised), or "
+                          "--config, or --dataset and --data-root")
+    if args.split or args.list or args.num_classes:
+        raise ConfigError("--split, --list and --num-classes need --dataset (or --config); without them the "
+                          "folder's own splits are recognised")
+    finding = recognise(args.data_root)
+    print(finding.format())
+    if not finding.usable:
+        print("result: the labels cannot be read as classes (see the notes above); nothing was checked")
+        return 1
+    if finding.layout.dataset == "flat" or finding.layout.named:
+        if args.overrides:
+            raise ConfigError(f"overrides {args.overrides}: for this layout write a config first (--write-config)")
+        reports = check_finding(finding, workers=args.workers, progress=not args.no_progress)
+    else:
+        d = config_for_data(args.data_root, args.overrides).data
+        splits = [(s, None) for s in (d.train_split, d.val_split) if s]
+        reports = check_splits(d.dataset, d.root, splits, num_classes=len(d.class_names or []) or None,
+                               class_names=d.class_names, workers=args.workers, progress=not args.no_progress,
+                               label_map=d.label_map)
+    print()
+    print("\n\n".join(r.format() for r in reports))
+    if args.json:
+        write_json(reports, args.json)
+        print(f"report: {args.json}")
+    if args.write_config:
+        if finding.layout.named:
+            print(f"no starter config for a named dataset: start from a shipped one "
+                  f"('pspnet configs', e.g. {finding.dataset}/pspnet_r18)")
+        else:
+            written = write_starter(finding, args.write_config, command=f"pspnet data check --data-root "
+                                    f"{args.data_root} --write-config {args.write_config}")
+            print("wrote " + ", ".join(map(str, written)))
+            print(f"next: pspnet train --config {args.write_config}")
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -196,8 +251,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.config:
         from .config import load_config
         cfg = load_config(args.config, args.overrides)
-    elif args.overrides:
-        raise ConfigError(f"overrides {args.overrides} need --config")
+    elif args.overrides:  # no config file: the overrides over the defaults (or over the recognised --data-root)
+        from .config import load_run_config
+        cfg = load_run_config(None, args.overrides, data_root=args.data_root)
     d = cfg.data if cfg else None
     root = args.data_root or (d.root if d else None)
     if not root:
@@ -494,12 +550,15 @@ def _add_data_root(q: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pspnet", description="PSPNet for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .version import __version__
+    p.add_argument("--version", action="version", version=f"pspnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a PSPNet (DDP: launch with torchrun)")
-    t.add_argument("--config", "-c", required=True,
+    t.add_argument("--config", "-c",
                    help="YAML config: a file, or a shipped config's name, e.g. camvid/pspnet_r18_cpu "
-                        "('pspnet configs')")
+                        "('pspnet configs'); without one, --data-root's folder is recognised and trained with its "
+                        "starter config (what 'pspnet data check --write-config' writes) and the overrides")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.005")
     _add_data_root(t, "default: the config's data.root")
     t.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
@@ -522,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): checks its "
                                           "data.train_split and data.val_split")
     dc.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
-    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder")
+    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder "
+                                      "(default: recognised from --data-root's layout and label files)")
     _add_data_root(dc, "default: the config's data.root")
     dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
     dc.add_argument("--list", help="list file of 'image label' lines (relative to --data-root) instead of the split's")
@@ -530,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--workers", type=opt.worker_count, default=0, help="processes reading files (default 0: this one)")
     dc.add_argument("--json", type=opt.output_file, help="also write the report(s) to this JSON file")
     dc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dc.add_argument("--write-config", metavar="FILE.yaml", type=opt.output_file,
+                    help="without --dataset/--config: also write a starter config for the recognised folder "
+                         "(dataset, splits, label_map, classes, a CPU recipe); never overwrites a file")
     dc.set_defaults(func=_cmd_data_check)
 
     cv = sub.add_parser("convert", help="original-release, mmsegmentation or CSAILVision PSPNet checkpoint, ImageNet "
