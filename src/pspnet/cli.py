@@ -78,8 +78,8 @@ def _data_check_recognised(args: argparse.Namespace) -> int:
     from .data.inspect import check_finding, recognise
     from .data.starter import write_starter
     if not args.data_root:
-        raise ConfigError("pspnet data check needs --data-root DIR (its layout and labels are recognised), or "
-                          "--config, or --dataset and --data-root")
+        raise ConfigError("pspnet data check needs --config, or --dataset and --data-root, or --data-root alone "
+                          "(its layout and label files are recognised)")
     if args.split or args.list or args.num_classes:
         raise ConfigError("--split, --list and --num-classes need --dataset (or --config); without them the "
                           "folder's own splits are recognised")

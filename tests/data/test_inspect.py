@@ -166,3 +166,43 @@ def test_overrides_without_a_config_file(tmp_path: Path) -> None:
     flat = _write(tmp_path / "flat", {"all": ("images", "masks")}, n=10)
     with pytest.raises(ConfigError, match="needs list files.*--write-config"):
         config_for_data(flat)
+
+
+# ------------------------------------------------------------------------------------ the commands
+def test_data_check_without_a_dataset_recognises_checks_and_writes_the_config(tmp_path: Path, capsys) -> None:
+    from pspnet.cli import main
+    data = _folder(tmp_path / "d")
+    cfg = tmp_path / "d.yaml"
+    assert main(["data", "check", "--data-root", str(data), "--write-config", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "masks, splits train, val" in out and "3 grey levels 0, 128, 255" in out
+    assert out.count("result: OK") == 2 and f"next: pspnet train --config {cfg}" in out
+    assert load_config(cfg).data.label_map == {0: 0, 128: 1, 255: 2}
+    # an override without a config file changes what is checked: 255 unlabelled
+    assert main(["data", "check", "--data-root", str(data), "--no-progress", "data.label_map={128: 1, 255: ignore}",
+                 "data.class_names=[a,b]"]) == 0
+    out = capsys.readouterr().out
+    assert "2 classes" in out and " 255  (ignore)  " in out
+    assert main(["data", "check", "--data-root", str(data), "--write-config", str(cfg)]) == 2  # never overwrites
+    assert "never overwrites" in capsys.readouterr().err
+    colours = _folder(tmp_path / "c", mode="RGB")
+    assert main(["data", "check", "--data-root", str(colours), "--no-progress"]) == 1
+    assert "nothing was checked" in capsys.readouterr().out
+
+
+def test_version_and_train_without_a_config(tmp_path: Path, capsys) -> None:
+    from pspnet.cli import main
+    from pspnet.version import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pspnet {__version__}"
+    assert main(["train"]) == 2
+    assert "needs --config FILE, or --data-root DIR" in capsys.readouterr().err
+    data = _folder(tmp_path / "d", levels=(0, 255), n=4)
+    out = tmp_path / "run"
+    assert main(["train", "--data-root", str(data), "--no-progress", "data.crop_size=[32,32]", "data.workers=0",
+                 "model.head_channels=16", "model.aux_channels=8", "train.iters=2", "train.batch_size=2",
+                 "train.precision=fp32", f"train.output_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "no config file: data.dataset=folder" in printed and "model.num_classes=2" in printed
+    assert (out / "final.safetensors").is_file() and load_config(out / "config.yaml").data.label_map == {255: 1}
