@@ -24,7 +24,7 @@ from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
            "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "read_config_file",
-           "CONFIGS_DIR"]
+           "CONFIGS_DIR", "config_for_data", "load_run_config"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped inside the package (package data: they come with every install)."""
@@ -435,6 +435,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_config_file(path)
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source)
+
+
+def config_for_data(root: str | Path, overrides: list[str] | None = None) -> Config:
+    """A run config without a config file: the starter config of the data folder ``root`` (its layout and
+    label encoding recognised by :func:`pspnet.data.inspect.recognise`; the file ``pspnet data check
+    --write-config`` would write, :mod:`pspnet.data.starter`) with ``overrides`` applied."""
+    from .data.inspect import recognise
+    from .data.starter import starter_yaml
+    from .errors import DataError
+    finding = recognise(root)
+    if finding.layout.dataset == "flat":
+        raise ConfigError(f"{root}: {finding.layout.description}: its validation split needs list files; write them "
+                          f"with a config: pspnet data check --data-root {root} --write-config my_data.yaml")
+    try:
+        text = starter_yaml(finding, f"{Path(root).resolve().name or 'data'}.yaml")
+    except DataError as e:
+        raise ConfigError(f"{root}: {finding.format()}\n{e}") from None
+    raw = apply_overrides(safe_yaml_load(text, str(root)), overrides or [])
+    return validate(raw, f"{root} (recognised, no config file)")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                    data_root: str | None = None) -> Config:
+    """The config of a command: the file ``path`` (or shipped config) with ``overrides``; without one, the
+    recognised starter config of ``data_root`` (or of the override ``data.root=...``); without either, the
+    defaults with the overrides. ``data_root`` (``--data-root``) replaces the config's ``data.root``."""
+    overrides = list(overrides or [])
+    if path is None:
+        root = data_root or next((o.split("=", 1)[1] for o in reversed(overrides)
+                                  if o.replace(" ", "").startswith("data.root=")), None)
+        names_dataset = any(o.replace(" ", "").startswith("data.dataset=") for o in overrides)
+        if root and not names_dataset:
+            return config_for_data(root, overrides)
+    cfg = load_config(path, overrides)
+    if data_root:
+        cfg.data.root = data_root
+    return cfg
 
 
 def dump_config(cfg: Config) -> str:

@@ -369,3 +369,36 @@ def test_named_datasets_read_their_void_as_the_configured_ignore_index(tmp_path:
         dataset_info("camvid", ignore_index=3)
     with pytest.raises(DataError, match="negative"):
         dataset_info("folder", 3, ignore_index=-1)
+
+
+def test_a_failed_run_leaves_failed_txt_and_a_new_run_removes_it(data: Path, tmp_path: Path, monkeypatch,
+                                                                 tiny_run_config) -> None:
+    """A folder with FAILED.txt holds no finished run: it says why and how to go on; the next run removes it."""
+    out = tmp_path / "failed"
+    with pytest.raises(DataError, match="one step needs 16"):  # while setting up, after the folder was made
+        train(tiny_run_config(data, out, "train.batch_size=16"), progress=False)
+    text = (out / "FAILED.txt").read_text(encoding="utf-8")
+    assert "DataError" in text and "while setting up" in text and "no checkpoint was written" in text
+    trainer = Trainer(tiny_run_config(data, out, "train.ckpt_every=1", "train.iters=3"), progress=False)
+    step = trainer._step
+
+    def fail_second(*args):
+        if trainer.iteration == 1:
+            raise TrainingError("boom")
+        step(*args)
+
+    trainer._step = fail_second
+    with pytest.raises(TrainingError, match="boom"):
+        trainer.fit()
+    text = (out / "FAILED.txt").read_text(encoding="utf-8")
+    assert "TrainingError: boom" in text and "iteration 1" in text and f"--resume {out / 'last.pt'}" in text
+    res = train(tiny_run_config(data, out, "train.iters=3"), resume=out / "last.pt", progress=False)
+    assert res.iterations == 3 and not (out / "FAILED.txt").exists()
+
+
+def test_without_a_progress_bar_the_loss_is_logged(data: Path, tmp_path: Path, caplog, tiny_run_config) -> None:
+    """--no-progress (logs to a file, CI): every train.log_every iterations a log line carries the loss."""
+    with caplog.at_level("INFO", logger="pspnet.train"):
+        train(tiny_run_config(data, tmp_path / "quiet"), progress=False)
+    lines = [r.getMessage() for r in caplog.records if "loss" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("iter 1/2: loss ") and lines[1].startswith("iter 2/2: loss ")

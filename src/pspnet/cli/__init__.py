@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ..errors import PSPNetError
+from ..version import __version__
 from . import bench, configs, convert, data, demo, evaluate, export, hub, info, predict, train
 
 __all__ = ["build_parser", "main"]
@@ -22,6 +23,7 @@ COMMANDS = (train, data, convert, evaluate, predict, export, demo, bench, info, 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pspnet", description="PSPNet for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"pspnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

@@ -23,11 +23,13 @@ def run(args: argparse.Namespace) -> int:
             splits = [(d.train_split, d.train_list)]
             if d.val_split or d.val_list:
                 splits.append((d.val_split, d.val_list))
+    elif not args.dataset:
+        return _check_recognised(args)
     else:
-        if not args.dataset or not args.data_root:
-            raise ConfigError("pspnet data check needs --config, or --dataset and --data-root")
+        if not args.data_root:
+            raise ConfigError("pspnet data check needs --config, or --data-root (and --dataset to name its kind)")
         if args.overrides:
-            raise ConfigError(f"overrides {args.overrides} need --config")
+            raise ConfigError(f"overrides {args.overrides} need --config, or --data-root without --dataset")
         name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
@@ -39,6 +41,52 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def _check_recognised(args: argparse.Namespace) -> int:
+    """``pspnet data check --data-root DIR`` without --dataset/--config: recognise the folder's layout and label
+    encoding, say what was found, check it as the starter config reads it (overrides applied) and, with
+    --write-config, write that config."""
+    from ..config import config_for_data
+    from ..data.check import check_splits, write_json
+    from ..data.inspect import check_finding, recognise
+    from ..data.starter import write_starter
+    if not args.data_root:
+        raise ConfigError("pspnet data check needs --config, or --dataset and --data-root, or --data-root alone "
+                          "(its layout and label files are recognised)")
+    if args.split or args.list or args.num_classes:
+        raise ConfigError("--split, --list and --num-classes need --dataset (or --config); without them the "
+                          "folder's own splits are recognised")
+    finding = recognise(args.data_root)
+    print(finding.format())
+    if not finding.usable:
+        print("result: the labels cannot be read as classes (see the notes above); nothing was checked")
+        return 1
+    if finding.layout.dataset == "flat" or finding.layout.named:
+        if args.overrides:
+            raise ConfigError(f"overrides {args.overrides}: for this layout write a config first (--write-config)")
+        reports = check_finding(finding, workers=args.workers, progress=not args.no_progress)
+    else:
+        d = config_for_data(args.data_root, args.overrides).data
+        splits = [(s, None) for s in (d.train_split, d.val_split) if s]
+        reports = check_splits(d.dataset, d.root, splits, num_classes=len(d.class_names or []) or None,
+                               class_names=d.class_names, workers=args.workers, progress=not args.no_progress,
+                               label_map=d.label_map)
+    print()
+    print("\n\n".join(r.format() for r in reports))
+    if args.json:
+        write_json(reports, args.json)
+        print(f"report: {args.json}")
+    if args.write_config:
+        if finding.layout.named:
+            print(f"no starter config for a named dataset: start from a shipped one "
+                  f"('pspnet configs', e.g. {finding.dataset}/pspnet_r18)")
+        else:
+            written = write_starter(finding, args.write_config, command=f"pspnet data check --data-root "
+                                    f"{args.data_root} --write-config {args.write_config}")
+            print("wrote " + ", ".join(map(str, written)))
+            print(f"next: pspnet train --config {args.write_config}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def add_parser(sub) -> None:
     dt = sub.add_parser("data", help="dataset tools: 'pspnet data check'")
     dsub = dt.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -47,7 +95,8 @@ def add_parser(sub) -> None:
     dc.add_argument("--config", "-c", help="YAML config (a file or a shipped config's name): checks its "
                                           "data.train_split and data.val_split")
     dc.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
-    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder")
+    dc.add_argument("--dataset", help="camvid, camvid32, cityscapes, ade20k, voc, voc_aug, kitti_road, list, folder "
+                                      "(default: recognised from --data-root's layout and label files)")
     add_data_root(dc, "default: the config's data.root")
     dc.add_argument("--split", help="split to check (default: train, or the config's train and val splits)")
     dc.add_argument("--list", help="list file of 'image label' lines (relative to --data-root) instead of the split's")
@@ -55,4 +104,7 @@ def add_parser(sub) -> None:
     dc.add_argument("--workers", type=opt.worker_count, default=0, help="processes reading files (default 0: this one)")
     dc.add_argument("--json", type=opt.output_file, help="also write the report(s) to this JSON file")
     dc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dc.add_argument("--write-config", metavar="FILE.yaml", type=opt.output_file,
+                    help="without --dataset/--config: also write a starter config for the recognised folder "
+                         "(dataset, splits, label_map, classes, a CPU recipe); never overwrites a file")
     dc.set_defaults(func=run)

@@ -23,8 +23,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         from ..config import load_config
         cfg = load_config(args.config, args.overrides)
-    elif args.overrides:
-        raise ConfigError(f"overrides {args.overrides} need --config")
+    elif args.overrides:  # no config file: the overrides over the defaults (or over the recognised --data-root)
+        from ..config import load_run_config
+        cfg = load_run_config(None, args.overrides, data_root=args.data_root)
     d = cfg.data if cfg else None
     root = args.data_root or (d.root if d else None)
     if not root:

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from . import options as opt
 from .common import add_data_root
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config import load_run_config
     from ..training.trainer import train
-    cfg = load_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []))
-    if args.data_root:
-        cfg.data.root = args.data_root
+    if not args.config and not args.data_root and not any(o.startswith("data.root=") for o in args.overrides):
+        raise ConfigError("pspnet train needs --config FILE, or --data-root DIR: a data folder pspnet recognises "
+                          "('pspnet data check --data-root DIR' shows what it finds and --write-config writes a "
+                          "config for it)")
+    cfg = load_run_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []),
+                          data_root=args.data_root)
+    if not args.config:
+        print(f"no config file: data.dataset={cfg.data.dataset}, data.root={cfg.data.root}, "
+              f"model.num_classes={cfg.model.num_classes}, train.iters={cfg.train.iters}, "
+              f"train.output_dir={cfg.train.output_dir} (see them all in <output_dir>/config.yaml)")
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                    max_iters=args.max_iters, max_minutes=args.max_minutes)
     if result.bad_files:
@@ -29,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a PSPNet (DDP: launch with torchrun)")
-    t.add_argument("--config", "-c", required=True,
+    t.add_argument("--config", "-c",
                    help="YAML config: a file, or a shipped config's name, e.g. camvid/pspnet_r18_cpu "
-                        "('pspnet configs')")
+                        "('pspnet configs'); without one, --data-root's folder is recognised and trained with its "
+                        "starter config (what 'pspnet data check --write-config' writes) and the overrides")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.005")
     add_data_root(t, "default: the config's data.root")
     t.add_argument("--resume", help="training checkpoint (last.pt) to continue from")

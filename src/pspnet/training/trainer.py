@@ -356,12 +356,16 @@ class Trainer:
     def fit(self) -> TrainResult:
         try:
             return self._fit()
+        except Exception as e:
+            mark_failed(self.out, e, self)
+            raise
         finally:
             self.logger.close()
 
     def _fit(self) -> TrainResult:
         t = self.cfg.train
         if self.dist.is_main:
+            (self.out / FAILED_MARKER).unlink(missing_ok=True)  # this folder's run is going again
             write_text_output(self.out / "config.yaml", dump_config(self.cfg))
         old_handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -523,15 +527,46 @@ class Trainer:
             self._log({"kind": "train", "iter": self.iteration + 1, "epoch": self.iteration // self.iters_per_epoch,
                        "loss": vals[0], **{f"loss_{k}": v for k, v in zip(keys, vals[1:])}, "lr": lr,
                        "time": time.time()})
+            if self.dist.is_main and not self.progress:  # no bar to show it: the loss goes to the log (stderr)
+                log.info("iter %d/%d: loss %.4f, lr %.2e", self.iteration + 1, self.stop_at, vals[0], lr)
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, device: str | None = None, progress: bool = True,
           max_iters: int | None = None, max_minutes: float | None = None) -> TrainResult:
     """Train with a validated :class:`Config`; returns where the weights and logs went. ``max_iters``
     and ``max_minutes`` end this call early (a stage): ``last.pt`` then resumes it exactly."""
+    trainer = None
     try:
         trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters,
                           max_minutes=max_minutes)
         return trainer.fit()
+    except Exception as e:
+        if trainer is None:  # fit() marks its own failures
+            mark_failed(Path(cfg.train.output_dir), e, None)
+        raise
     finally:
         dist_utils.cleanup()
+
+
+FAILED_MARKER = "FAILED.txt"
+"""Written into a run's folder when the run stops with an error (what happened and what to do), and
+removed when a run in that folder starts again: a folder with this file holds no finished run."""
+
+
+def mark_failed(out: Path, error: BaseException, trainer: Trainer | None) -> None:
+    """Write :data:`FAILED_MARKER` into ``out`` (rank 0, and only into a folder the run created)."""
+    if dist_utils.rank_and_world()[0] != 0 or not out.is_dir():
+        return
+    ckpt = out / CHECKPOINT_NAME
+    lines = [f"this run failed: {type(error).__name__}: {error}",
+             f"at: {time.strftime('%Y-%m-%d %H:%M:%S')}"
+             + (f", iteration {trainer.iteration}" if trainer is not None else ", while setting up (no iteration ran)")]
+    if ckpt.is_file():
+        lines.append(f"the last checkpoint is {ckpt}: fix the cause, then continue with --resume {ckpt}")
+    else:
+        lines.append("no checkpoint was written: fix the cause and start the run again")
+    lines.append("this file is removed when a run in this folder starts again")
+    try:
+        write_text_output(out / FAILED_MARKER, "\n".join(lines) + "\n")
+    except OSError as e:  # the marker must never hide the run's own error
+        log.warning("could not write %s: %s", out / FAILED_MARKER, e)

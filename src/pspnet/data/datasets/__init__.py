@@ -12,7 +12,15 @@ import numpy as np
 from ...errors import DataError
 from ...labels import IGNORE_INDEX, default_palette
 from .ade20k import ade20k_info, ade20k_pairs
-from .base import DatasetInfo, SegmentationDataset, folder_pairs, read_list_file, require_files, with_ignore_index
+from .base import (
+    DatasetInfo,
+    SegmentationDataset,
+    folder_pairs,
+    label_dir,
+    read_list_file,
+    require_files,
+    with_ignore_index,
+)
 from .camvid import camvid32_info, camvid32_pairs, camvid_info, camvid_pairs
 from .cityscapes import cityscapes_info, cityscapes_pairs
 from .kitti_road import kitti_road_info, kitti_road_pairs
@@ -32,7 +40,7 @@ DATASETS: dict[str, tuple[Callable[[], DatasetInfo], Callable[[Path, str], list]
     "kitti_road": (kitti_road_info, kitti_road_pairs),
 }
 # the generic formats: "list" (<root>/<split>.txt of 'image label' lines) and "folder"
-# (<root>/<split>/images + <root>/<split>/labels matched by file stem); they need num_classes.
+# (<root>/<split>/images + <root>/<split>/labels, or masks, matched by file stem); they need num_classes.
 GENERIC = ("list", "folder")
 
 LabelMap = Mapping[int, int | Literal["ignore"]]
@@ -129,7 +137,7 @@ def _split_pairs(name: str, root: Path, split: str, check_files: bool) -> list:
     if name in DATASETS:
         return DATASETS[name][1](root, split)
     if name == "folder":
-        return folder_pairs(root / split / "images", root / split / "labels", strict=check_files)
+        return folder_pairs(root / split / "images", label_dir(root / split), strict=check_files)
     if name == "list":
         return read_list_file(root / f"{split}.txt", root)
     raise DataError(f"unknown dataset {name!r}")

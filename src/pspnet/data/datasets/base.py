@@ -194,6 +194,14 @@ def read_list_file(list_file: str | Path, root: str | Path | None = None) -> lis
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+LABEL_DIRS = ("labels", "masks", "annotations")
+"""The names a label folder goes by beside ``images`` (the ``folder`` dataset reads the first that exists)."""
+
+
+def label_dir(folder: Path) -> Path:
+    """``folder``'s label folder: the first of :data:`LABEL_DIRS` that exists (``labels`` when none does)."""
+    return next((folder / n for n in LABEL_DIRS if (folder / n).is_dir()), folder / "labels")
+
 
 def folder_pairs(images_dir: str | Path, labels_dir: str | Path, label_suffix: str = "",
                  strict: bool = True) -> list[tuple[Path, Path | None]]:
