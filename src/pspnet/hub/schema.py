@@ -178,7 +178,11 @@ def _where(loc: tuple) -> str:
 
 def _problems(e: ValidationError) -> str:
     lines = []
-    for err in e.errors():
+    errors = e.errors()
+    for err in errors:
+        if err["type"] == "too_short" and any(o["loc"][:len(err["loc"])] == err["loc"] and o["loc"] != err["loc"]
+                                              for o in errors):
+            continue  # "at least 1 item" only because an item was refused: that item's error says why
         msg = err["msg"].removeprefix("Value error, ")
         loc = _where(err["loc"])
         if err["type"] == "extra_forbidden":
