@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "catalogue": ("CATALOGUE", "SOURCES", "ModelEntry", "Published", "Source", "ZooFile", "catalogue", "find_entry"),
+    "catalogue": ("CATALOGUE", "CATALOGUE_FILE", "SOURCES", "ModelEntry", "Published", "Source", "ZooFile", "catalogue",
+                  "find_entry", "read_catalogue_file"),
     "download": ("ChecksumError", "CorruptDownloadError", "DownloadError", "DownloadResult", "HTMLResponseError",
                  "ManualDownloadRequired", "NotFoundError", "TruncatedDownloadError", "cached_weights_path",
                  "download", "fetch_file", "pspnet_home", "resolve_weights", "verify_file"),

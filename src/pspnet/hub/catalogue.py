@@ -1,8 +1,10 @@
-"""The public PSPNet checkpoints, one typed table (``pspnet models``).
+"""The public PSPNet checkpoints (``pspnet models``): the table is data, ``catalogue.json`` beside this
+module (package data), read and checked against :mod:`pspnet.hub.schema` on import.
 
 Like torchvision's ``WeightsEnum``, an entry keeps together what belongs together: the file(s) and
 their checksums, the dataset and its classes, the published mIoU and the test protocol behind it,
 and how the file converts (the zoo's layout; :func:`pspnet.models.convert.convert` does the work).
+Adding a checkpoint is an edit of ``catalogue.json`` and a run of ``tests/hub`` (docs/zoo.md).
 
 Where every fact comes from (nothing here is measured by us):
 
@@ -32,7 +34,7 @@ Class names and palettes come from :data:`pspnet.models.zoo_datasets.ZOO_DATASET
 (mmsegmentation's dataset tables; the original release uses the same class order).
 
 The table can be extended (e.g. a local mirror) from a JSON list of entries in the file named by
-``PSPNET_CATALOGUE`` (:func:`catalogue`); each item has the fields of :meth:`ModelEntry.from_dict`.
+``PSPNET_CATALOGUE`` (:func:`catalogue`), checked against the same schema (:meth:`ModelEntry.from_dict`).
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..files import safe_file_name
-from ..models.zoo import MMSEG_SLIDE, MMSEG_TEST_SCALE
+from .schema import EntrySpec, validate_entry, validate_source
 
 __all__ = ["ZooFile", "Published", "Source", "ModelEntry", "SOURCES", "CATALOGUE", "catalogue", "find_entry",
-           "entry_for_url", "CATALOGUE_ENV"]
+           "entry_for_url", "CATALOGUE_ENV", "CATALOGUE_FILE", "read_catalogue_file"]
 
 CATALOGUE_ENV = "PSPNET_CATALOGUE"
+CATALOGUE_FILE = Path(__file__).resolve().with_name("catalogue.json")
+"""The shipped table (package data): ``{"format": 1, "sources": [...], "models": [...]}``."""
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -68,19 +72,7 @@ class Source:
     host: str            # where its files are downloaded from
     layout: str          # the converter's name for its checkpoint layout
     checksum: str        # what the zoo publishes to check a file with
-
-
-SOURCES: dict[str, Source] = {s.key: s for s in (
-    Source("mmsegmentation", "OpenMMLab mmsegmentation",
-           "https://github.com/open-mmlab/mmsegmentation/blob/main/configs/pspnet/README.md",
-           "download.openmmlab.com", "mmsegmentation",
-           "first 8 hex digits of the file's sha256, in its file name (tools/misc/publish_model.py)"),
-    Source("csailvision", "CSAILVision semantic-segmentation-pytorch",
-           "https://github.com/CSAILVision/semantic-segmentation-pytorch#performance",
-           "sceneparsing.csail.mit.edu", "csailvision", "none published"),
-    Source("semseg", "original release (hszhao/semseg)", "https://github.com/hszhao/semseg#performance",
-           "drive.google.com", "original-release", "none published"),
-)}
+    requires_checksum: bool = False  # it publishes one: every file of its entries carries it
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,10 @@ class Published:
 @dataclass(frozen=True)
 class ModelEntry:
     """A public PSPNet checkpoint. ``results[0]`` is the number whose protocol a converted file
-    records as its ``test_settings`` (so ``pspnet eval --weights NAME`` follows it by default)."""
+    records as its ``test_settings`` (so ``pspnet eval --weights NAME`` follows it by default).
+
+    Entries come from data (:func:`read_catalogue_file`, :meth:`from_dict`), checked against
+    :class:`pspnet.hub.schema.EntrySpec` first; building one in code checks the essentials only."""
 
     name: str
     source: str                          # a key of SOURCES
@@ -186,12 +181,14 @@ class ModelEntry:
                 "stride_rate": 2 / 3, "scales": [1.0], "flip": True, "protocol": "release"}
 
     def to_dict(self) -> dict[str, Any]:
+        """The entry for ``pspnet models --json``: every field (a valid catalogue entry again, see
+        :mod:`pspnet.hub.schema`) plus facts derived from its source and first file and result."""
         src = SOURCES[self.source]
         single = len(self.files) == 1
         return {
             "name": self.name, "source": self.source, "source_title": src.title, "dataset": self.dataset,
-            "num_classes": self.num_classes, "backbone": self.backbone, "depth": self.depth,
-            "url": self.url, "miou": self.miou, "protocol": self.protocol,
+            "zoo_dataset": self.zoo_dataset, "num_classes": self.num_classes, "backbone": self.backbone,
+            "depth": self.depth, "url": self.url, "miou": self.miou, "protocol": self.protocol,
             "results": [{"miou": r.miou, "protocol": r.protocol} for r in self.results],
             "sha256": self.files[0].sha256 if single else None,
             "sha256_prefix": self.files[0].sha256_prefix if single else None,
@@ -200,273 +197,79 @@ class ModelEntry:
                       for f in self.files],
             "layout": self.layout, "crop_size": list(self.crop_size) if self.crop_size else None,
             "schedule": self.schedule, "config": self.config, "downloadable": self.downloadable,
-            "page": src.page, "notes": self.notes,
+            "base_size": self.base_size, "test_crop": self.test_crop, "page": src.page, "notes": self.notes,
         }
 
     @classmethod
+    def from_spec(cls, spec: EntrySpec) -> ModelEntry:
+        """The entry an already checked :class:`~pspnet.hub.schema.EntrySpec` describes."""
+        return cls(name=spec.name, source=spec.source, dataset=spec.dataset, zoo_dataset=spec.zoo_dataset,
+                   num_classes=spec.num_classes, backbone=spec.backbone, depth=spec.depth,
+                   files=tuple(ZooFile(f.url, f.sha256, f.sha256_prefix, f.filename) for f in spec.files),
+                   results=tuple(Published(r.miou, r.protocol) for r in spec.results),
+                   crop_size=spec.crop_size, schedule=spec.schedule, config=spec.config,
+                   downloadable=spec.downloadable, base_size=spec.base_size, test_crop=spec.test_crop,
+                   notes=spec.notes)
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "catalogue") -> ModelEntry:
-        """An entry from JSON: ``name``, ``source``, ``dataset``, ``num_classes``, ``backbone``, ``depth``,
-        ``miou``, ``protocol`` and either ``url`` (+ ``sha256`` / ``sha256_prefix``) or ``files``
-        (a list of ``{url, sha256, sha256_prefix}``); optional: ``zoo_dataset``, ``results``,
-        ``crop_size``, ``schedule``, ``config``, ``downloadable``, ``base_size``, ``test_crop``, ``notes``."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{where}: each entry must be a JSON object, got {type(d).__name__}")
-        try:
-            files = d.get("files") or [{"url": d["url"], "sha256": d.get("sha256"),
-                                        "sha256_prefix": d.get("sha256_prefix")}]
-            results = d.get("results") or [{"miou": d["miou"], "protocol": d["protocol"]}]
-            return cls(name=d["name"], source=d["source"], dataset=d["dataset"],
-                       zoo_dataset=d.get("zoo_dataset", ""), num_classes=int(d["num_classes"]),
-                       backbone=d["backbone"], depth=int(d["depth"]),
-                       files=tuple(ZooFile(f["url"], f.get("sha256"), f.get("sha256_prefix"), f.get("filename"))
-                                   for f in files),
-                       results=tuple(Published(float(r["miou"]), str(r["protocol"])) for r in results),
-                       crop_size=tuple(d["crop_size"]) if d.get("crop_size") else None,
-                       schedule=d.get("schedule", ""), config=d.get("config", ""),
-                       downloadable=bool(d.get("downloadable", True)), base_size=d.get("base_size"),
-                       test_crop=d.get("test_crop"), notes=d.get("notes", ""))
-        except KeyError as e:
-            raise ConfigError(f"{where}: entry {d.get('name', '?')!r} lacks field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: entry {d.get('name', '?')!r}: {e}") from None
+        """An entry from JSON, checked against :class:`pspnet.hub.schema.EntrySpec` (its docstring lists
+        the fields): a :class:`ConfigError` names ``where``, the entry and the field of a bad one."""
+        return cls.from_spec(validate_entry(d, SOURCES, where))
 
 
-# ---------------------------------------------------------------------------------- mmsegmentation
-_MMSEG_BASE = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet/"
-_MMSEG_MS = "scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 + flip"
-# README section -> (dataset as the README names it, ZOO_DATASETS key, classes)
-_MMSEG_DATASETS = {
-    "cityscapes": ("Cityscapes", "CityscapesDataset", 19),
-    "ade20k": ("ADE20K", "ADE20KDataset", 150),
-    "voc12aug": ("Pascal VOC 2012 + Aug", "PascalVOCDataset", 21),
-    "pascal_context": ("Pascal Context", "PascalContextDataset", 60),
-    "pascal_context_59": ("Pascal Context 59", "PascalContextDataset59", 59),
-    "coco-stuff10k": ("COCO-Stuff 10k", "COCOStuffDataset", 171),
-    "coco-stuff164k": ("COCO-Stuff 164k", "COCOStuffDataset", 171),
-    "loveda": ("LoveDA", "LoveDADataset", 7),
-    "potsdam": ("Potsdam", "PotsdamDataset", 6),
-    "vaihingen": ("Vaihingen", "ISPRSDataset", 6),
-    "isaid": ("iSAID", "iSAIDDataset", 16),
-}
-
-# (README section, config name, backbone, crop, iterations, mIoU, mIoU(ms+flip) or None, model path
-# under _MMSEG_BASE), in the README's order.
-_MMSEG_TABLE = (
-    ("cityscapes", "pspnet_r50-d8_4xb2-40k_cityscapes-512x1024", "R-50-D8", "512x1024", 40000, 77.85, 79.18,
-     "pspnet_r50-d8_512x1024_40k_cityscapes/pspnet_r50-d8_512x1024_40k_cityscapes_20200605_003338-2966598c.pth"),
-    ("cityscapes", "pspnet_r101-d8_4xb2-40k_cityscapes-512x1024", "R-101-D8", "512x1024", 40000, 78.34, 79.74,
-     "pspnet_r101-d8_512x1024_40k_cityscapes/pspnet_r101-d8_512x1024_40k_cityscapes_20200604_232751-467e7cf4.pth"),
-    ("cityscapes", "pspnet_r50-d8_4xb2-40k_cityscapes-769x769", "R-50-D8", "769x769", 40000, 78.26, 79.88,
-     "pspnet_r50-d8_769x769_40k_cityscapes/pspnet_r50-d8_769x769_40k_cityscapes_20200606_112725-86638686.pth"),
-    ("cityscapes", "pspnet_r101-d8_4xb2-40k_cityscapes-769x769", "R-101-D8", "769x769", 40000, 79.08, 80.28,
-     "pspnet_r101-d8_769x769_40k_cityscapes/pspnet_r101-d8_769x769_40k_cityscapes_20200606_112753-61c6f5be.pth"),
-    ("cityscapes", "pspnet_r18-d8_4xb2-80k_cityscapes-512x1024", "R-18-D8", "512x1024", 80000, 74.87, 76.04,
-     "pspnet_r18-d8_512x1024_80k_cityscapes/pspnet_r18-d8_512x1024_80k_cityscapes_20201225_021458-09ffa746.pth"),
-    ("cityscapes", "pspnet_r50-d8_4xb2-80k_cityscapes-512x1024", "R-50-D8", "512x1024", 80000, 78.55, 79.79,
-     "pspnet_r50-d8_512x1024_80k_cityscapes/pspnet_r50-d8_512x1024_80k_cityscapes_20200606_112131-2376f12b.pth"),
-    ("cityscapes", "pspnet_r50-d8-rsb_4xb2-adamw-80k_cityscapes-512x1024", "R-50b-D8 rsb", "512x1024", 80000, 78.47,
-     79.45, "pspnet_r50-d8_512x1024_80k_cityscapes/"
-            "pspnet_r50-d8_rsb-pretrain_512x1024_adamw_80k_cityscapes_20220315_123238-588c30be.pth"),
-    ("cityscapes", "pspnet_r101-d8_4xb2-80k_cityscapes-512x1024", "R-101-D8", "512x1024", 80000, 79.76, 81.01,
-     "pspnet_r101-d8_512x1024_80k_cityscapes/pspnet_r101-d8_512x1024_80k_cityscapes_20200606_112211-e1e1100f.pth"),
-    ("cityscapes", "pspnet_r101-d8_4xb2-amp-80k_cityscapes-512x1024", "R-101-D8 (FP16 training)", "512x1024", 80000,
-     79.46, None, "pspnet_r101-d8_fp16_512x1024_80k_cityscapes/"
-                  "pspnet_r101-d8_fp16_512x1024_80k_cityscapes_20200717_230919-a0875e5c.pth"),
-    ("cityscapes", "pspnet_r18-d8_4xb2-80k_cityscapes-769x769", "R-18-D8", "769x769", 80000, 75.90, 77.86,
-     "pspnet_r18-d8_769x769_80k_cityscapes/pspnet_r18-d8_769x769_80k_cityscapes_20201225_021458-3deefc62.pth"),
-    ("cityscapes", "pspnet_r50-d8_4xb2-80k_cityscapes-769x769", "R-50-D8", "769x769", 80000, 79.59, 80.69,
-     "pspnet_r50-d8_769x769_80k_cityscapes/pspnet_r50-d8_769x769_80k_cityscapes_20200606_210121-5ccf03dd.pth"),
-    ("cityscapes", "pspnet_r101-d8_4xb2-80k_cityscapes-769x769", "R-101-D8", "769x769", 80000, 79.77, 81.06,
-     "pspnet_r101-d8_769x769_80k_cityscapes/pspnet_r101-d8_769x769_80k_cityscapes_20200606_225055-dba412fa.pth"),
-    ("cityscapes", "pspnet_r18b-d8_4xb2-80k_cityscapes-512x1024", "R-18b-D8", "512x1024", 80000, 74.23, 75.79,
-     "pspnet_r18b-d8_512x1024_80k_cityscapes/pspnet_r18b-d8_512x1024_80k_cityscapes_20201226_063116-26928a60.pth"),
-    ("cityscapes", "pspnet_r50b-d8_4xb2-80k_cityscapes-512x1024", "R-50b-D8", "512x1024", 80000, 78.22, 79.46,
-     "pspnet_r50b-d8_512x1024_80k_cityscapes/pspnet_r50b-d8_512x1024_80k_cityscapes_20201225_094315-6344287a.pth"),
-    ("cityscapes", "pspnet_r101b-d8_4xb2-80k_cityscapes-512x1024", "R-101b-D8", "512x1024", 80000, 79.69, 80.79,
-     "pspnet_r101b-d8_512x1024_80k_cityscapes/pspnet_r101b-d8_512x1024_80k_cityscapes_20201226_170012-3a4d38ab.pth"),
-    ("cityscapes", "pspnet_r18b-d8_4xb2-80k_cityscapes-769x769", "R-18b-D8", "769x769", 80000, 74.92, 76.90,
-     "pspnet_r18b-d8_769x769_80k_cityscapes/pspnet_r18b-d8_769x769_80k_cityscapes_20201226_080942-bf98d186.pth"),
-    ("cityscapes", "pspnet_r50b-d8_4xb2-80k_cityscapes-769x769", "R-50b-D8", "769x769", 80000, 78.50, 79.96,
-     "pspnet_r50b-d8_769x769_80k_cityscapes/pspnet_r50b-d8_769x769_80k_cityscapes_20201225_094316-4c643cf6.pth"),
-    ("cityscapes", "pspnet_r101b-d8_4xb2-80k_cityscapes-769x769", "R-101b-D8", "769x769", 80000, 78.87, 80.04,
-     "pspnet_r101b-d8_769x769_80k_cityscapes/pspnet_r101b-d8_769x769_80k_cityscapes_20201226_171823-f0e7c293.pth"),
-    ("ade20k", "pspnet_r50-d8_4xb4-80k_ade20k-512x512", "R-50-D8", "512x512", 80000, 41.13, 41.94,
-     "pspnet_r50-d8_512x512_80k_ade20k/pspnet_r50-d8_512x512_80k_ade20k_20200615_014128-15a8b914.pth"),
-    ("ade20k", "pspnet_r101-d8_4xb4-80k_ade20k-512x512", "R-101-D8", "512x512", 80000, 43.57, 44.35,
-     "pspnet_r101-d8_512x512_80k_ade20k/pspnet_r101-d8_512x512_80k_ade20k_20200614_031423-b6e782f0.pth"),
-    ("ade20k", "pspnet_r50-d8_4xb4-160k_ade20k-512x512", "R-50-D8", "512x512", 160000, 42.48, 43.44,
-     "pspnet_r50-d8_512x512_160k_ade20k/pspnet_r50-d8_512x512_160k_ade20k_20200615_184358-1890b0bd.pth"),
-    ("ade20k", "pspnet_r101-d8_4xb4-160k_ade20k-512x512", "R-101-D8", "512x512", 160000, 44.39, 45.35,
-     "pspnet_r101-d8_512x512_160k_ade20k/pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f.pth"),
-    ("voc12aug", "pspnet_r50-d8_4xb4-20k_voc12aug-512x512", "R-50-D8", "512x512", 20000, 76.78, 77.61,
-     "pspnet_r50-d8_512x512_20k_voc12aug/pspnet_r50-d8_512x512_20k_voc12aug_20200617_101958-ed5dfbd9.pth"),
-    ("voc12aug", "pspnet_r101-d8_4xb4-20k_voc12aug-512x512", "R-101-D8", "512x512", 20000, 78.47, 79.25,
-     "pspnet_r101-d8_512x512_20k_voc12aug/pspnet_r101-d8_512x512_20k_voc12aug_20200617_102003-4aef3c9a.pth"),
-    ("voc12aug", "pspnet_r50-d8_4xb4-40k_voc12aug-512x512", "R-50-D8", "512x512", 40000, 77.29, 78.48,
-     "pspnet_r50-d8_512x512_40k_voc12aug/pspnet_r50-d8_512x512_40k_voc12aug_20200613_161222-ae9c1b8c.pth"),
-    ("voc12aug", "pspnet_r101-d8_4xb4-40k_voc12aug-512x512", "R-101-D8", "512x512", 40000, 78.52, 79.57,
-     "pspnet_r101-d8_512x512_40k_voc12aug/pspnet_r101-d8_512x512_40k_voc12aug_20200613_161222-bc933b18.pth"),
-    ("pascal_context", "pspnet_r101-d8_4xb4-40k_pascal-context-480x480", "R-101-D8", "480x480", 40000, 46.60, 47.78,
-     "pspnet_r101-d8_480x480_40k_pascal_context/pspnet_r101-d8_480x480_40k_pascal_context_20200911_211210-bf0f5d7c.pth"),
-    ("pascal_context", "pspnet_r101-d8_4xb4-80k_pascal-context-480x480", "R-101-D8", "480x480", 80000, 46.03, 47.15,
-     "pspnet_r101-d8_480x480_80k_pascal_context/pspnet_r101-d8_480x480_80k_pascal_context_20200911_190530-c86d6233.pth"),
-    ("pascal_context_59", "pspnet_r101-d8_4xb4-40k_pascal-context-59-480x480", "R-101-D8", "480x480", 40000, 52.02,
-     53.54, "pspnet_r101-d8_480x480_40k_pascal_context_59/"
-            "pspnet_r101-d8_480x480_40k_pascal_context_59_20210416_114524-86d44cd4.pth"),
-    ("pascal_context_59", "pspnet_r101-d8_4xb4-80k_pascal-context-59-480x480", "R-101-D8", "480x480", 80000, 52.47,
-     53.99, "pspnet_r101-d8_480x480_80k_pascal_context_59/"
-            "pspnet_r101-d8_480x480_80k_pascal_context_59_20210416_114418-fa6caaa2.pth"),
-    ("coco-stuff10k", "pspnet_r50-d8_4xb4-20k_coco-stuff10k-512x512", "R-50-D8", "512x512", 20000, 35.69, 36.62,
-     "pspnet_r50-d8_512x512_4x4_20k_coco-stuff10k/pspnet_r50-d8_512x512_4x4_20k_coco-stuff10k_20210820_203258-b88df27f.pth"),
-    ("coco-stuff10k", "pspnet_r101-d8_4xb4-20k_coco-stuff10k-512x512", "R-101-D8", "512x512", 20000, 37.26, 38.52,
-     "pspnet_r101-d8_512x512_4x4_20k_coco-stuff10k/"
-     "pspnet_r101-d8_512x512_4x4_20k_coco-stuff10k_20210820_232135-76aae482.pth"),
-    ("coco-stuff10k", "pspnet_r50-d8_4xb4-40k_coco-stuff10k-512x512", "R-50-D8", "512x512", 40000, 36.33, 37.24,
-     "pspnet_r50-d8_512x512_4x4_40k_coco-stuff10k/pspnet_r50-d8_512x512_4x4_40k_coco-stuff10k_20210821_030857-92e2902b.pth"),
-    ("coco-stuff10k", "pspnet_r101-d8_4xb4-40k_coco-stuff10k-512x512", "R-101-D8", "512x512", 40000, 37.76, 38.86,
-     "pspnet_r101-d8_512x512_4x4_40k_coco-stuff10k/"
-     "pspnet_r101-d8_512x512_4x4_40k_coco-stuff10k_20210821_014022-831aec95.pth"),
-    ("coco-stuff164k", "pspnet_r50-d8_4xb4-80k_coco-stuff164k-512x512", "R-50-D8", "512x512", 80000, 38.80, 39.19,
-     "pspnet_r50-d8_512x512_4x4_80k_coco-stuff164k/"
-     "pspnet_r50-d8_512x512_4x4_80k_coco-stuff164k_20210707_152034-0e41b2db.pth"),
-    ("coco-stuff164k", "pspnet_r101-d8_4xb4-80k_coco-stuff164k-512x512", "R-101-D8", "512x512", 80000, 40.34, 40.79,
-     "pspnet_r101-d8_512x512_4x4_80k_coco-stuff164k/"
-     "pspnet_r101-d8_512x512_4x4_80k_coco-stuff164k_20210707_152034-7eb41789.pth"),
-    ("coco-stuff164k", "pspnet_r50-d8_4xb4-160k_coco-stuff164k-512x512", "R-50-D8", "512x512", 160000, 39.64, 39.97,
-     "pspnet_r50-d8_512x512_4x4_160k_coco-stuff164k/"
-     "pspnet_r50-d8_512x512_4x4_160k_coco-stuff164k_20210707_152004-51276a57.pth"),
-    ("coco-stuff164k", "pspnet_r101-d8_4xb4-160k_coco-stuff164k-512x512", "R-101-D8", "512x512", 160000, 41.28, 41.66,
-     "pspnet_r101-d8_512x512_4x4_160k_coco-stuff164k/"
-     "pspnet_r101-d8_512x512_4x4_160k_coco-stuff164k_20210707_152004-4af9621b.pth"),
-    ("coco-stuff164k", "pspnet_r50-d8_4xb4-320k_coco-stuff164k-512x512", "R-50-D8", "512x512", 320000, 40.53, 40.75,
-     "pspnet_r50-d8_512x512_4x4_320k_coco-stuff164k/"
-     "pspnet_r50-d8_512x512_4x4_320k_coco-stuff164k_20210707_152004-be9610cc.pth"),
-    ("coco-stuff164k", "pspnet_r101-d8_4xb4-320k_coco-stuff164k-512x512", "R-101-D8", "512x512", 320000, 41.95, 42.42,
-     "pspnet_r101-d8_512x512_4x4_320k_coco-stuff164k/"
-     "pspnet_r101-d8_512x512_4x4_320k_coco-stuff164k_20210707_152004-72220c60.pth"),
-    ("loveda", "pspnet_r18-d8_4xb4-80k_loveda-512x512", "R-18-D8", "512x512", 80000, 48.62, 47.57,
-     "pspnet_r18-d8_512x512_80k_loveda/pspnet_r18-d8_512x512_80k_loveda_20211105_052100-b97697f1.pth"),
-    ("loveda", "pspnet_r50-d8_4xb4-80k_loveda-512x512", "R-50-D8", "512x512", 80000, 50.46, 50.19,
-     "pspnet_r50-d8_512x512_80k_loveda/pspnet_r50-d8_512x512_80k_loveda_20211104_155728-88610f9f.pth"),
-    ("loveda", "pspnet_r101-d8_4xb4-80k_loveda-512x512", "R-101-D8", "512x512", 80000, 51.86, 51.34,
-     "pspnet_r101-d8_512x512_80k_loveda/pspnet_r101-d8_512x512_80k_loveda_20211104_153212-1c06c6a8.pth"),
-    ("potsdam", "pspnet_r18-d8_4xb4-80k_potsdam-512x512", "R-18-D8", "512x512", 80000, 77.09, 78.30,
-     "pspnet_r18-d8_4x4_512x512_80k_potsdam/pspnet_r18-d8_4x4_512x512_80k_potsdam_20211220_125612-7cd046e1.pth"),
-    ("potsdam", "pspnet_r50-d8_4xb4-80k_potsdam-512x512", "R-50-D8", "512x512", 80000, 78.12, 78.98,
-     "pspnet_r50-d8_4x4_512x512_80k_potsdam/pspnet_r50-d8_4x4_512x512_80k_potsdam_20211219_043541-2dd5fe67.pth"),
-    ("potsdam", "pspnet_r101-d8_4xb4-80k_potsdam-512x512", "R-101-D8", "512x512", 80000, 78.62, 79.47,
-     "pspnet_r101-d8_4x4_512x512_80k_potsdam/pspnet_r101-d8_4x4_512x512_80k_potsdam_20211220_125612-aed036c4.pth"),
-    ("vaihingen", "pspnet_r18-d8_4xb4-80k_vaihingen-512x512", "R-18-D8", "512x512", 80000, 71.46, 73.36,
-     "pspnet_r18-d8_4x4_512x512_80k_vaihingen/pspnet_r18-d8_4x4_512x512_80k_vaihingen_20211228_160355-52a8a6f6.pth"),
-    ("vaihingen", "pspnet_r50-d8_4xb4-80k_vaihingen-512x512", "R-50-D8", "512x512", 80000, 72.36, 73.75,
-     "pspnet_r50-d8_4x4_512x512_80k_vaihingen/pspnet_r50-d8_4x4_512x512_80k_vaihingen_20211228_160355-382f8f5b.pth"),
-    ("vaihingen", "pspnet_r101-d8_4xb4-80k_vaihingen-512x512", "R-101-D8", "512x512", 80000, 72.61, 74.18,
-     "pspnet_r101-d8_4x4_512x512_80k_vaihingen/"
-     "pspnet_r101-d8_4x4_512x512_80k_vaihingen_20211231_230806-8eba0a09.pth"),
-    ("isaid", "pspnet_r18-d8_4xb4-80k_isaid-896x896", "R-18-D8", "896x896", 80000, 60.22, 61.25,
-     "pspnet_r18-d8_4x4_896x896_80k_isaid/pspnet_r18-d8_4x4_896x896_80k_isaid_20220110_180526-e84c0b6a.pth"),
-    ("isaid", "pspnet_r50-d8_4xb4-80k_isaid-896x896", "R-50-D8", "896x896", 80000, 65.36, 66.48,
-     "pspnet_r50-d8_4x4_896x896_80k_isaid/pspnet_r50-d8_4x4_896x896_80k_isaid_20220110_180629-1f21dc32.pth"),
-)
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}{what}: cannot read the catalogue file ({e})") from None
 
 
-def _mmseg_protocol(zoo_dataset: str, crop: str) -> str:
-    """How mmsegmentation tested: its dataset config's keep-ratio Resize and the model's test_cfg
-    (the same tables :mod:`pspnet.models.zoo` records in converted files)."""
-    if crop == "769x769":
-        scale, mode = (2049, 1025), "sliding 769x769 windows, stride 513"
-    else:
-        scale = MMSEG_TEST_SCALE[zoo_dataset]
-        slide = MMSEG_SLIDE.get(zoo_dataset)
-        mode = (f"sliding {slide[0][0]}x{slide[0][1]} windows, stride {slide[1][0]}" if slide else "whole image")
-    return f"{mode}, Resize(scale={scale}, keep_ratio=True)"
+def _read(path: Path) -> tuple[dict[str, Source], list[EntrySpec]]:
+    data = _read_json(path, "")
+    if not isinstance(data, dict) or data.get("format") != 1 or set(data) != {"format", "sources", "models"}:
+        raise ConfigError(f"{path}: expected a JSON object with keys format (1), sources and models")
+    if not isinstance(data["sources"], list) or not isinstance(data["models"], list):
+        raise ConfigError(f"{path}: sources and models must be JSON lists")
+    sources: dict[str, Source] = {}
+    for d in data["sources"]:
+        s = validate_source(d, str(path))
+        if s.key in sources:
+            raise ConfigError(f"{path}: source {s.key!r} is listed twice")
+        sources[s.key] = Source(**s.model_dump())
+    specs = [validate_entry(d, sources, str(path)) for d in data["models"]]
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(f"{path}: entry {spec.name!r}, field name: listed twice")
+        seen.add(spec.name)
+    return sources, specs
 
 
-def _mmseg_entries() -> list[ModelEntry]:
-    out = []
-    for section, config, backbone, crop, iters, miou, ms, path in _MMSEG_TABLE:
-        dataset, zoo_ds, n = _MMSEG_DATASETS[section]
-        prefix = re.search(r"-([0-9a-f]{8})\.pth$", path).group(1)
-        how = _mmseg_protocol(zoo_ds, crop)
-        results = [Published(miou, f"single scale, {how}")]
-        if ms is not None:
-            results.append(Published(ms, f"{_MMSEG_MS}, {how}"))
-        h, w = (int(v) for v in crop.split("x"))
-        out.append(ModelEntry(
-            name=f"mmseg-{config}", source="mmsegmentation", dataset=dataset, zoo_dataset=zoo_ds, num_classes=n,
-            backbone=backbone, depth=int(re.match(r"R-(\d+)", backbone).group(1)),
-            files=(ZooFile(_MMSEG_BASE + path, sha256_prefix=prefix),), results=tuple(results),
-            crop_size=(h, w), schedule=f"{iters // 1000}k iterations", config=f"configs/pspnet/{config}.py",
-            notes="ResNetV1b (7x7 stem)" if "b-D8" in backbone else ""))
-    return out
+def read_catalogue_file(path: str | Path = CATALOGUE_FILE) -> tuple[dict[str, Source], tuple[ModelEntry, ...]]:
+    """(sources, entries) of a catalogue file in the shipped format (:data:`CATALOGUE_FILE`), every
+    source and entry checked against :mod:`pspnet.hub.schema` and every name unique. Entries of a
+    source that is not shipped (:data:`SOURCES`) are refused."""
+    sources, specs = _read(Path(path))
+    return sources, tuple(ModelEntry.from_spec(s) for s in specs)
 
 
-# ---------------------------------------------------------------------------------- CSAILVision
-_CSAIL_BASE = "http://sceneparsing.csail.mit.edu/model/pytorch/"
-_CSAIL_MS = ("multi-scale: short side 300, 375, 450, 525, 600 (long side <= 1000, multiple of 8), softmax "
-             "averaged, no flip (eval_multipro.py, the config's imgSizes)")
-_CSAIL_SS = "single scale (README 'MultiScale Testing: No'; the size is not stated)"
-# (config, backbone, depth, epoch, mIoU multi-scale, mIoU single scale): README "Performance"
-_CSAIL_TABLE = (
-    ("ade20k-resnet18dilated-ppm_deepsup", "ResNet18dilated + PPM_deepsup", 18, 20, 38.81, 38.00),
-    ("ade20k-resnet50dilated-ppm_deepsup", "ResNet50dilated + PPM_deepsup", 50, 20, 42.14, 41.26),
-    ("ade20k-resnet101dilated-ppm_deepsup", "ResNet101dilated + PPM_deepsup", 101, 25, 42.53, 42.19),
-)
+def _shipped() -> tuple[ModelEntry, ...]:
+    sources, specs = _read(CATALOGUE_FILE)
+    SOURCES.update(sources)
+    return tuple(ModelEntry.from_spec(s) for s in specs)
 
 
-def _csail_entries() -> list[ModelEntry]:
-    return [ModelEntry(
-        name=f"csail-{config}", source="csailvision", dataset="ADE20K",
-        zoo_dataset="ADE20KDataset", num_classes=150, backbone=backbone, depth=depth,
-        files=(ZooFile(f"{_CSAIL_BASE}{config}/encoder_epoch_{epoch}.pth"),
-               ZooFile(f"{_CSAIL_BASE}{config}/decoder_epoch_{epoch}.pth")),
-        results=(Published(ms, _CSAIL_MS), Published(ss, _CSAIL_SS)), schedule=f"{epoch} epochs",
-        config=f"config/{config}.yaml") for config, backbone, depth, epoch, ms, ss in _CSAIL_TABLE]
-
-
-# ---------------------------------------------------------------------------------- original release
-_SEMSEG_DRIVE = "https://drive.google.com/open?id=15wx9vOM0euyizq-M1uINgN0_wjVRf9J3"
-# (dataset dir, dataset, ZOO_DATASETS key, classes, depth, epochs, base_size, test_h, ss, ms): README
-# "Performance" (x100; trained on ADE20K train / VOC train_aug / Cityscapes fine_train, tested on val) and
-# config/<dir>/<dir>_pspnet<depth>.yaml
-_SEMSEG_TABLE = (
-    ("ade20k", "ADE20K", "ADE20KDataset", 150, 50, 100, 512, 473, 41.89, 42.84),
-    ("ade20k", "ADE20K", "ADE20KDataset", 150, 101, 100, 512, 473, 43.10, 44.15),
-    ("voc2012", "PASCAL VOC 2012 + aug", "PascalVOCDataset", 21, 50, 50, 512, 473, 77.05, 78.02),
-    ("voc2012", "PASCAL VOC 2012 + aug", "PascalVOCDataset", 21, 101, 50, 512, 473, 79.07, 79.63),
-    ("cityscapes", "Cityscapes", "CityscapesDataset", 19, 50, 200, 2048, 713, 77.30, 78.38),
-    ("cityscapes", "Cityscapes", "CityscapesDataset", 19, 101, 200, 2048, 713, 78.63, 79.29),
-)
-
-
-def _semseg_entries() -> list[ModelEntry]:
-    out = []
-    for folder, dataset, zoo_ds, n, depth, epochs, base, crop, ss, ms in _SEMSEG_TABLE:
-        how = (f"sliding {crop}x{crop} windows (stride 2/3), flip averaged in each window, long side "
-               f"{base} (tool/test.py)")
-        model_path = f"exp/{folder}/pspnet{depth}/model/train_epoch_{epochs}.pth"
-        out.append(ModelEntry(
-            name=f"semseg-{folder}-pspnet{depth}", source="semseg", dataset=dataset, zoo_dataset=zoo_ds,
-            num_classes=n, backbone=f"ResNet-{depth} (deep stem)", depth=depth,
-            files=(ZooFile(_SEMSEG_DRIVE, filename=Path(model_path).name),),
-            results=(Published(ss, f"single scale [1.0], {how}"),
-                     Published(ms, f"scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, {how}")),
-            crop_size=(crop, crop), schedule=f"{epochs} epochs", config=f"config/{folder}/{folder}_pspnet{depth}.yaml",
-            downloadable=False, base_size=base, test_crop=crop,
-            notes=f"in the shared Google Drive folder (no direct link): {model_path} of the config"))
-    return out
-
-
-CATALOGUE: tuple[ModelEntry, ...] = tuple(_mmseg_entries() + _csail_entries() + _semseg_entries())
-"""Every public PSPNet checkpoint pspnet knows: mmsegmentation, CSAILVision, the original release."""
+SOURCES: dict[str, Source] = {}
+"""The zoos of the shipped catalogue, by key: mmsegmentation, csailvision, semseg."""
+CATALOGUE: tuple[ModelEntry, ...] = _shipped()
+"""Every public PSPNet checkpoint pspnet knows (:data:`CATALOGUE_FILE`): mmsegmentation, CSAILVision,
+the original release."""
 
 
 def _extra_entries(path: str | Path) -> list[ModelEntry]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} (from {CATALOGUE_ENV}): cannot read the catalogue file ({e})") from None
+    data = _read_json(path, f" (from {CATALOGUE_ENV})")
     if not isinstance(data, list):
         raise ConfigError(f"{path} (from {CATALOGUE_ENV}): expected a JSON list of entries")
     return [ModelEntry.from_dict(d, str(path)) for d in data]

@@ -15,7 +15,8 @@ from ..errors import WeightsError
 from ..labels import default_palette
 from .pspnet import PSPNet, PSPNetConfig
 from .weights import load_into, read_state_dict, save_weights, to_pspnet_keys
-from .zoo import check_known_layout, from_zoo
+from .zoo import from_zoo
+from .zoo_layouts import check_known_layout
 
 __all__ = ["convert", "infer_config"]
 

@@ -4,6 +4,9 @@ together, single process or one rank of a ``torchrun`` job (Sec. 4.1 recipe, aux
 Launch with ``torchrun --nproc_per_node N -m pspnet.cli train ...`` for DDP. A run resumed from
 ``last.pt`` at iteration k continues exactly as the uninterrupted run would (:mod:`.sampler`,
 :mod:`.state`), and N ranks train like one process with N times the batch (:meth:`Trainer._loss_scales`).
+
+Building the run is :class:`~pspnet.training.build.RunBuilder`'s part, one optimisation step
+:class:`~pspnet.training.step.Stepper`'s; here are the checkpoints, the weights, validation and the loop.
 """
 
 from __future__ import annotations
@@ -12,33 +15,26 @@ import json
 import logging
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
-from .. import cpu
 from .. import distributed as dist_utils
 from ..config import TEST_SETTING_KEYS, Config, dump_config
-from ..data.check import check_dataset, median_frequency_weights
-from ..data.datasets import SegmentationDataset, build_dataset, dataset_info
-from ..data.transforms import TrainTransform, normalize
 from ..errors import ConfigError, DataError, TrainingError
-from ..files import remove_stale_temp_files, write_text_output
+from ..files import write_text_output
 from ..inference.testtime import predict_logits
 from ..metrics import ConfusionMatrix
-from ..models import PSPNet, PSPNetConfig, PSPNetLoss
-from ..models.norm import convert_sync_batchnorm
-from ..models.pretrained import PACKAGED, default_weights_path
-from ..models.weights import load_into, read_state_dict, save_weights, unwrap
-from .runlog import RunLogger
-from .sampler import BAD_SEP, EpochSampler, SeededAugment, epoch_loader, worker_error
-from .schedule import build_optimizer, freeze, poly_lr, set_train_mode
-from .state import CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything, seed_rank
+from ..models.weights import save_weights, unwrap
+from .build import RunBuilder, agreed_precision
+from .sampler import BAD_SEP, EpochSampler, epoch_loader, worker_error
+from .schedule import set_train_mode
+from .state import CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .step import Stepper
+
+__all__ = ["Trainer", "TrainResult", "train", "agreed_precision"]  # agreed_precision: re-exported from .build
 
 log = logging.getLogger("pspnet.train")
 
@@ -57,15 +53,7 @@ class TrainResult:
     interrupted: bool = False  # stopped by SIGINT/SIGTERM after saving last.pt
 
 
-def agreed_precision(precision: str, device: torch.device, dist: dist_utils.DistInfo) -> torch.dtype | None:
-    """The autocast dtype every rank trains in: rank 0 resolves ``precision`` and the others take its
-    answer. ``auto`` may time bf16 against fp32 (:func:`pspnet.cpu.bf16_decision`); ranks probing side by
-    side, or on different CPUs, must not end up training in different precisions."""
-    mine = cpu.resolve_precision(precision, device) if dist.is_main else None
-    return dist_utils.gather_objects(mine)[0] if dist.enabled else mine
-
-
-class Trainer:
+class Trainer(RunBuilder, Stepper):
     """One training run of a :class:`Config`, single process or one rank of a ``torchrun`` job.
 
     Building it sets up the process (device, DDP, seeds, output folder), then the data, the model,
@@ -96,123 +84,6 @@ class Trainer:
             self._restore(resume)
         self.sampler = EpochSampler(len(self.train_set), seed=t.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size, batch_size=t.batch_size)
-
-    # ---------------------------------------------------------------- building
-    def _setup_process(self, device: str | None) -> None:
-        """Device and DDP group, threads, seeds, the output folder and the logs."""
-        t = self.cfg.train
-        self.dist = dist_utils.setup(device)
-        self.device = self.dist.device
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        if self.device.type == "cpu":
-            cpu.keep_freed_memory()
-        seed_everything(t.seed, t.deterministic)
-        self.out = Path(t.output_dir)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in remove_stale_temp_files(self.out, (CHECKPOINT_NAME, "final.safetensors", "best.safetensors")):
-                log.warning("removed %s, left by a writer that was killed mid-write", stale)
-        self.bad_files: dict[str, str] = {}  # data.skip_bad: first message per skipped file
-        self.logger = RunLogger(self.out, enabled=self.dist.is_main, tensorboard=t.tensorboard)
-
-    def _build_data(self) -> None:
-        """The augmented training set and the optional validation set, labels in ``data.ignore_index``."""
-        d = self.cfg.data
-        self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index,
-                                 label_map=d.label_map)
-        base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
-                             check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
-        if self.cfg.train.class_weights == "auto":
-            self._auto_class_weights(base)
-        self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
-                                                           d.flip, d.ignore_index, d.color_jitter),
-                                     skip_bad=d.skip_bad)
-        self.val_set = None
-        if d.val_split or d.val_list:
-            try:
-                self.val_set = build_dataset(d.dataset, d.root, d.val_split, list_file=d.val_list, info=self.info,
-                                             check_files=not d.skip_bad)
-            except DataError as e:
-                if self.cfg.train.val_every:
-                    raise
-                if self.dist.is_main:
-                    log.warning("no validation set: %s", e)
-
-    def _auto_class_weights(self, base: SegmentationDataset) -> None:
-        """``train.class_weights: auto``: :func:`~pspnet.data.check.median_frequency_weights` of the training
-        labels' class pixels (each rank counts its share of the files), which replace ``auto`` in this run's
-        config: config.yaml and the checkpoints record the weights used."""
-        mine = dist_utils.shard(base.pairs, self.dist.rank, self.dist.world_size)
-        pixels = np.zeros(self.info.num_classes, np.int64)
-        if mine:
-            pixels = check_dataset(SegmentationDataset(mine, self.info), workers=self.cfg.data.workers,
-                                   progress=self.progress and self.dist.is_main).class_pixels
-        pixels = dist_utils.all_reduce_sum(torch.from_numpy(pixels).to(self.device)).cpu().numpy()
-        weights = median_frequency_weights(pixels)
-        self.cfg = self.cfg.model_copy(deep=True)  # the caller's config keeps its "auto"
-        self.cfg.train.class_weights = weights
-        if self.dist.is_main:
-            log.info("train.class_weights=auto: sqrt(median frequency / frequency) of %d training labels: %s",
-                     len(base), ", ".join(f"{n} {w:g}" for n, w in zip(self.info.class_names, weights)))
-
-    def _plan_iterations(self, max_iters: int | None) -> None:
-        """Iterations per epoch (full global batches only), the run's length and where this call stops."""
-        d, t = self.cfg.data, self.cfg.train
-        per_step = t.batch_size * self.dist.world_size
-        n = len(self.train_set)
-        if n < per_step:
-            raise DataError(f"{d.root}: {n} training images but one step needs {per_step} "
-                            f"(train.batch_size x processes); lower train.batch_size")
-        self.iters_per_epoch = n // per_step  # drop_last: every step has a full batch
-        if t.iters:
-            self.max_iters = t.iters
-        elif t.epochs:
-            self.max_iters = t.epochs * self.iters_per_epoch
-        else:
-            raise ConfigError("the config sets neither train.iters nor train.epochs; set one, e.g. train.iters=1000")
-        self.stop_at = min(self.max_iters, max_iters) if max_iters else self.max_iters
-
-    def _build_model(self) -> None:
-        """The PSPNet for the dataset's classes, from ``train.pretrained`` when set, frozen as configured."""
-        cfg, t = self.cfg, self.cfg.train
-        num_classes = cfg.model.num_classes or self.info.num_classes
-        if num_classes != self.info.num_classes:
-            raise TrainingError(f"model.num_classes={num_classes} but dataset {cfg.data.dataset} has "
-                                f"{self.info.num_classes} classes")
-        if t.class_weights is not None and len(t.class_weights) != num_classes:
-            raise ConfigError(f"train.class_weights has {len(t.class_weights)} values but the model has "
-                              f"{num_classes} classes")
-        model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
-        if t.pretrained:
-            source = str(default_weights_path()) if t.pretrained == PACKAGED else t.pretrained
-            state, _ = read_state_dict(source)
-            # fine-tuning for this config's classes: a classifier of another class count starts anew
-            report = load_into(model, state, source=source, strict=False, reinit_classifier=True)
-            if self.dist.is_main:
-                log.info("loaded %d tensors from %s; %d new", len(report["loaded"]), source, len(report["new"]))
-        if self.dist.enabled and cfg.model.norm in ("bn", "syncbn"):
-            model = convert_sync_batchnorm(model, self.device.type)
-        freeze(model, backbone=t.freeze_backbone, bn=t.freeze_bn)  # after the conversion, which makes new parameters
-        model.to(self.device)
-        if self.dist.enabled:
-            seed_rank(t.seed, self.dist.rank)
-        if t.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-
-    def _build_optimisation(self) -> None:
-        """Precision, SGD groups, the DDP wrapper, the fp16 gradient scaler and the loss."""
-        t = self.cfg.train
-        self.amp_dtype = agreed_precision(t.precision, self.device, self.dist)
-        self.optimizer = build_optimizer(self.model, self.cfg)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=False) if self.dist.enabled else self.model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = PSPNetLoss(t.aux_weight, self.cfg.data.ignore_index, t.class_weights,
-                                    ohem_thresh=t.ohem_thresh if t.loss == "ohem" else None,
-                                    align_corners=self.model.config.align_corners).to(self.device)
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, rng_ranks: list[Any]) -> dict[str, Any]:
@@ -452,83 +323,6 @@ class Trainer:
         if self.dist.is_main and self.iteration < self.max_iters:
             self._plot()  # an up-to-date curves.png while the run goes on
         return metrics
-
-    def _label_weight(self, labels: torch.Tensor) -> torch.Tensor:
-        """What the cross-entropy mean divides by: the valid pixels, or the sum of their class weights."""
-        valid = labels != self.cfg.data.ignore_index
-        cw = self.criterion.class_weights
-        if cw is None:
-            return valid.sum().double()
-        return torch.where(valid, cw.double()[torch.where(valid, labels, 0)], 0.0).sum()
-
-    def _loss_scales(self, label_chunks: list[torch.Tensor]) -> list[float]:
-        """Per-micro-batch factors that turn each micro-batch's mean loss into its share of the loss
-        averaged over the whole global batch (all micro-batches of all ranks).
-
-        Each micro-batch's cross-entropy is a mean over its own valid pixels; ignored pixels (padding,
-        rotation borders, void) make their counts differ, so a plain average of the means would weight
-        pixels unequally and N ranks would not train like one process with N times the batch (nor
-        accumulation like one big batch). The factor ``w_i * world / W`` (``W``: global weight, summed
-        over ranks) fixes this; DDP's gradient averaging divides the ``world`` back out. With one
-        process and no accumulation the factor is exactly 1. OHEM keeps per-micro-batch means
-        (its hard-pixel selection is per micro-batch).
-        """
-        n = len(label_chunks)
-        if self.cfg.train.loss == "ohem":
-            return [1.0 / n] * n
-        weights = torch.stack([self._label_weight(y) for y in label_chunks])
-        total = float(dist_utils.all_reduce_sum(weights.sum()).item())
-        local = weights.tolist()
-        if total <= 0:  # every pixel of the global batch is ignored: nothing to learn from this step
-            return [0.0] * n
-        return [w * self.dist.world_size / total for w in local]
-
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        t = self.cfg.train
-        lr = poly_lr(t.lr, self.iteration, self.max_iters, t.power, t.warmup_iters)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        x = normalize(images)
-        if t.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        chunks = list(zip(x.chunk(t.accumulate), labels.chunk(t.accumulate)))
-        scales = self._loss_scales([yc for _, yc in chunks])
-        self.optimizer.zero_grad(set_to_none=True)
-        total, parts_sum = 0.0, {}
-        for i, ((xc, yc), scale) in enumerate(zip(chunks, scales)):
-            sync = nullcontext() if (i == len(chunks) - 1 or not self.dist.enabled) else self.ddp.no_sync()
-            with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = self.ddp(xc, upsample=False)  # the loss upsamples (PSPNetLoss, a CPU kernel)
-                if scale == 0.0:  # no valid pixel here: zero gradients, but keep DDP's reducer in step
-                    outs = out if isinstance(out, (tuple, list)) else (out,)
-                    loss, parts = sum(o.float().sum() for o in outs) * 0.0, {}
-                else:
-                    loss, parts = self.criterion(out, yc)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss is {loss.item()} at iteration {self.iteration}: training stopped. The last good "
-                            f"checkpoint is {self.out / CHECKPOINT_NAME}; lower train.lr, use "
-                            f"train.precision=fp32, or check the data for NaN/inf values")
-                self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
-            share = scale / self.dist.world_size  # this micro-batch's share of the global mean
-            total += loss.item() * share
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * share
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.iteration % t.log_every == 0 or self.iteration + 1 == self.stop_at:
-            keys = sorted(parts_sum)
-            vals = dist_utils.all_reduce_sum(torch.tensor([total] + [parts_sum[k] for k in keys],
-                                                          dtype=torch.float64, device=self.device)).tolist()
-            self._last_loss = vals[0]
-            self._log({"kind": "train", "iter": self.iteration + 1, "epoch": self.iteration // self.iters_per_epoch,
-                       "loss": vals[0], **{f"loss_{k}": v for k, v in zip(keys, vals[1:])}, "lr": lr,
-                       "time": time.time()})
-            if self.dist.is_main and not self.progress:  # no bar to show it: the loss goes to the log (stderr)
-                log.info("iter %d/%d: loss %.4f, lr %.2e", self.iteration + 1, self.stop_at, vals[0], lr)
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, device: str | None = None, progress: bool = True,
