@@ -48,7 +48,7 @@ from .testtime import network_calls, predict_logits
 log = logging.getLogger("pspnet.predict")
 
 __all__ = ["OVERLAY_ALPHA", "PredictOutputs", "draw_legend", "expand_inputs", "label_image", "overlay",
-           "palette_array", "predict_paths", "unique_stems"]
+           "palette_array", "predict_image", "predict_paths", "unique_stems"]
 
 OVERLAY_ALPHA = 0.5
 _GLOB_CHARS = set("*?[")
@@ -157,9 +157,9 @@ def label_image(label: np.ndarray, num_classes: int) -> Image.Image:
     return Image.fromarray(label.astype(np.uint16))  # mode I;16 -> 16-bit greyscale PNG
 
 
-def overlay(image: np.ndarray, color: np.ndarray) -> np.ndarray:
-    """The class colours blended with the ``H x W x 3`` uint8 image (``OVERLAY_ALPHA`` of colour)."""
-    blend = image.astype(np.float32) * (1 - OVERLAY_ALPHA) + color.astype(np.float32) * OVERLAY_ALPHA
+def overlay(image: np.ndarray, color: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The class colours blended with the ``H x W x 3`` uint8 image (``alpha`` of colour, default 50 %)."""
+    blend = image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha
     return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -210,6 +210,25 @@ def _plan(config, size, max_memory, f, bar, **kw) -> tuple[str, tuple[int, int] 
         else:
             log.warning(plan.note)
     return plan.mode, plan.crop_size
+
+
+@torch.no_grad()
+def predict_image(runner, image: np.ndarray, num_classes: int, *, base_size: int | None = None,
+                  scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
+                  crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
+                  protocol: str = "release") -> torch.Tensor:
+    """The class probabilities (``C x H x W`` float32, softmax) of one ``H x W x 3`` uint8 RGB image under the
+    test-time settings, in the mode and crop already planned for it (:func:`~pspnet.inference.budget.plan_image`).
+
+    The one per-image step behind ``pspnet predict`` (:func:`predict_paths`) and :func:`pspnet.load`'s
+    ``Model.predict``: both get the same labels from it."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
+                           crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
+    if probs.shape[1] != num_classes:
+        raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
+                          f"names were given")
+    return probs[0]
 
 
 @torch.no_grad()
@@ -269,18 +288,14 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                 image = read_image(f)
                 if config is not None and size is None:
                     image_mode, image_crop = _plan(config, image.shape[:2], max_memory, f, bar, **plan_kw)
-                x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-                probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=image_mode,
-                                       crop_size=image_crop, stride_rate=stride_rate, softmax=True,
-                                       protocol=protocol)
+                probs = predict_image(runner, image, num_classes, base_size=base_size, scales=scales, flip=flip,
+                                      mode=image_mode, crop_size=image_crop, stride_rate=stride_rate,
+                                      protocol=protocol)
                 _say_calibration(runner, f)
-                if probs.shape[1] != num_classes:
-                    raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
-                                      f"names were given")
-                label = probs[0].argmax(0).cpu().numpy()
+                label = probs.argmax(0).cpu().numpy()
                 written.extend(_write_outputs(image, label, pal, out_dir, stem))
                 if save_probs:
-                    written.extend(_write_probs(probs[0], class_names, out_dir, stem))
+                    written.extend(_write_probs(probs, class_names, out_dir, stem))
             except Exception as e:  # noqa: BLE001 - any one image's failure (unreadable, out of memory, a full
                 # disk, a backend error) is reported and the others are still done; Ctrl-C still stops
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
