@@ -46,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
                                 "pspnet.export", "pspnet.inference", "pspnet.hub"},
 }
 APPS = {"pspnet.bench", "pspnet.demo", "pspnet.info", "pspnet.serve"}  # may use everything but the CLI
-TOP = {"pspnet.cli", "pspnet.cli_options"}  # cli_options: the CLI's checked option types
+TOP = {"pspnet.cli", "pspnet.cli_options", "pspnet.cli_serve"}  # cli_options: the CLI's checked option types
 
 
 def module_name(path: Path) -> str:

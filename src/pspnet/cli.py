@@ -1,4 +1,4 @@
-"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo, configs."""
+"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo, configs, serve."""
 
 from __future__ import annotations
 
@@ -663,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .hub.commands import add_hub_commands  # pspnet models, pspnet download
     add_hub_commands(sub)
+    from .cli_serve import add_serve_command  # pspnet serve
+    add_serve_command(sub)
     return p
 
 
