@@ -115,55 +115,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_settings(args: argparse.Namespace, ev=None, crop_default=None, recorded=None) -> dict:
-    """Test-time settings for eval/predict and where each came from (``settings["sources"]``):
-    command-line flags over the config's eval section (keys it sets) over what the weight file
-    records (``recorded``: :func:`pspnet.config.recorded_test_settings`) over the defaults."""
-    from .config import TEST_SETTING_KEYS, EvalSection
-    from .errors import ConfigError
-    recorded = recorded or {}
-    given = {k: getattr(ev, k) for k in (ev.model_fields_set if ev is not None else ())}
-    flags = {"mode": None if args.sliding is None else ("sliding" if args.sliding else "whole"),
-             "base_size": None if args.base_size is None else (args.base_size or None),
-             "crop_size": tuple(args.crop_size) if args.crop_size else None, "stride_rate": args.stride_rate,
-             "scales": tuple(args.scales) if args.scales else None, "flip": args.flip, "protocol": args.protocol}
-    defaults = EvalSection()
-    out, sources = {}, {}
-    for key in TEST_SETTING_KEYS:
-        if key in flags and (flags[key] is not None or (key == "base_size" and args.base_size == 0)):
-            out[key], sources[key] = flags[key], "command line"
-        elif key in given:
-            out[key], sources[key] = given[key], "config"
-        elif key in recorded:
-            out[key], sources[key] = recorded[key], "weights"
-        else:
-            out[key], sources[key] = getattr(defaults, key), "default"
-    if out["mode"] == "sliding" and out["crop_size"] is None and crop_default is not None:
-        out["crop_size"], sources["crop_size"] = crop_default, "config data.crop_size"
-    if out["mode"] == "sliding" and out["crop_size"] is None:
-        raise ConfigError("--sliding needs --crop-size H W (or eval.crop_size / data.crop_size in the config)")
-    out["scales"] = tuple(out["scales"])
-    out["crop_size"] = tuple(out["crop_size"]) if out["crop_size"] else None
-    if args.precision != "auto":  # a precision this machine cannot run: the named error before any file is written
-        import torch
-
-        from .capability import require
-        require(args.precision, args.backend, getattr(args, "device", None) or
-                ("cuda" if torch.cuda.is_available() else "cpu"))
-    return {**out, "precision": args.precision, "backend": args.backend, "sources": sources}
-
-
-def _settings_line(settings: dict) -> str:
-    """One line naming each test setting and, when not a default, where it came from."""
-    src = settings.get("sources", {})
-    keys = ["protocol", "mode", "base_size", "scales", "flip"] + (
-        ["crop_size", "stride_rate"] if settings.get("mode") == "sliding" else [])
-    parts = []
-    for k in keys:
-        v = settings[k]
-        v = list(v) if isinstance(v, tuple) else v
-        parts.append(f"{k}={v}" + (f" ({src[k]})" if src.get(k, "default") != "default" else ""))
-    return "test settings: " + ", ".join(parts) + f", precision={settings['precision']}, backend={settings['backend']}"
+def _setting_flags(args: argparse.Namespace) -> dict:
+    """The test-setting flags of eval/predict/serve as :func:`pspnet.load` keywords (None: not given;
+    ``base_size=0``: no resize)."""
+    return {"mode": None if args.sliding is None else ("sliding" if args.sliding else "whole"),
+            "base_size": args.base_size, "crop_size": tuple(args.crop_size) if args.crop_size else None,
+            "stride_rate": args.stride_rate, "scales": tuple(args.scales) if args.scales else None,
+            "flip": args.flip, "protocol": args.protocol}
 
 
 def _one_rank(cmd):
@@ -185,12 +143,12 @@ def _one_rank(cmd):
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from .api import load
     from .data.datasets import GENERIC, build_dataset, dataset_info
     from .distributed import rank_and_world
     from .errors import ConfigError
     from .files import write_text_output
-    from .inference.evaluate import evaluate, format_table
-    from .inference.loading import load_for_inference
+    from .inference.evaluate import format_table
     from .labels import IGNORE_INDEX
     cfg = None
     if args.config:
@@ -202,7 +160,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     root = args.data_root or (d.root if d else None)
     if not root:
         raise ConfigError("pspnet eval needs --data-root (or --config, whose data.root it reads)")
-    model, meta = load_for_inference(args.weights, cfg, args.device, max_memory=args.max_memory)
+    if args.precision is None:  # eval's default: the model's own numbers, not a fast mode's
+        args.precision = "fp32"
+        note = ("precision fp32 (eval's default: the model's own metrics), while pspnet predict runs --precision "
+                "auto (bf16 or int8 where this CPU and the weights allow, keeping >= 99.5% of the fp32 labels); "
+                "to measure predict's mode: pspnet eval --precision auto")
+    else:
+        note = None
+    api = load(args.weights, precision=args.precision, backend=args.backend, device=args.device,
+               max_memory=args.max_memory, config=cfg, **_setting_flags(args))  # the Python API: pspnet.load
+    model, meta = api.net, api.meta
     name = args.dataset or (d.dataset if d else None)
     name_from_weights = not name
     if name_from_weights:  # the dataset the weights record they were trained on (the packaged model: camvid)
@@ -224,31 +191,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
                           f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")
     dataset = build_dataset(name, root, split, list_file=list_file, info=info, check_files=not args.skip_bad)
-    note = None
-    if args.precision is None:  # eval's default: the model's own numbers, not a fast mode's
-        args.precision = "fp32"
-        note = ("precision fp32 (eval's default: the model's own metrics), while pspnet predict runs --precision "
-                "auto (bf16 or int8 where this CPU and the weights allow, keeping >= 99.5% of the fp32 labels); "
-                "to measure predict's mode: pspnet eval --precision auto")
-    from .config import recorded_test_settings
-    s = _inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None,
-                            recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    s = {**api.settings, "precision": api.requested_precision, "backend": api.requested_backend}
     main_rank = rank_and_world()[0] == 0  # under torchrun, rank 0 alone prints and writes
     if main_rank:
         if name_from_weights:
             print(f"dataset: {name} (weights), split {split}, {root}")
-        print(_settings_line(s))
+        print(api.settings_line())
         if note:
             print(f"pspnet eval: note: {note}", file=sys.stderr)
-    sources = s.pop("sources")
-    from .inference.auto import recorded_int8_agreements
-    recorded = recorded_int8_agreements(meta)
-    res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
-                   class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
-                   absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
-                   int8_agreement=recorded, max_memory=args.max_memory, **s)
+    recorded = api.int8_agreement
+    res = api.evaluate(dataset, ignore_index=info.ignore_index, class_names=info.class_names,
+                       progress=not args.no_progress, skip_bad=args.skip_bad, absent=args.absent,
+                       max_images=args.max_images, per_image=bool(args.per_image))
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
-                            "data_root": str(root), "split": split, "list": list_file, "sources": sources})
+                            "data_root": str(root), "split": split, "list": list_file, "sources": api.sources})
     if note:
         res["settings"]["precision_note"] = note
     if not main_rank:  # every rank returns the whole result (bad files included): the same exit status
@@ -294,29 +250,18 @@ def _eval_grid(model, dataset, info, settings, path, count: int, int8_agreement=
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.loading import load_for_inference
-    from .inference.predict import predict_paths
-    from .labels import default_palette
-    model, meta = load_for_inference(args.weights, None, args.device, max_memory=args.max_memory)
-    n = model.config.num_classes
-    names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
-    palette = meta.get("palette") or default_palette(n)
-    from .config import recorded_test_settings
+    from .api import load
     from .distributed import rank_and_world
-    s = _inference_settings(args, recorded=recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    model = load(args.weights, precision=args.precision, backend=args.backend, device=args.device,
+                 max_memory=args.max_memory, **_setting_flags(args))  # the Python API: pspnet.load
     main_rank = rank_and_world()[0] == 0  # under torchrun, each rank writes its share; rank 0 alone prints
     if main_rank:
-        print(_settings_line(s))
-    s.pop("sources")
-    from .inference.auto import recorded_int8_agreements
-    s["int8_agreement"] = recorded_int8_agreements(meta)
-    from .inference.video import predict_videos, split_video_inputs
+        print(model.settings_line())
+    from .inference.video import split_video_inputs
     videos, images = split_video_inputs(args.inputs)
     failed = []
     if images or not videos:
-        out = predict_paths(model, images, args.out, class_names=names, palette=palette,
-                            progress=not args.no_progress, save_probs=args.save_probs, max_memory=args.max_memory,
-                            **s)
+        out = model.predict_files(images, args.out, save_probs=args.save_probs, progress=not args.no_progress)
         done = sum(p.name.endswith("_label.png") for p in out)
         kinds = "_label/_color/_overlay.png" + (", _probs.npz, _confidence/_entropy.png" if args.save_probs else "")
         ranks = f" ({len(out.images_per_rank)} processes: {' + '.join(map(str, out.images_per_rank))} images)" \
@@ -325,10 +270,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"wrote {done} prediction(s) ({kinds}) and legend.png to {args.out}{ranks}")
         failed += out.failed
     if videos:
-        out = predict_videos(model, videos, args.out, class_names=names, palette=palette, color=args.video_color,
-                             frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
-                             batch_size=args.batch_size, progress=not args.no_progress,
-                             max_memory=args.max_memory, **s)
+        out = model.predict_videos(videos, args.out, color=args.video_color,
+                                   frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
+                                   batch_size=args.batch_size, progress=not args.no_progress)
         made = [p.name for p in out if p.suffix == ".mp4" or p.name.endswith("_labels")]
         if main_rank:
             print(f"wrote {', '.join(made) or 'no video'} and legend.png to {args.out}")
