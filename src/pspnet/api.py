@@ -265,12 +265,13 @@ class Model:
     def predict_files(self, inputs: Sequence[str | Path], out: str | Path, *, save_probs: bool = False,
                       progress: bool = True):
         """``pspnet predict``'s images: the ``_label/_color/_overlay.png`` files of each input (files, folders,
-        globs) in ``out`` (:func:`~pspnet.inference.predict.predict_paths`)."""
+        globs) in ``out`` (:func:`~pspnet.inference.predict.predict_paths`); the network prepared by an earlier
+        :meth:`predict` is reused, else prepared for this job (``auto`` then knows how many images come)."""
         from .inference.predict import predict_paths
         return predict_paths(self.net, inputs, out, class_names=self.class_names, palette=self.palette,
                              progress=progress, save_probs=save_probs, max_memory=self.max_memory,
                              precision=self.requested_precision, backend=self.requested_backend,
-                             int8_agreement=self.int8_agreement, **self.settings)
+                             int8_agreement=self.int8_agreement, runner=self._runner, **self.settings)
 
     def predict_videos(self, videos, out: str | Path, **kw):
         """``pspnet predict``'s videos (:func:`~pspnet.inference.video.predict_videos`)."""

@@ -237,8 +237,12 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
                   protocol: str = "release", save_probs: bool = False,
-                  int8_agreement: Int8Agreement = None, max_memory: int | None = None) -> PredictOutputs:
+                  int8_agreement: Int8Agreement = None, max_memory: int | None = None,
+                  runner=None) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
+
+    ``runner``: the network already prepared for ``precision``/``backend`` (a :class:`pspnet.api.Model`'s,
+    reused); default: :func:`~pspnet.inference.prepare.prepare_model` prepares it for this job.
 
     ``max_memory``: the memory budget in bytes (default: :func:`~pspnet.inference.budget.default_budget`);
     an image estimated to need more runs in sliding windows (said so in the log), or fails with a
@@ -269,7 +273,8 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     calls = network_calls(len(mine), scales, flip, mode, protocol)
     config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
     plan_kw = dict(base_size=base_size, scales=scales, mode=mode, crop_size=crop_size, precision=precision)
-    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
+    if runner is None:
+        runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None
     if progress and rank == 0:
