@@ -4,7 +4,7 @@ Every ``import``/``from ... import`` of ``pspnet`` anywhere in a module (top lev
 function) is an edge. The layers, bottom to top:
 
     errors, cpu, files, labels, distributed, version  ->  models, data  ->  metrics, plots, config  ->  export
-    ->  inference  ->  training, hub  ->  bench, demo  ->  cli
+    ->  inference  ->  training, hub  ->  api  ->  bench, demo, info, serve  ->  cli
 
 ``models`` uses only the foundation and ``torch``; ``data`` never sees models; ``hub`` uses models.
 """
@@ -41,8 +41,11 @@ ALLOWED: dict[str, set[str]] = {
     "pspnet.training": FOUNDATION | {"pspnet.models", "pspnet.data", "pspnet.metrics", "pspnet.plots",
                                      "pspnet.config", "pspnet.export", "pspnet.inference"},
     "pspnet.hub": FOUNDATION | {"pspnet.models"},
+    # the Python API (pspnet.load): inference's loading, settings and per-image step, hub's catalogue names
+    "pspnet.api": FOUNDATION | {"pspnet.models", "pspnet.data", "pspnet.metrics", "pspnet.plots", "pspnet.config",
+                                "pspnet.export", "pspnet.inference", "pspnet.hub"},
 }
-APPS = {"pspnet.bench", "pspnet.demo", "pspnet.info"}  # may use everything but the CLI (pspnet.bench.*: its rooms)
+APPS = {"pspnet.bench", "pspnet.demo", "pspnet.info", "pspnet.serve"}  # may use everything but the CLI
 TOP = {"pspnet.cli"}  # the package: a module per command, common.py, options.py (the checked option types)
 
 
@@ -97,8 +100,8 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     problems = []
     for mod, deps in graph.items():
         me = part_of(mod)
-        if mod == "pspnet":  # the package's own __init__: re-exports the model builders and the version only
-            allowed = {"pspnet.models", "pspnet.version"}
+        if mod == "pspnet":  # the package's own __init__: the model builders, the version and (lazily) the API
+            allowed = {"pspnet.models", "pspnet.version", "pspnet.api"}
         elif me in TOP:
             continue
         elif me in APPS:

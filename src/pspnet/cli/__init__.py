@@ -1,4 +1,4 @@
-"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo, configs.
+"""The ``pspnet`` command: train, eval, predict, export, convert, bench, data, demo, configs, serve.
 
 One module per command (or family: ``data check``; ``models`` and ``download`` in :mod:`.hub`), each
 with its handler and ``add_parser(subparsers)``; what several share is in :mod:`.common`, the checked
@@ -13,11 +13,11 @@ import sys
 
 from ..errors import PSPNetError
 from ..version import __version__
-from . import bench, configs, convert, data, demo, evaluate, export, hub, info, predict, train
+from . import bench, configs, convert, data, demo, evaluate, export, hub, info, predict, serve, train
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, data, convert, evaluate, predict, export, demo, bench, info, configs, hub)
+COMMANDS = (train, data, convert, evaluate, predict, export, demo, bench, info, configs, hub, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,55 +48,13 @@ def add_inference_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def inference_settings(args: argparse.Namespace, ev=None, crop_default=None, recorded=None) -> dict:
-    """Test-time settings for eval/predict and where each came from (``settings["sources"]``):
-    command-line flags over the config's eval section (keys it sets) over what the weight file
-    records (``recorded``: :func:`pspnet.config.recorded_test_settings`) over the defaults."""
-    from ..config import TEST_SETTING_KEYS, EvalSection
-    from ..errors import ConfigError
-    recorded = recorded or {}
-    given = {k: getattr(ev, k) for k in (ev.model_fields_set if ev is not None else ())}
-    flags = {"mode": None if args.sliding is None else ("sliding" if args.sliding else "whole"),
-             "base_size": None if args.base_size is None else (args.base_size or None),
-             "crop_size": tuple(args.crop_size) if args.crop_size else None, "stride_rate": args.stride_rate,
-             "scales": tuple(args.scales) if args.scales else None, "flip": args.flip, "protocol": args.protocol}
-    defaults = EvalSection()
-    out, sources = {}, {}
-    for key in TEST_SETTING_KEYS:
-        if key in flags and (flags[key] is not None or (key == "base_size" and args.base_size == 0)):
-            out[key], sources[key] = flags[key], "command line"
-        elif key in given:
-            out[key], sources[key] = given[key], "config"
-        elif key in recorded:
-            out[key], sources[key] = recorded[key], "weights"
-        else:
-            out[key], sources[key] = getattr(defaults, key), "default"
-    if out["mode"] == "sliding" and out["crop_size"] is None and crop_default is not None:
-        out["crop_size"], sources["crop_size"] = crop_default, "config data.crop_size"
-    if out["mode"] == "sliding" and out["crop_size"] is None:
-        raise ConfigError("--sliding needs --crop-size H W (or eval.crop_size / data.crop_size in the config)")
-    out["scales"] = tuple(out["scales"])
-    out["crop_size"] = tuple(out["crop_size"]) if out["crop_size"] else None
-    if args.precision != "auto":  # a precision this machine cannot run: the named error before any file is written
-        import torch
-
-        from ..capability import require
-        require(args.precision, args.backend, getattr(args, "device", None) or
-                ("cuda" if torch.cuda.is_available() else "cpu"))
-    return {**out, "precision": args.precision, "backend": args.backend, "sources": sources}
-
-
-def settings_line(settings: dict) -> str:
-    """One line naming each test setting and, when not a default, where it came from."""
-    src = settings.get("sources", {})
-    keys = ["protocol", "mode", "base_size", "scales", "flip"] + (
-        ["crop_size", "stride_rate"] if settings.get("mode") == "sliding" else [])
-    parts = []
-    for k in keys:
-        v = settings[k]
-        v = list(v) if isinstance(v, tuple) else v
-        parts.append(f"{k}={v}" + (f" ({src[k]})" if src.get(k, "default") != "default" else ""))
-    return "test settings: " + ", ".join(parts) + f", precision={settings['precision']}, backend={settings['backend']}"
+def setting_flags(args: argparse.Namespace) -> dict:
+    """The test-setting flags of eval/predict as :func:`pspnet.load` keywords (None: not given;
+    ``base_size=0``: no resize)."""
+    return {"mode": None if args.sliding is None else ("sliding" if args.sliding else "whole"),
+            "base_size": args.base_size, "crop_size": tuple(args.crop_size) if args.crop_size else None,
+            "stride_rate": args.stride_rate, "scales": tuple(args.scales) if args.scales else None,
+            "flip": args.flip, "protocol": args.protocol}
 
 
 def one_rank(cmd):

@@ -6,18 +6,18 @@ import argparse
 import sys
 
 from . import options as opt
-from .common import add_data_root, add_inference_options, inference_settings, one_rank, settings_line
+from .common import add_data_root, add_inference_options, one_rank, setting_flags
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..api import load
     from ..data.datasets import GENERIC, build_dataset, dataset_info
     from ..distributed import rank_and_world
     from ..errors import ConfigError
     from ..files import write_text_output
-    from ..inference.evaluate import evaluate, format_table
-    from ..inference.loading import load_for_inference
+    from ..inference.evaluate import format_table
     from ..labels import IGNORE_INDEX
     cfg = None
     if args.config:
@@ -30,7 +30,15 @@ def run(args: argparse.Namespace) -> int:
     root = args.data_root or (d.root if d else None)
     if not root:
         raise ConfigError("pspnet eval needs --data-root (or --config, whose data.root it reads)")
-    model, meta = load_for_inference(args.weights, cfg, args.device, max_memory=args.max_memory)
+    note = None
+    if args.precision is None:  # eval's default: the model's own numbers, not a fast mode's
+        args.precision = "fp32"
+        note = ("precision fp32 (eval's default: the model's own metrics), while pspnet predict runs --precision "
+                "auto (bf16 or int8 where this CPU and the weights allow, keeping >= 99.5% of the fp32 labels); "
+                "to measure predict's mode: pspnet eval --precision auto")
+    api = load(args.weights, precision=args.precision, backend=args.backend, device=args.device,
+               max_memory=args.max_memory, config=cfg, **setting_flags(args))  # the Python API: pspnet.load
+    model, meta = api.net, api.meta
     name = args.dataset or (d.dataset if d else None)
     name_from_weights = not name
     if name_from_weights:  # the dataset the weights record they were trained on (the packaged model: camvid)
@@ -52,31 +60,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.weights or 'the packaged model'} predicts {num_classes} classes but dataset "
                           f"{name!r} has {info.num_classes}; evaluate it on data with the same classes")
     dataset = build_dataset(name, root, split, list_file=list_file, info=info, check_files=not args.skip_bad)
-    note = None
-    if args.precision is None:  # eval's default: the model's own numbers, not a fast mode's
-        args.precision = "fp32"
-        note = ("precision fp32 (eval's default: the model's own metrics), while pspnet predict runs --precision "
-                "auto (bf16 or int8 where this CPU and the weights allow, keeping >= 99.5% of the fp32 labels); "
-                "to measure predict's mode: pspnet eval --precision auto")
-    from ..config import recorded_test_settings
-    s = inference_settings(args, cfg.eval if cfg else None, d.crop_size if d else None,
-                            recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    s = {**api.settings, "precision": api.requested_precision, "backend": api.requested_backend}
     main_rank = rank_and_world()[0] == 0  # under torchrun, rank 0 alone prints and writes
     if main_rank:
         if name_from_weights:
             print(f"dataset: {name} (weights), split {split}, {root}")
-        print(settings_line(s))
+        print(api.settings_line())
         if note:
             print(f"pspnet eval: note: {note}", file=sys.stderr)
-    sources = s.pop("sources")
-    from ..inference.auto import recorded_int8_agreements
-    recorded = recorded_int8_agreements(meta)
-    res = evaluate(model, dataset, num_classes=num_classes, ignore_index=info.ignore_index,
-                   class_names=info.class_names, progress=not args.no_progress, skip_bad=args.skip_bad,
-                   absent=args.absent, max_images=args.max_images, per_image=bool(args.per_image),
-                   int8_agreement=recorded, max_memory=args.max_memory, **s)
+    recorded = api.int8_agreement
+    res = api.evaluate(dataset, ignore_index=info.ignore_index, class_names=info.class_names,
+                       progress=not args.no_progress, skip_bad=args.skip_bad, absent=args.absent,
+                       max_images=args.max_images, per_image=bool(args.per_image))
     res["settings"].update({"weights": str(args.weights or "packaged"), "config": args.config, "dataset": name,
-                            "data_root": str(root), "split": split, "list": list_file, "sources": sources})
+                            "data_root": str(root), "split": split, "list": list_file, "sources": api.sources})
     if note:
         res["settings"]["precision_note"] = note
     if not main_rank:  # every rank returns the whole result (bad files included): the same exit status

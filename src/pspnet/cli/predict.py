@@ -6,33 +6,22 @@ import argparse
 import sys
 
 from . import options as opt
-from .common import add_inference_options, inference_settings, one_rank, settings_line
+from .common import add_inference_options, one_rank, setting_flags
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.loading import load_for_inference
-    from ..inference.predict import predict_paths
-    from ..labels import default_palette
-    model, meta = load_for_inference(args.weights, None, args.device, max_memory=args.max_memory)
-    n = model.config.num_classes
-    names = meta.get("class_names") or [f"class_{i}" for i in range(n)]
-    palette = meta.get("palette") or default_palette(n)
-    from ..config import recorded_test_settings
+    from ..api import load
     from ..distributed import rank_and_world
-    s = inference_settings(args, recorded=recorded_test_settings(meta, str(args.weights or "the packaged model")))
+    model = load(args.weights, precision=args.precision, backend=args.backend, device=args.device,
+                 max_memory=args.max_memory, **setting_flags(args))  # the Python API: pspnet.load
     main_rank = rank_and_world()[0] == 0  # under torchrun, each rank writes its share; rank 0 alone prints
     if main_rank:
-        print(settings_line(s))
-    s.pop("sources")
-    from ..inference.auto import recorded_int8_agreements
-    s["int8_agreement"] = recorded_int8_agreements(meta)
-    from ..inference.video import predict_videos, split_video_inputs
+        print(model.settings_line())
+    from ..inference.video import split_video_inputs
     videos, images = split_video_inputs(args.inputs)
     failed = []
     if images or not videos:
-        out = predict_paths(model, images, args.out, class_names=names, palette=palette,
-                            progress=not args.no_progress, save_probs=args.save_probs, max_memory=args.max_memory,
-                            **s)
+        out = model.predict_files(images, args.out, save_probs=args.save_probs, progress=not args.no_progress)
         done = sum(p.name.endswith("_label.png") for p in out)
         kinds = "_label/_color/_overlay.png" + (", _probs.npz, _confidence/_entropy.png" if args.save_probs else "")
         ranks = f" ({len(out.images_per_rank)} processes: {' + '.join(map(str, out.images_per_rank))} images)" \
@@ -41,10 +30,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {done} prediction(s) ({kinds}) and legend.png to {args.out}{ranks}")
         failed += out.failed
     if videos:
-        out = predict_videos(model, videos, args.out, class_names=names, palette=palette, color=args.video_color,
-                             frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
-                             batch_size=args.batch_size, progress=not args.no_progress,
-                             max_memory=args.max_memory, **s)
+        out = model.predict_videos(videos, args.out, color=args.video_color,
+                                   frame_labels=args.frame_labels or args.every is not None, every=args.every or 1,
+                                   batch_size=args.batch_size, progress=not args.no_progress)
         made = [p.name for p in out if p.suffix == ".mp4" or p.name.endswith("_labels")]
         if main_rank:
             print(f"wrote {', '.join(made) or 'no video'} and legend.png to {args.out}")

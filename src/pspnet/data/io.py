@@ -21,6 +21,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,14 +46,17 @@ def _pil_pixel_limit(limit: int):
         Image.MAX_IMAGE_PIXELS = before
 
 
-def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
+def _open(path: Path | IO[bytes], what: str, transpose: bool = True, *, name: str | None = None,
+          max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``path`` (or an open binary file, named ``name`` in messages) decoded, refused over ``max_pixels``."""
+    label = name or path
     try:
-        with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, before decoding
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise DataError(f"{path}: {what} is {im.width}x{im.height} = {im.width * im.height:,} pixels, "
-                                    f"over the limit of {MAX_PIXELS:,} (a possible decompression bomb); "
+                if im.width * im.height > max_pixels:
+                    raise DataError(f"{label}: {what} is {im.width}x{im.height} = {im.width * im.height:,} pixels, "
+                                    f"over the limit of {max_pixels:,} (a possible decompression bomb); "
                                     f"downscale or tile it first")
                 im.load()
                 frames = getattr(im, "n_frames", 1)
@@ -60,20 +64,20 @@ def _open(path: Path, what: str, transpose: bool = True) -> Image.Image:
                 if frames > 1:  # an animated GIF/PNG/WebP, a multi-page TIFF: say only one frame is used
                     logging.getLogger("pspnet.data").warning(
                         "%s: has %d frames; only the first is used (for a video, give an .mp4 or split the frames "
-                        "into images)", path, frames)
+                        "into images)", label, frames)
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
+        raise DataError(f"{label}: {what} file not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: expected a {what} file, found a directory") from None
+        raise DataError(f"{label}: expected a {what} file, found a directory") from None
     except _DECODE_ERRORS as e:
-        empty = " (the file is empty)" if path.is_file() and path.stat().st_size == 0 else ""
-        raise DataError(f"{path}: cannot decode {what}{empty} ({e}); is the file truncated or not an image?") from None
+        empty = " (the file is empty)" if isinstance(path, Path) and path.is_file() and path.stat().st_size == 0 else ""
+        raise DataError(f"{label}: cannot decode {what}{empty} ({e}); is the file truncated or not an image?") from None
     except Exception as e:  # noqa: BLE001 - decoders raise many types on hostile bytes (struct.error, ...)
-        raise DataError(f"{path}: cannot decode {what} ({type(e).__name__}: {e}); is the file corrupt?") from None
+        raise DataError(f"{label}: cannot decode {what} ({type(e).__name__}: {e}); is the file corrupt?") from None
     if out.width == 0 or out.height == 0:
-        raise DataError(f"{path}: {what} has zero size")
+        raise DataError(f"{label}: {what} has zero size")
     return out
 
 
@@ -98,10 +102,18 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 H x W x 3 RGB, upright according to its EXIF orientation."""
-    path = Path(path)
-    im = _open(path, "image")
+def read_image(path: str | Path | IO[bytes], *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image as uint8 H x W x 3 RGB, upright according to its EXIF orientation.
+
+    ``path`` may also be an open binary file (an upload's bytes in ``io.BytesIO``), called ``name`` in
+    messages; an image of more than ``max_pixels`` pixels is refused from its header, before decoding."""
+    path = Path(path) if isinstance(path, str | Path) else path
+    return image_array(_open(path, "image", name=name, max_pixels=max_pixels), name or path)
+
+
+def image_array(im: Image.Image, name: str | Path = "image") -> np.ndarray:
+    """A decoded PIL image of any mode as uint8 H x W x 3 RGB (the conversions of the module docstring)."""
+    path = name
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)

@@ -48,7 +48,7 @@ from .testtime import network_calls, predict_logits
 log = logging.getLogger("pspnet.predict")
 
 __all__ = ["OVERLAY_ALPHA", "PredictOutputs", "draw_legend", "expand_inputs", "label_image", "overlay",
-           "palette_array", "predict_paths", "unique_stems"]
+           "palette_array", "predict_image", "predict_paths", "unique_stems"]
 
 OVERLAY_ALPHA = 0.5
 _GLOB_CHARS = set("*?[")
@@ -157,9 +157,9 @@ def label_image(label: np.ndarray, num_classes: int) -> Image.Image:
     return Image.fromarray(label.astype(np.uint16))  # mode I;16 -> 16-bit greyscale PNG
 
 
-def overlay(image: np.ndarray, color: np.ndarray) -> np.ndarray:
-    """The class colours blended with the ``H x W x 3`` uint8 image (``OVERLAY_ALPHA`` of colour)."""
-    blend = image.astype(np.float32) * (1 - OVERLAY_ALPHA) + color.astype(np.float32) * OVERLAY_ALPHA
+def overlay(image: np.ndarray, color: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The class colours blended with the ``H x W x 3`` uint8 image (``alpha`` of colour, default 50 %)."""
+    blend = image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha
     return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -213,13 +213,36 @@ def _plan(config, size, max_memory, f, bar, **kw) -> tuple[str, tuple[int, int] 
 
 
 @torch.no_grad()
+def predict_image(runner, image: np.ndarray, num_classes: int, *, base_size: int | None = None,
+                  scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole",
+                  crop_size: Sequence[int] | None = None, stride_rate: float = 2 / 3,
+                  protocol: str = "release") -> torch.Tensor:
+    """The class probabilities (``C x H x W`` float32, softmax) of one ``H x W x 3`` uint8 RGB image under the
+    test-time settings, in the mode and crop already planned for it (:func:`~pspnet.inference.budget.plan_image`).
+
+    The one per-image step behind ``pspnet predict`` (:func:`predict_paths`) and :func:`pspnet.load`'s
+    ``Model.predict``: both get the same labels from it."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=mode,
+                           crop_size=crop_size, stride_rate=stride_rate, softmax=True, protocol=protocol)
+    if probs.shape[1] != num_classes:
+        raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
+                          f"names were given")
+    return probs[0]
+
+
+@torch.no_grad()
 def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, class_names: Sequence[str],
                   palette, base_size: int | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                   mode: str = "whole", crop_size: Sequence[int] | None = None, precision: str = "fp32",
                   progress: bool = True, stride_rate: float = 2 / 3, backend: str = "torch",
                   protocol: str = "release", save_probs: bool = False,
-                  int8_agreement: Int8Agreement = None, max_memory: int | None = None) -> PredictOutputs:
+                  int8_agreement: Int8Agreement = None, max_memory: int | None = None,
+                  runner=None) -> PredictOutputs:
     """Predict every image of ``inputs`` (files, folders, globs) into ``out_dir``.
+
+    ``runner``: the network already prepared for ``precision``/``backend`` (a :class:`pspnet.api.Model`'s,
+    reused); default: :func:`~pspnet.inference.prepare.prepare_model` prepares it for this job.
 
     ``max_memory``: the memory budget in bytes (default: :func:`~pspnet.inference.budget.default_budget`);
     an image estimated to need more runs in sliding windows (said so in the log), or fails with a
@@ -250,7 +273,8 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
     calls = network_calls(len(mine), scales, flip, mode, protocol)
     config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
     plan_kw = dict(base_size=base_size, scales=scales, mode=mode, crop_size=crop_size, precision=precision)
-    runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
+    if runner is None:
+        runner, _ = prepare_model(model, precision, backend, int8_agreement=int8_agreement, expected_calls=calls)
     written = PredictOutputs()
     bar = None
     if progress and rank == 0:
@@ -269,18 +293,14 @@ def predict_paths(model, inputs: Sequence[str | Path], out_dir: str | Path, *, c
                 image = read_image(f)
                 if config is not None and size is None:
                     image_mode, image_crop = _plan(config, image.shape[:2], max_memory, f, bar, **plan_kw)
-                x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-                probs = predict_logits(runner, x, base_size=base_size, scales=scales, flip=flip, mode=image_mode,
-                                       crop_size=image_crop, stride_rate=stride_rate, softmax=True,
-                                       protocol=protocol)
+                probs = predict_image(runner, image, num_classes, base_size=base_size, scales=scales, flip=flip,
+                                      mode=image_mode, crop_size=image_crop, stride_rate=stride_rate,
+                                      protocol=protocol)
                 _say_calibration(runner, f)
-                if probs.shape[1] != num_classes:
-                    raise PSPNetError(f"the model predicts {probs.shape[1]} classes but {num_classes} class "
-                                      f"names were given")
-                label = probs[0].argmax(0).cpu().numpy()
+                label = probs.argmax(0).cpu().numpy()
                 written.extend(_write_outputs(image, label, pal, out_dir, stem))
                 if save_probs:
-                    written.extend(_write_probs(probs[0], class_names, out_dir, stem))
+                    written.extend(_write_probs(probs, class_names, out_dir, stem))
             except Exception as e:  # noqa: BLE001 - any one image's failure (unreadable, out of memory, a full
                 # disk, a backend error) is reported and the others are still done; Ctrl-C still stops
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
