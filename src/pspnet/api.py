@@ -24,12 +24,15 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from PIL import Image
 
 from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # annotations only: importing the config pulls in pydantic
+    from .config import Config
 
 __all__ = ["Model", "Prediction", "load", "resolve_settings"]
 
@@ -294,11 +297,16 @@ class Model:
 
 
 def load(weights: str | os.PathLike[str] | None = PACKAGED, *, precision: str = "auto", backend: str = "torch",
-         device: str | None = None, max_memory: int | None = None, config=None, base_size: int | None = None,
+         device: str | None = None, max_memory: int | None = None, config: Config | None = None,
+         base_size: int | None = None,
          scales: Sequence[float] | None = None, flip: bool | None = None, mode: str | None = None,
          crop_size: Sequence[int] | None = None, stride_rate: float | None = None,
          protocol: str | None = None) -> Model:
     """Load a PSPNet for prediction, as ``pspnet predict --weights WEIGHTS`` does.
+
+    The test settings ``base_size``, ``scales``, ``flip``, ``mode``, ``crop_size``, ``stride_rate`` and
+    ``protocol`` override what the weight file records (``None``: the file's, else the default;
+    ``base_size=0``: no resize).
 
     Args:
         weights: ``"packaged"`` (or None: the packaged CamVid model), a catalogue name downloaded with
@@ -310,8 +318,6 @@ def load(weights: str | os.PathLike[str] | None = PACKAGED, *, precision: str = 
         max_memory: the memory budget in bytes (default: :func:`~pspnet.inference.budget.default_budget`).
         config: a :class:`pspnet.config.Config` for a file without a recorded model config (the original
             release's); its eval section's settings then apply too.
-        base_size, scales, flip, mode, crop_size, stride_rate, protocol: test settings over what the weight
-            file records (``None``: the file's, else the default; ``base_size=0``: no resize).
     """
     import torch
 
