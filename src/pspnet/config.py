@@ -23,7 +23,8 @@ from .models.pspnet import CONFIG_FIELDS, PSPNetConfig
 from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
-           "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "read_config_file",
+           "recorded_test_settings", "recorded_data_reading", "TEST_SETTING_KEYS", "shipped_configs",
+           "resolve_config", "read_config_file",
            "CONFIGS_DIR", "config_for_data", "load_run_config"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -205,6 +206,33 @@ def recorded_test_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, f"{source} (metadata test_settings)")) from None
     return {k: getattr(section, k) for k in raw}
+
+
+def recorded_data_reading(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """How the weights' training data was read (their ``trained_on`` metadata): ``dataset``, ``label_map``
+    (label-file value -> class id or ``"ignore"``), ``ignore_index``; the keys it records, checked like a
+    config's data section, so ``pspnet eval --weights W --data-root DIR`` reads the same masks without a config."""
+    raw = meta.get("trained_on") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: metadata trained_on must be a JSON object, got {short_repr(raw)}")
+    out: dict[str, Any] = {}
+    if isinstance(raw.get("dataset"), str):
+        out["dataset"] = raw["dataset"]
+    values: dict[str, Any] = {}
+    if raw.get("label_map") is not None:
+        pairs = raw["label_map"]
+        if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)):
+            raise ConfigError(f"{source}: metadata trained_on.label_map must be a list of [value, class] pairs, "
+                              f"got {short_repr(pairs)}")
+        values["label_map"] = {k: v for k, v in pairs}
+    if raw.get("ignore_index") is not None:
+        values["ignore_index"] = raw["ignore_index"]
+    try:
+        section = DataSection.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, f"{source} (metadata trained_on)")) from None
+    out.update({k: getattr(section, k) for k in values})
+    return out
 
 
 class Config(_Section):

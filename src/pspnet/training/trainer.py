@@ -139,7 +139,10 @@ class Trainer(RunBuilder, Stepper):
                 tested = {k: getattr(self.cfg.eval, k) for k in TEST_SETTING_KEYS}
                 d = self.cfg.data
                 trained_on = {"dataset": d.dataset, "split": d.train_list or d.train_split,
-                              "images": len(self.train_set), "iterations": self.iteration}
+                              "images": len(self.train_set), "iterations": self.iteration,
+                              # what reading the data needs: eval --weights W --data-root DIR without a config
+                              "ignore_index": d.ignore_index,
+                              "label_map": None if d.label_map is None else [[k, v] for k, v in d.label_map.items()]}
                 save_weights(self.model, path, self.info.class_names, self.info.palette,
                              extra={"test_settings": json.loads(json.dumps(tested)), "trained_on": trained_on})
             except OSError as e:
