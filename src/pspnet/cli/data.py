@@ -28,9 +28,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.data_root:
             raise ConfigError("pspnet data check needs --config, or --data-root (and --dataset to name its kind)")
-        if args.overrides:
-            raise ConfigError(f"overrides {args.overrides} need --config, or --data-root without --dataset")
-        name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
+        from ..config import load_config
+        over = load_config(None, args.overrides)  # data.label_map, data.class_names, model.num_classes, ...
+        num_classes = args.num_classes or over.model.num_classes or len(over.data.class_names or ()) or None
+        if args.dataset in ("folder", "list") and not num_classes:
+            raise ConfigError(f"--dataset {args.dataset} needs --num-classes N (the number of classes in the label "
+                              f"files), or leave out --dataset: 'pspnet data check --data-root {args.data_root}' "
+                              f"recognises the layout and the label encoding and counts the classes")
+        name, root, class_names, label_map = args.dataset, args.data_root, over.data.class_names, over.data.label_map
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
                            workers=args.workers, progress=not args.no_progress, label_map=label_map)

@@ -327,6 +327,8 @@ def _grey_encoding(vals: list[int], files: int, modes: Counter, notes: list[str]
                      "anti-aliasing, or the image and label folders swapped; labels need one value per class")
         return LabelEncoding("unknown", vals, None, None, ignore, files, modes, notes)
     if vals == [0, IGNORE_INDEX]:
+        notes.append(f"{IGNORE_INDEX} is read as class 1 (the object), not as the ignore value; the one key that "
+                     f"flips that is data.label_map: leave {IGNORE_INDEX} out of it and it is ignored")
         return LabelEncoding("binary", vals, 2, {IGNORE_INDEX: 1}, False, files, modes, notes)
     ids = [v for v in vals if v != IGNORE_INDEX]
     if not ids:
@@ -340,11 +342,16 @@ def _grey_encoding(vals: list[int], files: int, modes: Counter, notes: list[str]
                          f"has more classes than {top + 1}, set model.num_classes")
         if top == 0:
             notes.append("the sampled labels hold only class 0: is every mask empty?")
+        if ignore:
+            notes.append(f"{IGNORE_INDEX} is read as the ignore value (unlabelled pixels, not trained on), not as a "
+                         f"class; the one key that flips that is data.label_map: write {{{IGNORE_INDEX}: "
+                         f"{max(top + 1, 2)}}} (and one more class in model.num_classes and data.class_names)")
         return LabelEncoding("ids", vals, max(top + 1, 2), None, ignore, files, modes, notes)
     levels = {v: i for i, v in enumerate(vals)}
     if ignore:
-        notes.append(f"{IGNORE_INDEX} is taken as the top class, not as the ignore value; if it marks unlabelled "
-                     f"pixels, write {IGNORE_INDEX}: ignore in data.label_map instead")
+        notes.append(f"{IGNORE_INDEX} is read as class {len(vals) - 1} (the top level), not as the ignore value; if "
+                     f"it marks unlabelled pixels, the one key that flips that is data.label_map: write "
+                     f"{IGNORE_INDEX}: ignore in it (and one class fewer in model.num_classes and data.class_names)")
     return LabelEncoding("levels", vals, len(vals), dict(levels), False, files, modes, notes)
 
 

@@ -70,13 +70,14 @@ def label_table(label_map: LabelMap, num_classes: int, ignore_index: int = IGNOR
     return lut
 
 
-def generic_info(num_classes: int, class_names=None, palette=None, name: str = "custom",
+def generic_info(num_classes: int, class_names=None, palette=None, name: str = "folder",
                  ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None) -> DatasetInfo:
     names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
     lut = label_table(label_map, num_classes, ignore_index) if label_map else None
-    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index, lut)
+    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index, lut,
+                       label_map=dict(label_map) if label_map else None)
 
 
 def dataset_info(name: str, num_classes: int | None = None, class_names=None, palette=None, *,
@@ -105,7 +106,8 @@ def dataset_info(name: str, num_classes: int | None = None, class_names=None, pa
         num_classes = num_classes or (len(class_names) if class_names else None)
         if not num_classes:
             raise DataError(f"dataset {name!r} needs model.num_classes (or data.class_names) to be set")
-        return generic_info(num_classes, class_names, palette, ignore_index=ignore_index, label_map=label_map)
+        return generic_info(num_classes, class_names, palette, name=name, ignore_index=ignore_index,
+                            label_map=label_map)
     raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + list(GENERIC)}")
 
 
