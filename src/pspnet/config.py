@@ -25,7 +25,7 @@ from .models.schema import FieldSpec
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
            "recorded_test_settings", "recorded_data_reading", "TEST_SETTING_KEYS", "shipped_configs",
            "resolve_config", "read_config_file",
-           "CONFIGS_DIR", "config_for_data", "load_run_config"]
+           "CONFIGS_DIR", "config_for_data", "load_run_config", "check_config_against_data"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped inside the package (package data: they come with every install)."""
@@ -500,6 +500,72 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
     if data_root:
         cfg.data.root = data_root
     return cfg
+
+
+FAR_SCALE = 1.5
+"""A base or crop size more than this factor from the images' size is far from it (a warning)."""
+
+
+def check_config_against_data(cfg: Config) -> list[str]:
+    """Check the keys of a run config that depend on the data (class count, ``train.class_weights``,
+    ``data.class_names``, ``data.label_map``, ``data.crop_size``, ``eval.base_size``) against the label files
+    and images of its own data (``folder``, ``list``; up to 48 training labels are read): keys inherited from a
+    shipped config (``base: camvid/pspnet_r18_cpu``) must not mislead. A mismatch is a :class:`ConfigError`
+    naming each key and the values to use; returns warnings (a base or crop size far from the images')."""
+    from .data.datasets import GENERIC, build_dataset
+    from .data.inspect import _spread, format_label_map, label_encoding
+    from .data.io import image_size
+    from .errors import DataError
+    d = cfg.data
+    if d.dataset not in GENERIC:
+        return []
+    try:
+        pairs = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, num_classes=1,
+                              check_labels=False, check_files=False).pairs
+        enc = label_encoding([lbl for _, lbl in pairs if lbl is not None])
+    except DataError:
+        return []  # training (or data check) names what is missing
+    names = d.class_names
+    n = cfg.model.num_classes or (len(names) if names else None) or enc.num_classes
+    errors: list[str] = []
+    if enc.usable:
+        lm = d.label_map or {}
+        unmapped = [v for v in enc.values if v not in lm and v != d.ignore_index and not (n and v < n)]
+        if unmapped:
+            fix = f"data.label_map: {format_label_map(enc.label_map)}" if enc.label_map else \
+                "data.label_map (label-file value -> class id or ignore)"
+            errors.append(f"the label files hold values {unmapped} that are not classes 0..{(n or 1) - 1}"
+                          + (f" and data.label_map {format_label_map(lm)} does not map them" if lm else "")
+                          + f": set {fix}" + (f" and model.num_classes: {enc.num_classes}"
+                                              if enc.num_classes != n else "")
+                          + " ('pspnet data check --data-root DIR' prints the map)")
+    if names and n and len(names) != n:
+        errors.append(f"data.class_names has {len(names)} names but there are {n} classes: set data.class_names: "
+                      f"null (class_0, class_1, ...) or {n} names")
+    weights = cfg.train.class_weights
+    if isinstance(weights, list) and n and len(weights) != n:
+        errors.append(f"train.class_weights has {len(weights)} values but there are {n} classes: set "
+                      f"train.class_weights: auto (computed from the training labels) or null (unweighted), "
+                      f"or give {n} values")
+    if errors:
+        raise ConfigError(f"data.root {d.root}: the config does not fit the data ({len(errors)} key(s)):\n  "
+                          + "\n  ".join(errors))
+    warnings: list[str] = []
+    sizes = [image_size(img) for img, _ in _spread(pairs, 16) if img.is_file()]
+    sizes = [s for s in sizes if s]
+    if sizes:
+        h, w = max(set(sizes), key=sizes.count)
+        long = max(h, w)
+        base = cfg.eval.base_size
+        if base and not long / FAR_SCALE <= base <= long * FAR_SCALE:
+            warnings.append(f"eval.base_size: {base} resizes the long side of these {w}x{h} images to {base} "
+                            f"({base / long:.1f}x) for validation and prediction: set eval.base_size: null (their "
+                            f"own size) or {long}")
+        ch, cw = d.crop_size
+        if ch > h * FAR_SCALE * d.scale_max or cw > w * FAR_SCALE * d.scale_max:
+            warnings.append(f"data.crop_size: {list(d.crop_size)} is far larger than these {w}x{h} images (scaled "
+                            f"up to {d.scale_max}x): the crops are mostly padding; set data.crop_size: [{h}, {w}]")
+    return warnings
 
 
 def dump_config(cfg: Config) -> str:

@@ -12,8 +12,13 @@ from .common import add_data_root
 def run(args: argparse.Namespace) -> int:
     from ..data.check import check_splits, write_json
     if args.config:
-        from ..config import load_config
+        from ..config import check_config_against_data, load_config
         cfg = load_config(args.config, args.overrides)
+        if args.data_root:
+            cfg.data.root = args.data_root
+        if args.dataset:
+            cfg.data.dataset = args.dataset
+        fit_warnings = check_config_against_data(cfg)  # keys that depend on the data, inherited ones too
         d = cfg.data
         name, root = args.dataset or d.dataset, args.data_root or d.root
         num_classes, class_names, label_map = args.num_classes or cfg.model.num_classes, d.class_names, d.label_map
@@ -40,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
                            workers=args.workers, progress=not args.no_progress, label_map=label_map)
     print("\n\n".join(r.format() for r in reports))
+    for w in fit_warnings if args.config else ():
+        print(f"warning: {w}")
     if args.json:
         write_json(reports, args.json)
         print(f"report: {args.json}")

@@ -135,7 +135,8 @@ class RunBuilder:
                                 f"{self.info.num_classes} classes")
         if t.class_weights is not None and len(t.class_weights) != num_classes:
             raise ConfigError(f"train.class_weights has {len(t.class_weights)} values but the model has "
-                              f"{num_classes} classes")
+                              f"{num_classes} classes (a base config's weights?): set train.class_weights: auto "
+                              f"(computed from the training labels) or null (unweighted), or give {num_classes} values")
         model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
         if t.pretrained:
             source = str(default_weights_path()) if t.pretrained == PACKAGED else t.pretrained
