@@ -105,6 +105,10 @@ class DataSection(_Section):
     label_map: dict[int, int | Literal["ignore"]] | None = Field(
         None, description="your own labels ('folder', 'list'): label-file value -> class id or 'ignore', e.g. "
                           "{255: 1} for 0/255 masks; values not named stay as they are")
+    label_colors: list[tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)],
+                             Annotated[int, Field(ge=0, le=255)]]] | None = Field(
+        None, description="your own colour (RGB) masks ('folder', 'list'): the [r, g, b] colour of each class, class "
+                          "0 first; a colour not listed is an error naming the file and pixel")
     crop_size: tuple[int, int] = (473, 473)
     scale_min: float = Field(0.5, gt=0)
     scale_max: float = Field(2.0, gt=0)
@@ -127,6 +131,13 @@ class DataSection(_Section):
         if min(v) < 8:
             raise ValueError(f"crop_size must be at least 8 x 8 pixels (height, width), got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _one_label_mapping(self) -> DataSection:
+        if self.label_colors and self.label_map:
+            raise ValueError("data.label_map (grey label values) and data.label_colors (colour masks) both set: "
+                             "label files are one or the other; keep the one that fits them")
+        return self
 
     @model_validator(mode="after")
     def _scale_order(self) -> DataSection:
@@ -210,8 +221,9 @@ def recorded_test_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
 
 def recorded_data_reading(meta: dict[str, Any], source: str) -> dict[str, Any]:
     """How the weights' training data was read (their ``trained_on`` metadata): ``dataset``, ``label_map``
-    (label-file value -> class id or ``"ignore"``), ``ignore_index``; the keys it records, checked like a
-    config's data section, so ``pspnet eval --weights W --data-root DIR`` reads the same masks without a config."""
+    (label-file value -> class id or ``"ignore"``), ``label_colors``, ``ignore_index``; the keys it records, checked
+    like a config's data section, so ``pspnet eval --weights W --data-root DIR`` reads the same masks without a
+    config."""
     raw = meta.get("trained_on") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: metadata trained_on must be a JSON object, got {short_repr(raw)}")
@@ -227,6 +239,8 @@ def recorded_data_reading(meta: dict[str, Any], source: str) -> dict[str, Any]:
         values["label_map"] = {k: v for k, v in pairs}
     if raw.get("ignore_index") is not None:
         values["ignore_index"] = raw["ignore_index"]
+    if raw.get("label_colors") is not None:
+        values["label_colors"] = raw["label_colors"]
     try:
         section = DataSection.model_validate(values)
     except ValidationError as e:
@@ -513,7 +527,7 @@ def check_config_against_data(cfg: Config) -> list[str]:
     shipped config (``base: camvid/pspnet_r18_cpu``) must not mislead. A mismatch is a :class:`ConfigError`
     naming each key and the values to use; returns warnings (a base or crop size far from the images')."""
     from .data.datasets import GENERIC, build_dataset
-    from .data.inspect import _spread, format_label_map, label_encoding
+    from .data.inspect import _rgb, _spread, format_label_map, label_encoding
     from .data.io import image_size
     from .errors import DataError
     d = cfg.data
@@ -528,7 +542,15 @@ def check_config_against_data(cfg: Config) -> list[str]:
     names = d.class_names
     n = cfg.model.num_classes or (len(names) if names else None) or enc.num_classes
     errors: list[str] = []
-    if enc.usable:
+    if enc.kind == "colours":
+        listed = {tuple(c) for c in d.label_colors or ()}
+        found = [_rgb(c) for c in enc.values]
+        missing = [c for c in found if c not in listed]
+        if missing:
+            errors.append(f"the label files are colour masks and data.label_colors does not list "
+                          f"{[list(c) for c in missing[:8]]}: set data.label_colors: {[list(c) for c in found]} "
+                          f"(class i = colour i) and model.num_classes: {len(found)}")
+    elif enc.usable:
         lm = d.label_map or {}
         unmapped = [v for v in enc.values if v not in lm and v != d.ignore_index and not (n and v < n)]
         if unmapped:

@@ -112,12 +112,28 @@ def test_class_ids_are_read_as_they_are_with_255_ignored(tmp_path: Path) -> None
     assert any("class id(s) 2 appear in none" in n for n in enc.notes)
 
 
-def test_colour_masks_are_named_not_guessed(tmp_path: Path) -> None:
-    finding = recognise(_folder(tmp_path, mode="RGB"))
-    assert finding.encoding.kind == "colours" and len(finding.encoding.values) == 3 and not finding.usable
-    assert "RGB(0, 255, 0)" in finding.format() and "convert each colour to its class id" in finding.format()
-    with pytest.raises(DataError, match="no starter config"):
-        write_starter(finding, tmp_path / "c.yaml")
+def test_colour_masks_get_the_exact_colour_to_class_map(tmp_path: Path) -> None:
+    finding = recognise(_folder(tmp_path / "d", mode="RGB"))  # colours (v, 255 - v, v) for v in 0, 128, 255
+    enc = finding.encoding
+    assert enc.kind == "colours" and finding.usable and enc.num_classes == 3
+    assert enc.label_colors == [[0, 255, 0], [128, 127, 128], [255, 0, 255]]
+    assert ("RGB(0, 255, 0) -> 0, RGB(128, 127, 128) -> 1, RGB(255, 0, 255) -> 2: "
+            "data.label_colors=[[0, 255, 0], [128, 127, 128], [255, 0, 255]]") in finding.format()
+    written = write_starter(finding, tmp_path / "c.yaml")
+    cfg = load_config(written[0])
+    assert cfg.data.label_colors == [(0, 255, 0), (128, 127, 128), (255, 0, 255)] and cfg.model.num_classes == 3
+    reports = check_finding(finding, progress=False)
+    assert all(r.ok for r in reports) and all(r.class_pixels.min() > 0 for r in reports)
+    info = dataset_info("folder", 3, label_colors=cfg.data.label_colors)
+    _, label = build_dataset("folder", tmp_path / "d", "val", info=info)[0]
+    assert sorted(np.unique(np.asarray(label)).tolist()) == [0, 1, 2]
+    with pytest.raises(DataError, match=r"unknown label colour RGB\(255, 0, 255\)"):
+        build_dataset("folder", tmp_path / "d", "val", info=dataset_info("folder", 2, label_colors=[(0, 255, 0),
+                                                                                                   (128, 127, 128)]))[0]
+    with pytest.raises(ConfigError, match="data.label_colors does not list"):
+        from pspnet.config import check_config_against_data
+        check_config_against_data(load_config(written[0], ["data.label_colors=[[0,255,0],[128,127,128]]",
+                                                           "model.num_classes=2", "data.class_names=null"]))
 
 
 def test_many_values_are_not_classes(tmp_path: Path) -> None:
@@ -186,7 +202,13 @@ def test_data_check_without_a_dataset_recognises_checks_and_writes_the_config(tm
     assert main(["data", "check", "--data-root", str(data), "--write-config", str(cfg)]) == 2  # never overwrites
     assert "never overwrites" in capsys.readouterr().err
     colours = _folder(tmp_path / "c", mode="RGB")
-    assert main(["data", "check", "--data-root", str(colours), "--no-progress"]) == 1
+    assert main(["data", "check", "--data-root", str(colours), "--no-progress"]) == 0
+    assert "data.label_colors=[[0, 255, 0], [128, 127, 128], [255, 0, 255]]" in capsys.readouterr().out
+    noise = tmp_path / "n"
+    _folder(noise, n=2)
+    for p in noise.rglob("masks/*.png"):
+        Image.fromarray(np.arange(2400, dtype=np.uint8).reshape(40, 60)).save(p)
+    assert main(["data", "check", "--data-root", str(noise), "--no-progress"]) == 1
     assert "nothing was checked" in capsys.readouterr().out
 
 

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
         d = cfg.data
         name, root = args.dataset or d.dataset, args.data_root or d.root
         num_classes, class_names, label_map = args.num_classes or cfg.model.num_classes, d.class_names, d.label_map
+        label_colors = d.label_colors
         if args.split or args.list:
             splits = [(args.split or d.train_split, args.list)]
         else:
@@ -41,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
                               f"files), or leave out --dataset: 'pspnet data check --data-root {args.data_root}' "
                               f"recognises the layout and the label encoding and counts the classes")
         name, root, class_names, label_map = args.dataset, args.data_root, over.data.class_names, over.data.label_map
+        label_colors = over.data.label_colors
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
-                           workers=args.workers, progress=not args.no_progress, label_map=label_map)
+                           workers=args.workers, progress=not args.no_progress, label_map=label_map,
+                           label_colors=label_colors)
     print("\n\n".join(r.format() for r in reports))
     for w in fit_warnings if args.config else ():
         print(f"warning: {w}")
@@ -81,7 +84,7 @@ def _check_recognised(args: argparse.Namespace) -> int:
         splits = [(s, None) for s in (d.train_split, d.val_split) if s]
         reports = check_splits(d.dataset, d.root, splits, num_classes=len(d.class_names or []) or None,
                                class_names=d.class_names, workers=args.workers, progress=not args.no_progress,
-                               label_map=d.label_map)
+                               label_map=d.label_map, label_colors=d.label_colors)
     print()
     print("\n\n".join(r.format() for r in reports))
     if args.json:

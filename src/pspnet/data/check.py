@@ -261,10 +261,10 @@ def check_dataset(dataset: SegmentationDataset, *, name: str | None = None, spli
 
 def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | None]], *,
                  num_classes: int | None = None, class_names: Sequence[str] | None = None, workers: int = 0,
-                 progress: bool = True, label_map: LabelMap | None = None) -> list[CheckReport]:
+                 progress: bool = True, label_map: LabelMap | None = None, label_colors=None) -> list[CheckReport]:
     """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it
     (``label_map``: ``data.label_map``, the user's label values -> classes)."""
-    info = dataset_info(name, num_classes, class_names, label_map=label_map)
+    info = dataset_info(name, num_classes, class_names, label_map=label_map, label_colors=label_colors)
     reports = []
     for split, list_file in splits:
         ds = build_dataset(name, root, split, list_file=list_file, info=info, check_labels=False, check_files=False)

@@ -73,7 +73,7 @@ class RunBuilder:
         """The augmented training set and the optional validation set, labels in ``data.ignore_index``."""
         d = self.cfg.data
         self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index,
-                                 label_map=d.label_map)
+                                 label_map=d.label_map, label_colors=d.label_colors)
         base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
                              check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
         if self.cfg.train.class_weights == "auto":

@@ -142,7 +142,8 @@ class Trainer(RunBuilder, Stepper):
                               "images": len(self.train_set), "iterations": self.iteration,
                               # what reading the data needs: eval --weights W --data-root DIR without a config
                               "ignore_index": d.ignore_index,
-                              "label_map": None if d.label_map is None else [[k, v] for k, v in d.label_map.items()]}
+                              "label_map": None if d.label_map is None else [[k, v] for k, v in d.label_map.items()],
+                              "label_colors": None if d.label_colors is None else [list(c) for c in d.label_colors]}
                 save_weights(self.model, path, self.info.class_names, self.info.palette,
                              extra={"test_settings": json.loads(json.dumps(tested)), "trained_on": trained_on})
             except OSError as e:
