@@ -343,3 +343,16 @@ def test_inherited_keys_are_checked_against_the_data(tmp_path):
     assert warnings[0].startswith("eval.base_size: 480 resizes the long side of these 128x96 images to 480")
     assert check_config_against_data(load_config(cfg_file, ["train.class_weights=auto", "eval.base_size=null",
                                                             "data.crop_size=[96,128]"])) == []
+
+
+def test_recorded_data_reading_is_checked_like_the_data_section():
+    from pspnet.config import recorded_data_reading
+    meta = {"trained_on": {"dataset": "folder", "label_map": [[0, 0], [128, 1], [255, "ignore"]], "ignore_index": 255,
+                           "label_colors": None}}
+    assert recorded_data_reading(meta, "w") == {"dataset": "folder", "label_map": {0: 0, 128: 1, 255: "ignore"},
+                                                "ignore_index": 255}
+    assert recorded_data_reading({}, "w") == {}
+    with pytest.raises(ConfigError, match="trained_on.label_map must be a list of"):
+        recorded_data_reading({"trained_on": {"label_map": {"128": 1}}}, "w")
+    with pytest.raises(ConfigError, match="metadata trained_on"):
+        recorded_data_reading({"trained_on": {"label_colors": [[300, 0, 0]]}}, "w")
