@@ -307,3 +307,52 @@ def test_the_run_config_and_the_cli_take_defaults_and_choices_from_the_schema() 
 def test_cross_field_checks_reach_the_run_config(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"stem_channels must be one positive width for the 7x7 stem"):
         load_config(write(tmp_path, {"model": {"deep_stem": False, "stem_channels": [32, 32, 64]}}))
+
+
+# ------------------------------------------------------------------ keys that depend on the data, checked against it
+def _levels_folder(root, size=(96, 128), levels=(0, 128, 255), n=3):
+    import numpy as np
+    from PIL import Image
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            band = np.arange(size[1]) * len(levels) // size[1]
+            Image.fromarray(np.zeros((*size, 3), np.uint8)).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(np.asarray(levels, np.uint8)[np.broadcast_to(band, size)]).save(
+                root / split / "masks" / f"{i}.png")
+    return root
+
+
+def test_inherited_keys_are_checked_against_the_data(tmp_path):
+    from pspnet.config import check_config_against_data
+    data = _levels_folder(tmp_path / "d")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"base: camvid/pspnet_r18_cpu\nmodel:\n  num_classes: 3\ndata:\n  dataset: folder\n"
+                        f"  root: {data}\n  label_map: {{0: 0, 128: 1, 255: 2}}\n")
+    with pytest.raises(ConfigError, match=r"train.class_weights has 11 values but there are 3 classes: set "
+                                          r"train.class_weights: auto .* or null"):
+        check_config_against_data(load_config(cfg_file))
+    with pytest.raises(ConfigError) as e:
+        check_config_against_data(load_config(cfg_file, ["train.class_weights=auto", "data.label_map=null",
+                                                         "data.class_names=[a,b]"]))
+    assert "values [128] that are not classes 0..2: set data.label_map: {0: 0, 128: 1, 255: 2}" in str(e.value)
+    assert "data.class_names has 2 names but there are 3 classes: set data.class_names: null" in str(e.value)
+    warnings = check_config_against_data(load_config(cfg_file, ["train.class_weights=auto"]))
+    assert len(warnings) == 1 and "eval.base_size: null" in warnings[0]
+    assert warnings[0].startswith("eval.base_size: 480 resizes the long side of these 128x96 images to 480")
+    assert check_config_against_data(load_config(cfg_file, ["train.class_weights=auto", "eval.base_size=null",
+                                                            "data.crop_size=[96,128]"])) == []
+
+
+def test_recorded_data_reading_is_checked_like_the_data_section():
+    from pspnet.config import recorded_data_reading
+    meta = {"trained_on": {"dataset": "folder", "label_map": [[0, 0], [128, 1], [255, "ignore"]], "ignore_index": 255,
+                           "label_colors": None}}
+    assert recorded_data_reading(meta, "w") == {"dataset": "folder", "label_map": {0: 0, 128: 1, 255: "ignore"},
+                                                "ignore_index": 255}
+    assert recorded_data_reading({}, "w") == {}
+    with pytest.raises(ConfigError, match="trained_on.label_map must be a list of"):
+        recorded_data_reading({"trained_on": {"label_map": {"128": 1}}}, "w")
+    with pytest.raises(ConfigError, match="metadata trained_on"):
+        recorded_data_reading({"trained_on": {"label_colors": [[300, 0, 0]]}}, "w")

@@ -23,8 +23,9 @@ from .models.pspnet import CONFIG_FIELDS, PSPNetConfig
 from .models.schema import FieldSpec
 
 __all__ = ["Config", "ModelSection", "DataSection", "TrainSection", "EvalSection", "load_config", "apply_overrides",
-           "recorded_test_settings", "TEST_SETTING_KEYS", "shipped_configs", "resolve_config", "read_config_file",
-           "CONFIGS_DIR", "config_for_data", "load_run_config"]
+           "recorded_test_settings", "recorded_data_reading", "TEST_SETTING_KEYS", "shipped_configs",
+           "resolve_config", "read_config_file",
+           "CONFIGS_DIR", "config_for_data", "load_run_config", "check_config_against_data"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped inside the package (package data: they come with every install)."""
@@ -104,6 +105,10 @@ class DataSection(_Section):
     label_map: dict[int, int | Literal["ignore"]] | None = Field(
         None, description="your own labels ('folder', 'list'): label-file value -> class id or 'ignore', e.g. "
                           "{255: 1} for 0/255 masks; values not named stay as they are")
+    label_colors: list[tuple[Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)],
+                             Annotated[int, Field(ge=0, le=255)]]] | None = Field(
+        None, description="your own colour (RGB) masks ('folder', 'list'): the [r, g, b] colour of each class, class "
+                          "0 first; a colour not listed is an error naming the file and pixel")
     crop_size: tuple[int, int] = (473, 473)
     scale_min: float = Field(0.5, gt=0)
     scale_max: float = Field(2.0, gt=0)
@@ -126,6 +131,13 @@ class DataSection(_Section):
         if min(v) < 8:
             raise ValueError(f"crop_size must be at least 8 x 8 pixels (height, width), got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _one_label_mapping(self) -> DataSection:
+        if self.label_colors and self.label_map:
+            raise ValueError("data.label_map (grey label values) and data.label_colors (colour masks) both set: "
+                             "label files are one or the other; keep the one that fits them")
+        return self
 
     @model_validator(mode="after")
     def _scale_order(self) -> DataSection:
@@ -205,6 +217,36 @@ def recorded_test_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, f"{source} (metadata test_settings)")) from None
     return {k: getattr(section, k) for k in raw}
+
+
+def recorded_data_reading(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """How the weights' training data was read (their ``trained_on`` metadata): ``dataset``, ``label_map``
+    (label-file value -> class id or ``"ignore"``), ``label_colors``, ``ignore_index``; the keys it records, checked
+    like a config's data section, so ``pspnet eval --weights W --data-root DIR`` reads the same masks without a
+    config."""
+    raw = meta.get("trained_on") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: metadata trained_on must be a JSON object, got {short_repr(raw)}")
+    out: dict[str, Any] = {}
+    if isinstance(raw.get("dataset"), str):
+        out["dataset"] = raw["dataset"]
+    values: dict[str, Any] = {}
+    if raw.get("label_map") is not None:
+        pairs = raw["label_map"]
+        if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)):
+            raise ConfigError(f"{source}: metadata trained_on.label_map must be a list of [value, class] pairs, "
+                              f"got {short_repr(pairs)}")
+        values["label_map"] = {k: v for k, v in pairs}
+    if raw.get("ignore_index") is not None:
+        values["ignore_index"] = raw["ignore_index"]
+    if raw.get("label_colors") is not None:
+        values["label_colors"] = raw["label_colors"]
+    try:
+        section = DataSection.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, f"{source} (metadata trained_on)")) from None
+    out.update({k: getattr(section, k) for k in values})
+    return out
 
 
 class Config(_Section):
@@ -472,6 +514,80 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
     if data_root:
         cfg.data.root = data_root
     return cfg
+
+
+FAR_SCALE = 1.5
+"""A base or crop size more than this factor from the images' size is far from it (a warning)."""
+
+
+def check_config_against_data(cfg: Config) -> list[str]:
+    """Check the keys of a run config that depend on the data (class count, ``train.class_weights``,
+    ``data.class_names``, ``data.label_map``, ``data.crop_size``, ``eval.base_size``) against the label files
+    and images of its own data (``folder``, ``list``; up to 48 training labels are read): keys inherited from a
+    shipped config (``base: camvid/pspnet_r18_cpu``) must not mislead. A mismatch is a :class:`ConfigError`
+    naming each key and the values to use; returns warnings (a base or crop size far from the images')."""
+    from .data.datasets import GENERIC, build_dataset
+    from .data.inspect import _rgb, _spread, format_label_map, label_encoding
+    from .data.io import image_size
+    from .errors import DataError
+    d = cfg.data
+    if d.dataset not in GENERIC:
+        return []
+    try:
+        pairs = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, num_classes=1,
+                              check_labels=False, check_files=False).pairs
+        enc = label_encoding([lbl for _, lbl in pairs if lbl is not None])
+    except DataError:
+        return []  # training (or data check) names what is missing
+    names = d.class_names
+    n = cfg.model.num_classes or (len(names) if names else None) or enc.num_classes
+    errors: list[str] = []
+    if enc.kind == "colours":
+        listed = {tuple(c) for c in d.label_colors or ()}
+        found = [_rgb(c) for c in enc.values]
+        missing = [c for c in found if c not in listed]
+        if missing:
+            errors.append(f"the label files are colour masks and data.label_colors does not list "
+                          f"{[list(c) for c in missing[:8]]}: set data.label_colors: {[list(c) for c in found]} "
+                          f"(class i = colour i) and model.num_classes: {len(found)}")
+    elif enc.usable:
+        lm = d.label_map or {}
+        unmapped = [v for v in enc.values if v not in lm and v != d.ignore_index and not (n and v < n)]
+        if unmapped:
+            fix = f"data.label_map: {format_label_map(enc.label_map)}" if enc.label_map else \
+                "data.label_map (label-file value -> class id or ignore)"
+            errors.append(f"the label files hold values {unmapped} that are not classes 0..{(n or 1) - 1}"
+                          + (f" and data.label_map {format_label_map(lm)} does not map them" if lm else "")
+                          + f": set {fix}" + (f" and model.num_classes: {enc.num_classes}"
+                                              if enc.num_classes != n else "")
+                          + " ('pspnet data check --data-root DIR' prints the map)")
+    if names and n and len(names) != n:
+        errors.append(f"data.class_names has {len(names)} names but there are {n} classes: set data.class_names: "
+                      f"null (class_0, class_1, ...) or {n} names")
+    weights = cfg.train.class_weights
+    if isinstance(weights, list) and n and len(weights) != n:
+        errors.append(f"train.class_weights has {len(weights)} values but there are {n} classes: set "
+                      f"train.class_weights: auto (computed from the training labels) or null (unweighted), "
+                      f"or give {n} values")
+    if errors:
+        raise ConfigError(f"data.root {d.root}: the config does not fit the data ({len(errors)} key(s)):\n  "
+                          + "\n  ".join(errors))
+    warnings: list[str] = []
+    sizes = [image_size(img) for img, _ in _spread(pairs, 16) if img.is_file()]
+    sizes = [s for s in sizes if s]
+    if sizes:
+        h, w = max(set(sizes), key=sizes.count)
+        long = max(h, w)
+        base = cfg.eval.base_size
+        if base and not long / FAR_SCALE <= base <= long * FAR_SCALE:
+            warnings.append(f"eval.base_size: {base} resizes the long side of these {w}x{h} images to {base} "
+                            f"({base / long:.1f}x) for validation and prediction: set eval.base_size: null (their "
+                            f"own size) or {long}")
+        ch, cw = d.crop_size
+        if ch > h * FAR_SCALE * d.scale_max or cw > w * FAR_SCALE * d.scale_max:
+            warnings.append(f"data.crop_size: {list(d.crop_size)} is far larger than these {w}x{h} images (scaled "
+                            f"up to {d.scale_max}x): the crops are mostly padding; set data.crop_size: [{h}, {w}]")
+    return warnings
 
 
 def dump_config(cfg: Config) -> str:

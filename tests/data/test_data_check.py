@@ -63,7 +63,7 @@ def test_data_check_lists_all_problems_and_exits_nonzero(tmp_path, capsys):
     assert "3 problem(s) in 3 file(s) (unreadable: 1, size: 1, values: 1):" in out
     assert f"[unreadable] {files['broken']}: cannot decode image" in out
     assert f"[size] {files['small']}: label is 6x5 but its image" in out and "is 8x6 (width x height)" in out
-    assert (f"[values] {files['range']}: label values outside the classes 0..2 of custom and the ignore value 255: "
+    assert (f"[values] {files['range']}: label values outside the classes 0..2 of list and the ignore value 255: "
             f"7: 2 px, first at (x=2, y=1)") in out
     assert out.rstrip().endswith("result: 3 error(s)")
     # the per-class table counts every label that could be read (good, good2, broken's label, small, range)

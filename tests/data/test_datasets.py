@@ -315,7 +315,7 @@ def test_out_of_range_label_value_is_an_error_naming_file_value_pixel(tmp_path):
 def test_rgb_label_for_an_index_dataset_is_refused(tmp_path):
     save(tmp_path / "val/images/x.png", rgb())
     save(tmp_path / "val/labels/x.png", rgb(1))
-    with pytest.raises(DataError, match="label is a colour \\(RGB\\) image but custom expects single-channel"):
+    with pytest.raises(DataError, match="label is a colour \\(RGB\\) image but folder expects single-channel"):
         build_dataset("folder", tmp_path, "val", num_classes=3)[0]
 
 

@@ -98,7 +98,7 @@ def _encoding(tmp_path: Path, levels, mode: str = "L"):
 def test_grey_levels_become_classes_in_order(tmp_path: Path) -> None:
     enc = _encoding(tmp_path, (0, 128, 255))
     assert enc.kind == "levels" and enc.num_classes == 3 and enc.label_map == {0: 0, 128: 1, 255: 2}
-    assert any("255 is taken as the top class" in n for n in enc.notes)
+    assert any("255 is read as class 2 (the top level)" in n and "data.label_map" in n for n in enc.notes)
 
 
 def test_binary_masks_map_255_to_class_1(tmp_path: Path) -> None:
@@ -112,12 +112,28 @@ def test_class_ids_are_read_as_they_are_with_255_ignored(tmp_path: Path) -> None
     assert any("class id(s) 2 appear in none" in n for n in enc.notes)
 
 
-def test_colour_masks_are_named_not_guessed(tmp_path: Path) -> None:
-    finding = recognise(_folder(tmp_path, mode="RGB"))
-    assert finding.encoding.kind == "colours" and len(finding.encoding.values) == 3 and not finding.usable
-    assert "RGB(0, 255, 0)" in finding.format() and "convert each colour to its class id" in finding.format()
-    with pytest.raises(DataError, match="no starter config"):
-        write_starter(finding, tmp_path / "c.yaml")
+def test_colour_masks_get_the_exact_colour_to_class_map(tmp_path: Path) -> None:
+    finding = recognise(_folder(tmp_path / "d", mode="RGB"))  # colours (v, 255 - v, v) for v in 0, 128, 255
+    enc = finding.encoding
+    assert enc.kind == "colours" and finding.usable and enc.num_classes == 3
+    assert enc.label_colors == [[0, 255, 0], [128, 127, 128], [255, 0, 255]]
+    assert ("RGB(0, 255, 0) -> 0, RGB(128, 127, 128) -> 1, RGB(255, 0, 255) -> 2: "
+            "data.label_colors=[[0, 255, 0], [128, 127, 128], [255, 0, 255]]") in finding.format()
+    written = write_starter(finding, tmp_path / "c.yaml")
+    cfg = load_config(written[0])
+    assert cfg.data.label_colors == [(0, 255, 0), (128, 127, 128), (255, 0, 255)] and cfg.model.num_classes == 3
+    reports = check_finding(finding, progress=False)
+    assert all(r.ok for r in reports) and all(r.class_pixels.min() > 0 for r in reports)
+    info = dataset_info("folder", 3, label_colors=cfg.data.label_colors)
+    _, label = build_dataset("folder", tmp_path / "d", "val", info=info)[0]
+    assert sorted(np.unique(np.asarray(label)).tolist()) == [0, 1, 2]
+    with pytest.raises(DataError, match=r"unknown label colour RGB\(255, 0, 255\)"):
+        build_dataset("folder", tmp_path / "d", "val", info=dataset_info("folder", 2, label_colors=[(0, 255, 0),
+                                                                                                   (128, 127, 128)]))[0]
+    with pytest.raises(ConfigError, match="data.label_colors does not list"):
+        from pspnet.config import check_config_against_data
+        check_config_against_data(load_config(written[0], ["data.label_colors=[[0,255,0],[128,127,128]]",
+                                                           "model.num_classes=2", "data.class_names=null"]))
 
 
 def test_many_values_are_not_classes(tmp_path: Path) -> None:
@@ -186,7 +202,13 @@ def test_data_check_without_a_dataset_recognises_checks_and_writes_the_config(tm
     assert main(["data", "check", "--data-root", str(data), "--write-config", str(cfg)]) == 2  # never overwrites
     assert "never overwrites" in capsys.readouterr().err
     colours = _folder(tmp_path / "c", mode="RGB")
-    assert main(["data", "check", "--data-root", str(colours), "--no-progress"]) == 1
+    assert main(["data", "check", "--data-root", str(colours), "--no-progress"]) == 0
+    assert "data.label_colors=[[0, 255, 0], [128, 127, 128], [255, 0, 255]]" in capsys.readouterr().out
+    noise = tmp_path / "n"
+    _folder(noise, n=2)
+    for p in noise.rglob("masks/*.png"):
+        Image.fromarray(np.arange(2400, dtype=np.uint8).reshape(40, 60)).save(p)
+    assert main(["data", "check", "--data-root", str(noise), "--no-progress"]) == 1
     assert "nothing was checked" in capsys.readouterr().out
 
 
@@ -198,11 +220,46 @@ def test_version_and_train_without_a_config(tmp_path: Path, capsys) -> None:
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pspnet {__version__}"
     assert main(["train"]) == 2
     assert "needs --config FILE, or --data-root DIR" in capsys.readouterr().err
-    data = _folder(tmp_path / "d", levels=(0, 255), n=4)
+    data = _folder(tmp_path / "d", levels=(0, 128, 255), n=4)
     out = tmp_path / "run"
     assert main(["train", "--data-root", str(data), "--no-progress", "data.crop_size=[32,32]", "data.workers=0",
                  "model.head_channels=16", "model.aux_channels=8", "train.iters=2", "train.batch_size=2",
                  "train.precision=fp32", f"train.output_dir={out}"]) == 0
     printed = capsys.readouterr().out
-    assert "no config file: data.dataset=folder" in printed and "model.num_classes=2" in printed
-    assert (out / "final.safetensors").is_file() and load_config(out / "config.yaml").data.label_map == {255: 1}
+    assert "no config file: data.dataset=folder" in printed and "model.num_classes=3" in printed
+    assert (out / "final.safetensors").is_file()
+    assert load_config(out / "config.yaml").data.label_map == {0: 0, 128: 1, 255: 2}
+    # the weights record how the masks were read: eval on the same 0/128/255 masks needs no config
+    assert main(["eval", "--weights", str(out / "final.safetensors"), "--data-root", str(data), "--no-progress",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset: folder (weights), data.label_map={0: 0, 128: 1, 255: 2} (weights), split val" in printed
+    assert "mIoU" in printed and (tmp_path / "m.json").is_file()
+
+
+def test_255_says_how_it_is_read_and_the_key_that_flips_it(tmp_path: Path) -> None:
+    assert any("255 is read as class 1 (the object)" in n and "data.label_map" in n
+               for n in _encoding(tmp_path / "b", (0, 255)).notes)
+    assert any("255 is read as the ignore value" in n and "data.label_map: write {255: 3}" in n
+               for n in _encoding(tmp_path / "i", (0, 1, 2, 255)).notes)
+
+
+def test_data_check_names_the_dataset_as_the_flag_does_and_warns_of_unmapped_values(tmp_path: Path, capsys) -> None:
+    from pspnet.cli import main
+    data = _folder(tmp_path / "d", levels=(0, 128, 255))
+    assert main(["data", "check", "--dataset", "folder", "--data-root", str(data)]) == 2
+    assert "--dataset folder needs --num-classes N" in capsys.readouterr().err
+    assert main(["data", "check", "--dataset", "folder", "--data-root", str(data), "--num-classes", "3",
+                 "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "classes 0..2 of folder and" in out and "custom" not in out
+    assert "map them to classes with data.label_map" in out
+    # overrides work with --dataset too
+    assert main(["data", "check", "--dataset", "folder", "--data-root", str(data), "--no-progress",
+                 "data.label_map={128: 1, 255: 2}", "model.num_classes=3"]) == 0
+    capsys.readouterr()
+    # a map that leaves 255 out: OK, but a loud warning names the value and its pixel share
+    assert main(["data", "check", "--data-root", str(data), "--no-progress", "data.label_map={128: 1}"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: label-file value 255 is not in data.label_map {128: 1}, so it is read as ignore" in out
+    assert "33.33% of the pixels" in out

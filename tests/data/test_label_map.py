@@ -80,7 +80,8 @@ def test_data_check_spots_0_255_masks_and_prints_the_fix(tmp_path, capsys):
 
     cfg = tmp_path / "binary.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"num_classes": 2},
-                                   "data": {"dataset": "folder", "root": str(root), "val_split": None}}))
+                                   "data": {"dataset": "folder", "root": str(root), "val_split": None,
+                                            "crop_size": [24, 32]}}))
     assert main(["data", "check", "--config", str(cfg), "data.label_map={255: 1}", "--no-progress",
                  "--json", str(tmp_path / "mapped.json")]) == 0
     assert "warning" not in capsys.readouterr().out

@@ -377,6 +377,10 @@ def test_a_failed_run_leaves_failed_txt_and_a_new_run_removes_it(data: Path, tmp
     out = tmp_path / "failed"
     with pytest.raises(DataError, match="one step needs 16"):  # while setting up, after the folder was made
         train(tiny_run_config(data, out, "train.batch_size=16"), progress=False)
+    assert not out.exists()  # the folder this run made is gone: nothing that looks like a run
+    out.mkdir()  # a folder that was there before the run is kept, and marked
+    with pytest.raises(DataError, match="one step needs 16"):
+        train(tiny_run_config(data, out, "train.batch_size=16"), progress=False)
     text = (out / "FAILED.txt").read_text(encoding="utf-8")
     assert "DataError" in text and "while setting up" in text and "no checkpoint was written" in text
     trainer = Trainer(tiny_run_config(data, out, "train.ckpt_every=1", "train.iters=3"), progress=False)

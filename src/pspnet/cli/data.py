@@ -12,11 +12,17 @@ from .common import add_data_root
 def run(args: argparse.Namespace) -> int:
     from ..data.check import check_splits, write_json
     if args.config:
-        from ..config import load_config
+        from ..config import check_config_against_data, load_config
         cfg = load_config(args.config, args.overrides)
+        if args.data_root:
+            cfg.data.root = args.data_root
+        if args.dataset:
+            cfg.data.dataset = args.dataset
+        fit_warnings = check_config_against_data(cfg)  # keys that depend on the data, inherited ones too
         d = cfg.data
         name, root = args.dataset or d.dataset, args.data_root or d.root
         num_classes, class_names, label_map = args.num_classes or cfg.model.num_classes, d.class_names, d.label_map
+        label_colors = d.label_colors
         if args.split or args.list:
             splits = [(args.split or d.train_split, args.list)]
         else:
@@ -28,13 +34,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.data_root:
             raise ConfigError("pspnet data check needs --config, or --data-root (and --dataset to name its kind)")
-        if args.overrides:
-            raise ConfigError(f"overrides {args.overrides} need --config, or --data-root without --dataset")
-        name, root, num_classes, class_names, label_map = args.dataset, args.data_root, args.num_classes, None, None
+        from ..config import load_config
+        over = load_config(None, args.overrides)  # data.label_map, data.class_names, model.num_classes, ...
+        num_classes = args.num_classes or over.model.num_classes or len(over.data.class_names or ()) or None
+        if args.dataset in ("folder", "list") and not num_classes:
+            raise ConfigError(f"--dataset {args.dataset} needs --num-classes N (the number of classes in the label "
+                              f"files), or leave out --dataset: 'pspnet data check --data-root {args.data_root}' "
+                              f"recognises the layout and the label encoding and counts the classes")
+        name, root, class_names, label_map = args.dataset, args.data_root, over.data.class_names, over.data.label_map
+        label_colors = over.data.label_colors
         splits = [(args.split or "train", args.list)]
     reports = check_splits(name, root, splits, num_classes=num_classes, class_names=class_names,
-                           workers=args.workers, progress=not args.no_progress, label_map=label_map)
+                           workers=args.workers, progress=not args.no_progress, label_map=label_map,
+                           label_colors=label_colors)
     print("\n\n".join(r.format() for r in reports))
+    for w in fit_warnings if args.config else ():
+        print(f"warning: {w}")
     if args.json:
         write_json(reports, args.json)
         print(f"report: {args.json}")
@@ -69,7 +84,7 @@ def _check_recognised(args: argparse.Namespace) -> int:
         splits = [(s, None) for s in (d.train_split, d.val_split) if s]
         reports = check_splits(d.dataset, d.root, splits, num_classes=len(d.class_names or []) or None,
                                class_names=d.class_names, workers=args.workers, progress=not args.no_progress,
-                               label_map=d.label_map)
+                               label_map=d.label_map, label_colors=d.label_colors)
     print()
     print("\n\n".join(r.format() for r in reports))
     if args.json:

@@ -52,8 +52,22 @@ def run(args: argparse.Namespace) -> int:
     names = d.class_names if d and d.class_names else None
     if names is None and name in GENERIC:  # the user's own data: the classes the weights name
         names = meta.get("class_names")
-    info = dataset_info(name, num_classes, names, ignore_index=d.ignore_index if d else IGNORE_INDEX,
-                        label_map=d.label_map if d else None)
+    label_map, ignore_index = (d.label_map, d.ignore_index) if d else (None, IGNORE_INDEX)
+    label_colors = d.label_colors if d else None
+    read_from = ""
+    if d is None and name in GENERIC:  # no config: read the masks as the weights' training data was read
+        from ..config import recorded_data_reading
+        rec = recorded_data_reading(meta, str(args.weights or "the packaged model"))
+        if rec.get("dataset") in GENERIC:
+            label_map, ignore_index = rec.get("label_map"), rec.get("ignore_index", IGNORE_INDEX)
+            label_colors = rec.get("label_colors")
+            if label_map:
+                from ..data.inspect import format_label_map
+                read_from = f", data.label_map={format_label_map(label_map)} (weights)"
+            if label_colors:
+                read_from = f", data.label_colors={[list(c) for c in label_colors]} (weights)"
+    info = dataset_info(name, num_classes, names, ignore_index=ignore_index, label_map=label_map,
+                        label_colors=label_colors)
     if name in GENERIC and meta.get("palette") and len(meta["palette"]) == num_classes:
         info.palette = tuple(tuple(c) for c in meta["palette"])  # the user's own data: the model's colours
     if info.num_classes != num_classes:
@@ -63,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     s = {**api.settings, "precision": api.requested_precision, "backend": api.requested_backend}
     main_rank = rank_and_world()[0] == 0  # under torchrun, rank 0 alone prints and writes
     if main_rank:
-        if name_from_weights:
-            print(f"dataset: {name} (weights), split {split}, {root}")
+        if name_from_weights or read_from:
+            print(f"dataset: {name}{' (weights)' if name_from_weights else ''}{read_from}, split {split}, {root}")
         print(api.settings_line())
         if note:
             print(f"pspnet eval: note: {note}", file=sys.stderr)

@@ -18,6 +18,12 @@ def run(args: argparse.Namespace) -> int:
                           "config for it)")
     cfg = load_run_config(args.config, list(args.overrides) + (["data.skip_bad=true"] if args.skip_bad else []),
                           data_root=args.data_root)
+    if args.config:  # keys that depend on the data (some inherited from a base config) checked against it
+        import sys
+
+        from ..config import check_config_against_data
+        for w in check_config_against_data(cfg):
+            print(f"pspnet train: warning: {w}", file=sys.stderr)
     if not args.config:
         print(f"no config file: data.dataset={cfg.data.dataset}, data.root={cfg.data.root}, "
               f"model.num_classes={cfg.model.num_classes}, train.iters={cfg.train.iters}, "

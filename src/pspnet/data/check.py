@@ -69,7 +69,23 @@ class CheckReport:
                      f"a model trained on them sees one class and learns to predict it everywhere. If these are "
                      f"binary masks whose 255 means {info.class_names[1]}, map it: data.label_map={{255: 1}} "
                      f"(in the config's data section, or as the override 'data.label_map={{255: 1}}')")]
-        return []
+        out = []
+        if raw_ids and any(p.kind == "values" for p in self.problems):
+            out.append("label values that are not classes: if the files hold grey levels (0/255, 0/128/255, ...) "
+                       "or other codes, map them to classes with data.label_map (label-file value -> class id or "
+                       "ignore); 'pspnet data check --data-root DIR' without --dataset recognises the encoding and "
+                       "prints the exact map")
+        lm = info.label_map
+        if lm and info.ignore_index not in lm and self.ignore_pixels > 0:
+            total = int(self.ignore_pixels) + (int(pixels.sum()) if pixels is not None else 0)
+            mapped = [k for k, v in lm.items() if v == "ignore" or v == info.ignore_index]
+            also = f" (with the values {mapped} mapped to ignore)" if mapped else ""
+            out.append(f"label-file value {info.ignore_index} is not in data.label_map {_fmt_map(lm)}, so it is read "
+                       f"as ignore: {int(self.ignore_pixels):,} px{also}, {100 * self.ignore_pixels / total:.2f}% of "
+                       f"the pixels, never trained on. If {info.ignore_index} is a class, map it (e.g. "
+                       f"{info.ignore_index}: {info.num_classes - 1}); if it marks unlabelled pixels, say so with "
+                       f"{info.ignore_index}: ignore")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.info.num_classes, np.int64)
@@ -147,6 +163,10 @@ def median_frequency_weights(pixels: np.ndarray) -> list[float]:
     freq = pixels / pixels.sum()
     median = float(np.median(freq[freq > 0]))
     return [round(float(np.sqrt(median / f)), 4) if f > 0 else 0.0 for f in freq]
+
+
+def _fmt_map(label_map) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in label_map.items()) + "}"
 
 
 def _out_of_range(label: np.ndarray, raw: np.ndarray, info: DatasetInfo, lbl_path: Path) -> Problem | None:
@@ -241,10 +261,10 @@ def check_dataset(dataset: SegmentationDataset, *, name: str | None = None, spli
 
 def check_splits(name: str, root: str | Path, splits: Sequence[tuple[str, str | None]], *,
                  num_classes: int | None = None, class_names: Sequence[str] | None = None, workers: int = 0,
-                 progress: bool = True, label_map: LabelMap | None = None) -> list[CheckReport]:
+                 progress: bool = True, label_map: LabelMap | None = None, label_colors=None) -> list[CheckReport]:
     """Build each ``(split, list_file)`` of a dataset without failing on missing files, and check it
     (``label_map``: ``data.label_map``, the user's label values -> classes)."""
-    info = dataset_info(name, num_classes, class_names, label_map=label_map)
+    info = dataset_info(name, num_classes, class_names, label_map=label_map, label_colors=label_colors)
     reports = []
     for split, list_file in splits:
         ds = build_dataset(name, root, split, list_file=list_file, info=info, check_labels=False, check_files=False)

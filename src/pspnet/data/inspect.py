@@ -23,13 +23,14 @@ Label encodings, from the values of up to :data:`SAMPLE_LABELS` label files spre
 * ``binary``: 0/255 masks (black/white images): 255 is the object, ``label_map {255: 1}``, not ignore;
 * ``levels``: a few spread grey levels such as 0/128/255 (one level per class, as image editors save
   them): the levels in increasing order become classes ``0..K-1`` through ``data.label_map``;
-* ``colours``: RGB colour-coded masks, which the generic datasets do not decode: the report lists the
-  colours and says how to convert them;
+* ``colours``: RGB colour-coded masks (or palette PNGs whose colours are the classes): each colour found
+  becomes a class, in increasing ``0xRRGGBB`` order (black first), through ``data.label_colors``;
 * ``unknown``: too many distinct values to be classes (JPEG-compressed or anti-aliased masks, a photo).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,7 +101,12 @@ class LabelEncoding:
 
     @property
     def usable(self) -> bool:
-        return self.kind in ("ids", "binary", "levels")
+        return self.kind in ("ids", "binary", "levels", "colours")
+
+    @property
+    def label_colors(self) -> list[list[int]] | None:
+        """Colour masks: the ``data.label_colors`` that reads them (class i = the i-th colour found)."""
+        return [list(_rgb(c)) for c in self.values] if self.kind == "colours" else None
 
     def describe(self) -> str:
         vals = _short_values(self.values)
@@ -115,8 +121,9 @@ class LabelEncoding:
             return (f"{head}: {len(self.values)} grey levels {vals}, one per class -> {self.num_classes} classes "
                     f"in increasing order: data.label_map={format_label_map(self.label_map)}")
         if self.kind == "colours":
-            shown = ", ".join(f"RGB{_rgb(c)}" for c in self.values[:8]) + (" ..." if len(self.values) > 8 else "")
-            return f"{head}: colour-coded masks with {len(self.values)} colours ({shown})"
+            shown = ", ".join(f"RGB{_rgb(c)} -> {i}" for i, c in enumerate(self.values))
+            return (f"{head}: colour-coded masks with {len(self.values)} colours, one per class -> "
+                    f"{len(self.values)} classes: {shown}: data.label_colors={json.dumps(self.label_colors)}")
         return f"{head}: {len(self.values)} distinct values ({vals}): too many to be classes"
 
 
@@ -160,6 +167,8 @@ class Finding:
             out["val_split"] = lay.val_split
         if self.encoding is not None and self.encoding.label_map:
             out["label_map"] = dict(self.encoding.label_map)
+        if self.encoding is not None and self.encoding.label_colors:
+            out["label_colors"] = self.encoding.label_colors
         return out
 
     @property
@@ -312,8 +321,10 @@ def label_encoding(label_files: Sequence[Path], *, sample: int = SAMPLE_LABELS) 
             notes.append("the RGB masks are grey: save them as 8-bit grey PNGs (mode L), e.g. "
                          "Image.open(p).convert('L').save(p)")
         elif len(vals) <= MAX_CLASS_VALUES:
-            notes.append("own data needs class ids in the label files: convert each colour to its class id and "
-                         "save 8-bit grey PNGs (mode L); the colours found are listed above")
+            notes.append("each colour is read as a class through data.label_colors (class i = the i-th colour; "
+                         "reorder the list to choose the ids); a colour not in it is an error naming the file and "
+                         "pixel. Or convert the masks yourself: the colour of class i -> value i, saved as 8-bit grey "
+                         "PNGs (mode L)")
         kind = "colours" if len(vals) <= MAX_CLASS_VALUES else "unknown"
         return LabelEncoding(kind, vals, len(vals) if kind == "colours" else None, None, False, len(files),
                              modes, notes)
@@ -327,6 +338,8 @@ def _grey_encoding(vals: list[int], files: int, modes: Counter, notes: list[str]
                      "anti-aliasing, or the image and label folders swapped; labels need one value per class")
         return LabelEncoding("unknown", vals, None, None, ignore, files, modes, notes)
     if vals == [0, IGNORE_INDEX]:
+        notes.append(f"{IGNORE_INDEX} is read as class 1 (the object), not as the ignore value; the one key that "
+                     f"flips that is data.label_map: leave {IGNORE_INDEX} out of it and it is ignored")
         return LabelEncoding("binary", vals, 2, {IGNORE_INDEX: 1}, False, files, modes, notes)
     ids = [v for v in vals if v != IGNORE_INDEX]
     if not ids:
@@ -340,11 +353,16 @@ def _grey_encoding(vals: list[int], files: int, modes: Counter, notes: list[str]
                          f"has more classes than {top + 1}, set model.num_classes")
         if top == 0:
             notes.append("the sampled labels hold only class 0: is every mask empty?")
+        if ignore:
+            notes.append(f"{IGNORE_INDEX} is read as the ignore value (unlabelled pixels, not trained on), not as a "
+                         f"class; the one key that flips that is data.label_map: write {{{IGNORE_INDEX}: "
+                         f"{max(top + 1, 2)}}} (and one more class in model.num_classes and data.class_names)")
         return LabelEncoding("ids", vals, max(top + 1, 2), None, ignore, files, modes, notes)
     levels = {v: i for i, v in enumerate(vals)}
     if ignore:
-        notes.append(f"{IGNORE_INDEX} is taken as the top class, not as the ignore value; if it marks unlabelled "
-                     f"pixels, write {IGNORE_INDEX}: ignore in data.label_map instead")
+        notes.append(f"{IGNORE_INDEX} is read as class {len(vals) - 1} (the top level), not as the ignore value; if "
+                     f"it marks unlabelled pixels, the one key that flips that is data.label_map: write "
+                     f"{IGNORE_INDEX}: ignore in it (and one class fewer in model.num_classes and data.class_names)")
     return LabelEncoding("levels", vals, len(vals), dict(levels), False, files, modes, notes)
 
 
@@ -374,7 +392,8 @@ def check_finding(finding: Finding, *, workers: int = 0, progress: bool = True, 
     enc = finding.encoding
     if enc is None or not enc.usable:
         return []
-    info = dataset_info(finding.dataset, enc.num_classes, class_names, label_map=enc.label_map)
+    info = dataset_info(finding.dataset, enc.num_classes, class_names, label_map=enc.label_map,
+                        label_colors=enc.label_colors)
     return [check_dataset(SegmentationDataset(pairs, info, check_labels=False), name=lay.dataset, split=split,
                           root=str(lay.root), workers=workers, progress=progress)
             for split, pairs in lay.split_pairs().items()]

@@ -92,10 +92,12 @@ def starter_yaml(finding: Finding, config_path: str | Path, *, lists: dict[str, 
     if enc is not None and finding.num_classes:
         names = [f"class_{i}" for i in range(finding.num_classes)]
         what = ("file values " + ", ".join(str(v) for v in enc.label_map)) if enc.label_map else \
-            "file values 0.." + str(finding.num_classes - 1)
+            "the colours of data.label_colors" if enc.label_colors else "file values 0.." + str(finding.num_classes - 1)
         lines.append(f"  class_names: {_flow(names)}   # {what}: name them")
     if "label_map" in d:
         lines.append(f"  label_map: {_flow(d['label_map'])}   # label-file value -> class id (or ignore)")
+    if "label_colors" in d:
+        lines.append(f"  label_colors: {_flow(d['label_colors'])}   # [r, g, b] of class 0, 1, ...")
     lines += [f"  crop_size: {_flow(r['crop_size'])}",
               "  scale_min: 0.5",
               "  scale_max: 1.5",

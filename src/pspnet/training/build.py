@@ -73,7 +73,7 @@ class RunBuilder:
         """The augmented training set and the optional validation set, labels in ``data.ignore_index``."""
         d = self.cfg.data
         self.info = dataset_info(d.dataset, self.cfg.model.num_classes, d.class_names, ignore_index=d.ignore_index,
-                                 label_map=d.label_map)
+                                 label_map=d.label_map, label_colors=d.label_colors)
         base = build_dataset(d.dataset, d.root, d.train_split, list_file=d.train_list, info=self.info,
                              check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
         if self.cfg.train.class_weights == "auto":
@@ -135,7 +135,8 @@ class RunBuilder:
                                 f"{self.info.num_classes} classes")
         if t.class_weights is not None and len(t.class_weights) != num_classes:
             raise ConfigError(f"train.class_weights has {len(t.class_weights)} values but the model has "
-                              f"{num_classes} classes")
+                              f"{num_classes} classes (a base config's weights?): set train.class_weights: auto "
+                              f"(computed from the training labels) or null (unweighted), or give {num_classes} values")
         model = PSPNet(PSPNetConfig(**cfg.model_kwargs(num_classes)))
         if t.pretrained:
             source = str(default_weights_path()) if t.pretrained == PACKAGED else t.pretrained

@@ -139,7 +139,11 @@ class Trainer(RunBuilder, Stepper):
                 tested = {k: getattr(self.cfg.eval, k) for k in TEST_SETTING_KEYS}
                 d = self.cfg.data
                 trained_on = {"dataset": d.dataset, "split": d.train_list or d.train_split,
-                              "images": len(self.train_set), "iterations": self.iteration}
+                              "images": len(self.train_set), "iterations": self.iteration,
+                              # what reading the data needs: eval --weights W --data-root DIR without a config
+                              "ignore_index": d.ignore_index,
+                              "label_map": None if d.label_map is None else [[k, v] for k, v in d.label_map.items()],
+                              "label_colors": None if d.label_colors is None else [list(c) for c in d.label_colors]}
                 save_weights(self.model, path, self.info.class_names, self.info.palette,
                              extra={"test_settings": json.loads(json.dumps(tested)), "trained_on": trained_on})
             except OSError as e:
@@ -330,13 +334,16 @@ def train(cfg: Config, *, resume: str | Path | None = None, device: str | None =
     """Train with a validated :class:`Config`; returns where the weights and logs went. ``max_iters``
     and ``max_minutes`` end this call early (a stage): ``last.pt`` then resumes it exactly."""
     trainer = None
+    out = Path(cfg.train.output_dir)
+    existed = out.exists()
     try:
         trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_iters=max_iters,
                           max_minutes=max_minutes)
         return trainer.fit()
     except Exception as e:
         if trainer is None:  # fit() marks its own failures
-            mark_failed(Path(cfg.train.output_dir), e, None)
+            if existed or not _discard_new_folder(out):
+                mark_failed(out, e, None)
         raise
     finally:
         dist_utils.cleanup()
@@ -345,6 +352,27 @@ def train(cfg: Config, *, resume: str | Path | None = None, device: str | None =
 FAILED_MARKER = "FAILED.txt"
 """Written into a run's folder when the run stops with an error (what happened and what to do), and
 removed when a run in that folder starts again: a folder with this file holds no finished run."""
+
+
+SETUP_FILES = ("log.csv", "config.yaml", FAILED_MARKER)
+"""What a run's setup may have written into its folder before it failed."""
+
+
+def _discard_new_folder(out: Path) -> bool:
+    """Remove the folder a run created when it failed while setting up (holding nothing but
+    :data:`SETUP_FILES`): no half-made folder that looks like a run. False when it holds anything else."""
+    if dist_utils.rank_and_world()[0] != 0 or not out.is_dir():
+        return not out.exists()
+    entries = list(out.iterdir())
+    if any(not p.is_file() or p.name not in SETUP_FILES for p in entries):
+        return False
+    try:
+        for p in entries:
+            p.unlink()
+        out.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def mark_failed(out: Path, error: BaseException, trainer: Trainer | None) -> None:

@@ -70,17 +70,27 @@ def label_table(label_map: LabelMap, num_classes: int, ignore_index: int = IGNOR
     return lut
 
 
-def generic_info(num_classes: int, class_names=None, palette=None, name: str = "custom",
-                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None) -> DatasetInfo:
+def generic_info(num_classes: int, class_names=None, palette=None, name: str = "folder",
+                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None,
+                 label_colors=None) -> DatasetInfo:
     names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names given for {num_classes} classes")
     lut = label_table(label_map, num_classes, ignore_index) if label_map else None
-    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index, lut)
+    colors = None
+    if label_colors:
+        colors = {tuple(int(x) for x in c): i for i, c in enumerate(label_colors)}
+        if len(colors) != len(label_colors) or len(label_colors) != num_classes:
+            raise DataError(f"data.label_colors: {len(label_colors)} colours ({len(colors)} different) for "
+                            f"{num_classes} classes; give one colour per class, class 0 first")
+        palette = palette or tuple(colors)  # the masks' own colours show the predictions
+    return DatasetInfo(name, names, tuple(palette) if palette else default_palette(num_classes), ignore_index, lut,
+                       color_to_train=colors, label_map=dict(label_map) if label_map else None)
 
 
 def dataset_info(name: str, num_classes: int | None = None, class_names=None, palette=None, *,
-                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None) -> DatasetInfo:
+                 ignore_index: int = IGNORE_INDEX, label_map: LabelMap | None = None,
+                 label_colors=None) -> DatasetInfo:
     """The classes, palette and label mapping of a dataset; unlabelled pixels read as ``ignore_index``
     (the user's own label files hold that value; a named dataset's void is mapped to it).
 
@@ -91,6 +101,9 @@ def dataset_info(name: str, num_classes: int | None = None, class_names=None, pa
     if ignore_index < 0:
         raise DataError(f"ignore index {ignore_index} is negative; label images hold values >= 0 "
                         f"(default {IGNORE_INDEX})")
+    if label_colors and name not in GENERIC:
+        raise DataError(f"data.label_colors is for your own colour masks (datasets {' and '.join(GENERIC)}); {name} "
+                        f"decodes its label files itself")
     if label_map and name not in GENERIC:
         raise DataError(f"data.label_map is for your own labels (datasets {' and '.join(GENERIC)}); {name} maps "
                         f"its label files itself")
@@ -102,10 +115,12 @@ def dataset_info(name: str, num_classes: int | None = None, class_names=None, pa
             info = replace(info, class_names=tuple(class_names))
         return info
     if name in GENERIC:
-        num_classes = num_classes or (len(class_names) if class_names else None)
+        num_classes = num_classes or (len(class_names) if class_names else None) or \
+            (len(label_colors) if label_colors else None)
         if not num_classes:
             raise DataError(f"dataset {name!r} needs model.num_classes (or data.class_names) to be set")
-        return generic_info(num_classes, class_names, palette, ignore_index=ignore_index, label_map=label_map)
+        return generic_info(num_classes, class_names, palette, name=name, ignore_index=ignore_index,
+                            label_map=label_map, label_colors=label_colors)
     raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + list(GENERIC)}")
 
 

@@ -28,6 +28,8 @@ class DatasetInfo:
     id_to_train: np.ndarray | None = None
     # colour-coded label files: RGB colour -> train id (unknown colours are an error).
     color_to_train: dict[tuple[int, int, int], int] | None = field(default=None, repr=False)
+    # the user's data.label_map that built id_to_train (own data), kept for the messages that name it
+    label_map: dict | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
