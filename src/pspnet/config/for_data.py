@@ -14,9 +14,9 @@ def config_for_data(root: str | Path, overrides: list[str] | None = None) -> Con
     """A run config without a config file: the starter config of the data folder ``root`` (its layout and
     label encoding recognised by :func:`pspnet.data.inspect.recognise`; the file ``pspnet data check
     --write-config`` would write, :mod:`pspnet.data.starter`) with ``overrides`` applied."""
-    from .data.inspect import recognise
-    from .data.starter import starter_yaml
-    from .errors import DataError
+    from ..data.inspect import recognise
+    from ..data.starter import starter_yaml
+    from ..errors import DataError
     finding = recognise(root)
     if finding.layout.dataset == "flat":
         raise ConfigError(f"{root}: {finding.layout.description}: its validation split needs list files; write them "
@@ -57,10 +57,10 @@ def check_config_against_data(cfg: Config) -> list[str]:
     and images of its own data (``folder``, ``list``; up to 48 training labels are read): keys inherited from a
     shipped config (``base: camvid/pspnet_r18_cpu``) must not mislead. A mismatch is a :class:`ConfigError`
     naming each key and the values to use; returns warnings (a base or crop size far from the images')."""
-    from .data.datasets import GENERIC, build_dataset
-    from .data.inspect import _rgb, _spread, format_label_map, label_encoding
-    from .data.io import image_size
-    from .errors import DataError
+    from ..data.datasets import GENERIC, build_dataset
+    from ..data.inspect import _rgb, _spread, format_label_map, label_encoding
+    from ..data.io import image_size
+    from ..errors import DataError
     d = cfg.data
     if d.dataset not in GENERIC:
         return []
