@@ -233,3 +233,18 @@ print(json.dumps({"same": before == after, "cached": cap._cpuinfo.cache_info().c
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"same": True, "cached": 0}
+
+
+@pytest.mark.parametrize(("cap", "vnni", "bf16"), [("AVX2", False, False), ("AVX512_CORE_VNNI", True, False),
+                                                   ("AVX512_CORE_BF16", True, True)])
+def test_a_onednn_cap_takes_away_what_it_keeps_onednn_from(monkeypatch, cap, vnni, bf16):
+    """Under ONEDNN_MAX_CPU_ISA oneDNN (torch's and OpenVINO's) leaves out the units above the cap: int8 there is
+    7-bit (OpenVINO's int8 under an AVX2 cap kept 99.29% of the labels in 8 bits, below the 99.5% bound)."""
+    quick = capability._quick_facts()
+    monkeypatch.setattr(capability, "_quick_facts", lambda: {**quick, "avx512": True, "vnni": True,
+                                                             "avx512_bf16": True, "amx": False})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    facts = capability.real_facts()
+    assert (facts.vnni, facts.avx512_bf16) == (vnni, bf16)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert capability.real_facts().vnni and capability.real_facts().avx512_bf16

@@ -8,8 +8,10 @@ and friends, ``torch.backends.cpu.get_cpu_capability()``), PyTorch's own check f
 kernels (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), what OpenVINO's CPU device reports
 (``OPTIMIZATION_CAPABILITIES``), which libraries are installed, and one tiny guarded trial where nothing
 reports: a bf16 oneDNN convolution weight reorder, the call that fails on a CPU with AVX2 only
-(``mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, ...``) and
-under ``ONEDNN_MAX_CPU_ISA`` caps that PyTorch's check does not see. The flag file can disagree with the
+(``mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, ...``), and a
+tiny OpenVINO compile per precision. An ``ONEDNN_MAX_CPU_ISA`` cap is honoured as the runtimes honour it:
+below AVX512_CORE_VNNI oneDNN (torch's and OpenVINO's) uses no int8 dot products, below AVX512_CORE_BF16
+no bf16 units, so the answers say so. The flag file can disagree with the
 runtime (an emulator, a hypervisor that hides AMX, a container): the runtime wins. No ``/proc/cpuinfo``
 at all (ARM64 Linux, macOS) changes nothing here.
 
@@ -184,6 +186,30 @@ def _quick_facts() -> dict[str, Any]:
                 openvino=_dist_version("openvino"))
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA), lowest first, and what each leaves to oneDNN's kernels (torch's
+# and OpenVINO's): a cap below a unit means the runtime does not use it, whatever CPUID says
+_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+
+
+def _under_onednn_cap(quick: dict[str, Any]) -> dict[str, Any]:
+    """``quick`` with the units an ``ONEDNN_MAX_CPU_ISA`` cap keeps oneDNN from using switched off."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper()
+    if cap not in _ONEDNN_ISAS or cap in ("DEFAULT", "ALL"):
+        return quick
+    level = _ONEDNN_ISAS.index(cap)
+
+    def allows(isa: str) -> bool:
+        return level >= _ONEDNN_ISAS.index(isa)
+    out = dict(quick)
+    out["avx512"] = quick["avx512"] and allows("AVX512_CORE")
+    out["vnni"] = quick["vnni"] and (allows("AVX512_CORE_VNNI") or (allows("AVX2_VNNI") and not allows("AVX512_CORE")))
+    out["avx512_bf16"] = quick["avx512_bf16"] and allows("AVX512_CORE_BF16")
+    out["amx"] = quick["amx"] and allows("AVX512_CORE_AMX")
+    return out
+
+
 def _bf16_trial() -> str | None:
     """Run the call our bf16 fast path makes first (a bf16 oneDNN convolution weight reorder) on a tiny
     weight: None where it runs, else the runtime's own message."""
@@ -198,12 +224,53 @@ def _bf16_trial() -> str | None:
 
 
 def _openvino_caps() -> tuple[tuple[str, ...], str | None]:
+    """What OpenVINO's CPU device reports it runs (``OPTIMIZATION_CAPABILITIES``), less each of FP32 and BF16
+    that fails a trial compile of a tiny convolution + max-pool graph (under an ``ONEDNN_MAX_CPU_ISA`` cap
+    OpenVINO still reports BF16 but refuses to compile: "Supported primitive descriptors list is empty")."""
     try:
         import openvino
-        caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        return tuple(str(c) for c in caps), None
+        core = openvino.Core()
+        caps = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     except Exception as e:  # noqa: BLE001 - not installed, or no CPU device: OpenVINO does not run here
         return (), f"{type(e).__name__}: {e}".splitlines()[0]
+    errors = []
+    for name, hint in (("FP32", "f32"), ("BF16", "bf16")):
+        if name not in caps:
+            continue
+        failed = _openvino_trial(core, hint)
+        if failed:
+            caps.remove(name)
+            errors.append(f"{name}: {failed}")
+    if "FP32" not in caps and "INT8" in caps:  # int8 graphs keep f32 parts: nothing compiles without f32
+        caps.remove("INT8")
+    return tuple(caps), "; ".join(errors) or None
+
+
+def _openvino_trial(core: Any, hint: str) -> str | None:
+    """Compile a 1x3x8x8 Conv -> Relu -> MaxPool ONNX graph at ``hint``: None where it compiles, else the
+    first line of OpenVINO's refusal."""
+    import tempfile
+
+    try:
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+        weight = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+            "trial", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        with tempfile.TemporaryDirectory(prefix="pspnet-ov-trial-") as tmp:
+            path = f"{tmp}/trial.onnx"
+            onnx.save(model, path)
+            core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        return None
+    except Exception as e:  # noqa: BLE001 - any refusal is the answer
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        said = [line for line in lines if not line.startswith("Exception from ")]  # OpenVINO's source locations
+        return ((said or lines or [type(e).__name__])[-1])[:300]
 
 
 def _key(quick: dict[str, Any]) -> str:
@@ -230,7 +297,7 @@ def _measured(key: str, mkldnn: bool, openvino: str | None) -> tuple[str | None,
 
 def real_facts() -> Facts:
     """This machine's answers (no simulation)."""
-    quick = _quick_facts()
+    quick = _under_onednn_cap(_quick_facts())
     trial, caps, error = _measured(_key(quick), quick["mkldnn"], quick["openvino"])
     return Facts(**quick, bf16_trial=trial, openvino_caps=caps, openvino_error=error)
 
