@@ -86,6 +86,15 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
         from tqdm.auto import tqdm
         bar = tqdm(total=len(mine), desc="eval" if world == 1 else f"eval (rank 0 of {world})", unit="img",
                    dynamic_ncols=True)
+    def skip(i: int, error: Exception) -> None:
+        """An item that cannot be scored: recorded and skipped with ``skip_bad``, else the error ends the run."""
+        if not skip_bad:
+            raise error
+        bad.append({"index": i, "path": _item_path(dataset, i), "error": str(error)})
+        log.warning("skipped item %d: %s", i, error)
+        if bar is not None:
+            bar.update(1)
+
     t0 = time.perf_counter()
     calibrated_on = None
     config = getattr(model, "config", None)  # a PSPNet's: what the memory estimate is made from
@@ -95,12 +104,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
             try:
                 image, label = dataset[i]
             except DataError as e:
-                if not skip_bad:
-                    raise
-                bad.append({"index": i, "path": _item_path(dataset, i), "error": str(e)})
-                log.warning("skipped item %d: %s", i, e)
-                if bar is not None:
-                    bar.update(1)
+                skip(i, e)
                 continue
             label = torch.as_tensor(label)
             if tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
@@ -113,12 +117,7 @@ def evaluate(model, dataset, *, num_classes: int, ignore_index: int = 255, class
                                       mode=mode, crop_size=crop_size, precision=used_precision,
                                       name=f"item {i} ({_item_path(dataset, i)})")
                 except MemoryBudgetError as e:
-                    if not skip_bad:
-                        raise
-                    bad.append({"index": i, "path": _item_path(dataset, i), "error": str(e)})
-                    log.warning("skipped item %d: %s", i, e)
-                    if bar is not None:
-                        bar.update(1)
+                    skip(i, e)
                     continue
                 image_mode, image_crop = plan.mode, plan.crop_size
                 if plan.note:
