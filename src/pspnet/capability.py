@@ -17,7 +17,7 @@ at all (ARM64 Linux, macOS) changes nothing here.
 
 The trial's and OpenVINO's answers are cached per machine in ``$PSPNET_HOME/capabilities.json``, keyed
 by what they depend on: the CPUID answers, the CPU model, torch's and the backends' versions, oneDNN's
-cap and pspnet's version; everything else costs microseconds and is read each process.
+cap and pspnet's version; everything else costs about a millisecond and is read on every call.
 
 ``PSPNET_SIMULATE_CPU=<profile>`` (one of :data:`PROFILES`: ``avx2``, ``avx512``, ``zen4``,
 ``xeon-amx``, ``arm64``) answers as that CPU would, *within* what this machine's runtime can do: a
@@ -170,7 +170,7 @@ def _cpu_bit(name: str) -> bool:
 
 
 def _quick_facts() -> dict[str, Any]:
-    """The answers that cost microseconds: read every process, and the cache key of the rest."""
+    """The answers that cost about a millisecond in all: read on every call, and the cache key of the rest."""
     mkldnn = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
               and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
     try:

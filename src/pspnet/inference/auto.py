@@ -58,7 +58,7 @@ __all__ = ["AGREEMENT_BOUND", "INT8_BACKENDS", "AGREEMENT_KEYS", "CACHE_ENV", "A
            "Int8Agreement", "auto_cache_path", "torch_candidate", "int8_agreements", "int8_unavailable_reason",
            "int8_candidates", "choose_from_features", "calibration_bytes", "available_memory", "choose_auto",
            "recorded_int8_agreement", "recorded_int8_agreements", "agreement_key",
-           "REDUCED_RANGE_SUFFIX", "cached_choice", "candidates",
+           "REDUCED_RANGE_SUFFIX", "cached_choice", "candidates", "one_line",
            "fp32_engines", "FP32_ENGINES"]
 
 AGREEMENT_BOUND = 0.995
@@ -153,11 +153,6 @@ def int8_agreements(int8_agreement: Int8Agreement) -> dict[str, float]:
     if isinstance(int8_agreement, Mapping):
         return {b: float(v) for b, v in int8_agreement.items() if v is not None}
     return {"onnxruntime": float(int8_agreement)}
-
-
-def torchao_available() -> bool:
-    """torchao (torch's int8 backend, :mod:`.int8`) is installed; it is an optional dependency."""
-    return _version_of("torchao") is not None
 
 
 def torch_candidate(device: torch.device) -> tuple[str, str]:
@@ -280,22 +275,11 @@ def available_memory() -> int | None:
     return None
 
 
-def _version_of(distribution: str) -> str | None:
-    """The installed version of ``distribution`` (None where it is not installed)."""
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _cache_key(net: Any, shape: tuple[int, ...], candidates: list[tuple[str, str]]) -> str:
     """``net``: the network, or its config (what the probe's timing depends on)."""
     config = net if hasattr(net, "to_dict") else getattr(net, "config", None)
-    ident = {**cpu.timing_identity(),
+    ident = {**cpu.timing_identity(),  # its runtime answers hold the onnxruntime, openvino and torchao versions
              "pspnet": __version__,  # our own fast paths change between releases too
-             "onnxruntime": cpu.onnxruntime_version(), "torchao": _version_of("torchao"),
-             "openvino": cpu.openvino_version(),
              "config": config.to_dict() if config is not None else type(net).__name__,
              "shape": list(shape), "candidates": [list(c) for c in candidates]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -345,7 +329,7 @@ def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: lis
                 run = build(p, b, [x])
                 run(x)
             except Exception as e:  # noqa: BLE001 - any failure of a candidate drops it, not the run
-                failed[f"{p}/{b}"] = _one_line(e)
+                failed[f"{p}/{b}"] = one_line(e)
                 log.warning("auto: %s/%s dropped: %s", p, b, failed[f"{p}/{b}"])
                 continue
             runners[f"{p}/{b}"] = run
@@ -363,7 +347,8 @@ def _probe(build: Callable[[str, str, list[torch.Tensor]], Any], candidates: lis
     return {k: statistics.median(v) * 1000 for k, v in times.items()}, setup, failed
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it): an error as a one-line reason."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 

@@ -31,7 +31,7 @@ from .. import capability, cpu
 from ..errors import ConfigError
 from ..models.pspnet import PSPNet
 from ..models.weights import unwrap
-from .auto import AutoChoice, Int8Agreement, choose_auto, choose_from_features
+from .auto import AutoChoice, Int8Agreement, choose_auto, choose_from_features, one_line
 from .compiled import CompiledPSPNet
 from .fast import FastPSPNet
 from .folding import fold_batchnorm
@@ -200,7 +200,7 @@ class AutoPSPNet:
             return self.runner
 
     def _fall_back(self, error: BaseException) -> None:
-        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        why = one_line(error)
         log.warning("auto: %s failed here (%s); running fp32 on torch instead", self.choice.mode, why)
         self.choice = AutoChoice("fp32", "torch", reason=f"{self.choice.mode} failed here ({why})")
         self.runner = self.build("fp32", "torch", None)
