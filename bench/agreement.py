@@ -6,12 +6,20 @@
         --calibration-images 0 --record      # measure int8 as `auto` runs it; record it in W
     python bench/agreement.py ... --backend torch --calibration-images 0 --record   # torch's int8 (torchao)
     python bench/agreement.py ... --backend openvino --calibration-images 0 --record  # OpenVINO's int8
+    python bench/agreement.py --weights TRAIN_ONLY --data-root R --precision int8 --backend B \
+        --calibration-images 0 --record-into src/pspnet/weights/camvid_pspnet18.safetensors   # see below
 
 ``--calibration-images 0`` calibrates int8 on the first image it predicts, as ``pspnet predict``
 does; ``--record`` writes the measured agreement into the weight file's metadata
 (``int8_agreement`` for ONNX Runtime, ``int8_agreement_torch`` for torch, ``int8_agreement_openvino``
 for OpenVINO), which ``precision="auto"``
 reads to consider int8 on that backend (pspnet/inference/auto.py).
+
+``--record-into FILE`` records the agreement measured on ``--weights`` into another file, with the
+measured file's name and SHA-256 in the record. It is for a model that trained on every image there
+is (the packaged CamVid model trained on train+val): its agreement on its own training images says
+little about unseen ones, so the record comes from its recipe's train-only model on val, images that
+model never trained on. Both files must record the same architecture and test settings.
 
 For every validation image both the plain fp32 model and ``prepare_for_inference(model, precision,
 backend)`` predict through ``pspnet.inference.testtime.predict_logits`` at the base size and flip the
@@ -23,15 +31,18 @@ the mIoU difference. Pass: agreement >= 99.5% and mIoU drop <= 0.3 points.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from pspnet import bench
 from pspnet.config import recorded_test_settings
 from pspnet.data.datasets import build_dataset, dataset_info
+from pspnet.hub.download import sha256_of
 from pspnet.inference.auto import AGREEMENT_KEYS, agreement_key, recorded_int8_agreements
 from pspnet.inference.prepare import prepare_for_inference
 from pspnet.inference.testtime import predict_logits
@@ -63,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", action="store_true",
                    help="write the measured int8 agreement into the weight file (int8 on onnxruntime, torch or "
                         "openvino, --calibration-images 0 only)")
+    p.add_argument("--record-into", metavar="FILE",
+                   help="record the agreement measured on --weights into FILE instead (the same architecture and "
+                        "test settings): a train-only model's agreement on unseen images, for a model trained on all")
     p.add_argument("--max-images", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", help="JSON results")
@@ -72,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_machine())
     model, meta = load_weights(a.weights)
     model.eval()
+    if a.record_into:
+        a.record = True
+        _check_same_model(p, a.record_into, model, meta)
     recorded = recorded_test_settings(meta, a.weights)
     recorded_base, recorded_flip = recorded.get("base_size"), bool(recorded.get("flip", False))
     if a.base_size is None:
@@ -139,15 +156,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'PASS' if ok else 'FAIL'} (agreement >= {MIN_AGREEMENT * 100:.1f}%, "
           f"mIoU drop <= {MAX_MIOU_DROP} points)")
     if a.record and ok:
-        update_metadata(a.weights, {agreement_key(a.backend, reduced): {
-            "agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
-            "images": n, "base_size": base, "flip": a.flip, "calibration": "the first image predicted",
-            "command": res["command"]}})
-        print(f"  recorded {agreement_key(a.backend, reduced)} in {a.weights}")
+        record = {"agreement": round(agree, 6), "miou_drop_points": round(drop, 4), "data": f"{a.dataset} {a.split}",
+                  "images": n, "base_size": base, "flip": a.flip, "calibration": "the first image predicted",
+                  "command": res["command"]}
+        target = a.record_into or a.weights
+        if a.record_into:
+            record["measured_on"] = {"weights": Path(a.weights).name, "sha256": sha256_of(a.weights)}
+        update_metadata(target, {agreement_key(a.backend, reduced): record})
+        print(f"  recorded {agreement_key(a.backend, reduced)} in {target}")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)
     return 0 if ok else 1
+
+
+def _check_same_model(p: argparse.ArgumentParser, target: str, model: torch.nn.Module, meta: dict) -> None:
+    """--record-into: the target must be the measured model's architecture with its test settings."""
+    other, other_meta = load_weights(target)
+    # the auxiliary head is training-only (a shipped file drops it with 'pspnet convert --no-aux')
+    ours, theirs = (dataclasses.replace(m.config, aux=False, aux_channels=1) for m in (model, other))
+    if ours != theirs:
+        p.error(f"--record-into {target}: its architecture differs from --weights' ({theirs} against {ours}); "
+                "record into a model of the same recipe")
+    mine, settings = recorded_test_settings(meta, "--weights"), recorded_test_settings(other_meta, target)
+    if mine != settings:
+        p.error(f"--record-into {target}: it records test settings {settings}, --weights records {mine}; "
+                "the agreement is measured at the settings the target runs")
 
 
 def predict_input(image: torch.Tensor, base_size: int | None) -> torch.Tensor:

@@ -107,3 +107,45 @@ def test_headline_reports_the_default_mode_alone_as_well():
 def test_cli_bench_refuses_bad_arguments_before_measuring(argv, capsys):
     assert main(["bench", *argv]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def _agreement_script():
+    """bench/agreement.py as a module (it is a script beside the package, not part of it)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "agreement.py"
+    spec = importlib.util.spec_from_file_location("bench_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_record_into_writes_the_measurement_into_the_other_file_only(
+        tmp_path, monkeypatch, folder_dataset, tiny_pspnet):
+    """--record-into: a train-only model's agreement, measured on images it never trained on, is recorded in the
+    file of the model that trained on all of them, naming the measured file; a file of another architecture is
+    refused before anything is measured."""
+    from pspnet.hub.download import sha256_of
+    from pspnet.inference.auto import recorded_int8_agreement
+    from pspnet.models.weights import load_weights, save_weights
+    script = _agreement_script()
+    # int8's own agreement is bench/agreement.py's measurement, not this test's: the fast mode is the fp32 model
+    monkeypatch.setattr(script, "prepare_for_inference", lambda model, *a, **k: model)
+    data = folder_dataset(tmp_path / "data", splits=("val",), n=2, size=(40, 48))
+    measured, target = tmp_path / "train_only.safetensors", tmp_path / "packaged.safetensors"
+    save_weights(tiny_pspnet(seed=0).eval(), measured, ["a", "b", "c"])
+    save_weights(tiny_pspnet(seed=1).eval(), target, ["a", "b", "c"], include_aux=False)
+    args = ["--weights", str(measured), "--data-root", str(data), "--dataset", "folder", "--split", "val",
+            "--precision", "int8", "--backend", "onnxruntime", "--calibration-images", "0"]
+    assert script.main([*args, "--record-into", str(target)]) == 0
+    record = load_weights(target)[1]["int8_agreement"]
+    assert record["agreement"] == 1.0 and recorded_int8_agreement(load_weights(target)[1], reduce_range=False) == 1.0
+    assert record["measured_on"] == {"weights": measured.name, "sha256": sha256_of(measured)}
+    assert "int8_agreement" not in load_weights(measured)[1]
+
+    other = tmp_path / "four_classes.safetensors"
+    save_weights(tiny_pspnet(4, seed=1).eval(), other, ["a", "b", "c", "d"])
+    before = sha256_of(other)
+    with pytest.raises(SystemExit) as e:
+        script.main([*args, "--record-into", str(other)])
+    assert e.value.code == 2 and sha256_of(other) == before
