@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.format_machine())
     model, meta = load_weights(a.weights)
     model.eval()
+    recorded = recorded_test_settings(meta, a.weights)
     if a.record_into:
         a.record = True
-        _check_same_model(p, a.record_into, model, meta)
-    recorded = recorded_test_settings(meta, a.weights)
+        _check_same_model(p, a.record_into, model, recorded)
     recorded_base, recorded_flip = recorded.get("base_size"), bool(recorded.get("flip", False))
     if a.base_size is None:
         a.base_size = recorded_base or 0
@@ -170,17 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _check_same_model(p: argparse.ArgumentParser, target: str, model: torch.nn.Module, meta: dict) -> None:
-    """--record-into: the target must be the measured model's architecture with its test settings."""
+def _check_same_model(p: argparse.ArgumentParser, target: str, model: torch.nn.Module, recorded: dict) -> None:
+    """--record-into: the target must be the measured model's architecture with its test settings
+    (``recorded``: those of the measured file)."""
     other, other_meta = load_weights(target)
     # the auxiliary head is training-only (a shipped file drops it with 'pspnet convert --no-aux')
     ours, theirs = (dataclasses.replace(m.config, aux=False, aux_channels=1) for m in (model, other))
     if ours != theirs:
         p.error(f"--record-into {target}: its architecture differs from --weights' ({theirs} against {ours}); "
                 "record into a model of the same recipe")
-    mine, settings = recorded_test_settings(meta, "--weights"), recorded_test_settings(other_meta, target)
-    if mine != settings:
-        p.error(f"--record-into {target}: it records test settings {settings}, --weights records {mine}; "
+    settings = recorded_test_settings(other_meta, target)
+    if recorded != settings:
+        p.error(f"--record-into {target}: it records test settings {settings}, --weights records {recorded}; "
                 "the agreement is measured at the settings the target runs")
 
 
