@@ -80,6 +80,17 @@ def test_onnx_pooling_has_no_matmul(tmp_path, tiny_pspnet):
     assert "MatMul" not in ops and ops.count("Einsum") == 4, sorted(set(ops))
 
 
+@pytest.mark.parametrize("size,pools,matmuls", [((6, 12), 1, 0), ((5, 12), 0, 2)])
+def test_fixed_shape_pool_is_an_average_pool_where_the_bins_divide_the_map(tmp_path, size, pools, matmuls):
+    """The fixed-shape graphs' form (ONNX Runtime's and OpenVINO's own): an AveragePool, which the engines
+    run on their channels-last layout, where the bins divide the map, the two MatMuls where they do not."""
+    path = tmp_path / "pool.onnx"
+    x = torch.randn(1, 4, *size)
+    torch.onnx.export(BinPool2d(3, "avg", "matmul"), (x,), str(path), opset_version=17, dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert (ops.count("AveragePool"), ops.count("MatMul")) == (pools, matmuls), ops
+
+
 def test_onnx_export_compiles_and_matches_in_openvino(tmp_path, trained_tiny):
     """The file `pspnet export` writes runs in OpenVINO's CPU plugin, reshaped to a static size (its
     fastest form), at f32 and, on CPUs with native bf16, bf16 keeping the product's 99.5% of the fp32

@@ -113,8 +113,10 @@ class BinPool2d(nn.Module):
     ``product`` (average pooling): ``"einsum"``, one Einsum, what ``pspnet export`` writes: NNCF's
     default int8 quantisation puts int8 on both inputs of a MatMul, and OpenVINO on an AMX CPU then
     finds no bf16 kernel for it ("No suitable implementations"), while an Einsum stays float and
-    compiles everywhere; ``"matmul"``, two MatMuls, which ONNX Runtime runs faster (its own int8 and
-    fp32 sessions use it; docs/benchmarks.md, pspnet 0.7).
+    compiles everywhere; ``"matmul"``, for graphs exported at one fixed shape (the ONNX Runtime and
+    OpenVINO backends' own): where the bins divide the map (the release's 473 and 713 crops give 60
+    and 90) a plain average pool, which reads the engines' channels-last layout as it is, else two
+    MatMuls, which ONNX Runtime runs faster than the Einsum (docs/benchmarks.md, pspnet 0.7).
     """
 
     def __init__(self, bins: int, mode: str = "avg", product: str = "einsum") -> None:
@@ -134,6 +136,10 @@ class BinPool2d(nn.Module):
         return (k.unsqueeze(0) >= start.unsqueeze(1)) & (k.unsqueeze(0) < end.unsqueeze(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avg" and self.product == "matmul":
+            h, w = int(x.shape[-2]), int(x.shape[-1])  # constants of a fixed-shape graph
+            if h % self.bins == 0 and w % self.bins == 0:
+                return F.avg_pool2d(x, (h // self.bins, w // self.bins))
         mh, mw = self._mask(x.shape[-2], x), self._mask(x.shape[-1], x)
         if self.mode == "avg":
             ph = mh.to(x.dtype) / mh.sum(1, keepdim=True).to(x.dtype)

@@ -17,9 +17,10 @@ with ``R_h^{di}`` the rows of ``R_h`` shifted by ``di - 1`` (zero rows where the
 outside the map, which is exactly the zero padding). The right-hand side costs
 ``9 O r b^2`` multiply-adds for the taps and a few small matrix products for the upsampling,
 instead of ``9 O r H W``; the sum of all levels is added to the convolution over the backbone
-channels inside the same fused primitive (``residual``) before the ReLU. In exact arithmetic the
-result is identical; in floating point it differs by rounding only (the levels' share is computed
-in fp32 even in bf16 mode).
+channels inside the same fused primitive (``residual``) before the ReLU. The height products of all
+levels run as one, their matrices side by side, so the ``O x H x W`` sum is written once, not once
+per level. In exact arithmetic the result is identical; in floating point it differs by rounding
+only (the levels' share is computed in fp32 even in bf16 mode).
 """
 
 from __future__ import annotations
@@ -107,19 +108,19 @@ class FactoredPPMHead(nn.Module):
         taps = tap_weight.detach().float().view(out_ch, len(bins), r, 3, 3).permute(1, 3, 4, 0, 2)
         self.register_buffer("taps", taps.reshape(len(bins), 9 * out_ch, r).contiguous(), persistent=False)
         self.out_channels = out_ch
-        self._matrices: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._matrices: dict[tuple, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
     def _interp(self, h: int, w: int, device: torch.device,
-                dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per level, the shifted height and width matrices, cached per (size, device, dtype)."""
+                dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per level the shifted width matrices (``3 x W x b``), and the levels' shifted height matrices
+        side by side (``3 x H x sum(bins)``), cached per (size, device, dtype)."""
         key = (h, w, device, dtype)
         if key not in self._matrices:
             if len(self._matrices) >= 8:
                 self._matrices.pop(next(iter(self._matrices)))
-            self._matrices[key] = [
-                (shifted_interpolation_matrices(h, b, self.align_corners).to(device, dtype),
-                 shifted_interpolation_matrices(w, b, self.align_corners).to(device, dtype))
-                for b in self.bins]
+            widths = [shifted_interpolation_matrices(w, b, self.align_corners).to(device, dtype) for b in self.bins]
+            heights = torch.cat([shifted_interpolation_matrices(h, b, self.align_corners) for b in self.bins], dim=2)
+            self._matrices[key] = (widths, heights.to(device, dtype))
         return self._matrices[key]
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,18 +128,16 @@ class FactoredPPMHead(nn.Module):
         float64 input)."""
         n, h, w = (int(v) for v in (x.shape[0], x.shape[2], x.shape[3]))  # constants when traced for export
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        total = None
-        for branch, b, taps, (rh, rw) in zip(self.branches, self.bins, self.taps,
-                                             self._interp(h, w, x.device, dt)):
-            taps = taps.to(dt)
-            z = branch(x).to(dt).reshape(n, -1, b * b)                      # N x r x b^2
-            v = torch.matmul(taps, z).view(n, 3, 3, self.out_channels, b, b)  # N x di x dj x O x p x q
-            # sum over dj and q: the width upsampling with its shifted matrices
-            a = torch.einsum("ndeopq,ejq->ndopj", v, rw)                     # N x di x O x p x W
-            # sum over di and p: the height upsampling
-            part = torch.einsum("dip,ndopj->noij", rh, a)                     # N x O x H x W
-            total = part if total is None else total + part
-        return total
+        widths, heights = self._interp(h, w, x.device, dt)
+        upsampled_widths = []
+        for branch, b, taps, rw in zip(self.branches, self.bins, self.taps, widths):
+            z = branch(x).to(dt).reshape(n, -1, b * b)                              # N x r x b^2
+            v = torch.matmul(taps.to(dt), z).view(n, 3, 3, self.out_channels, b, b)  # N x di x dj x O x p x q
+            # sum over dj and q: the width upsampling with its shifted matrices (small: b rows)
+            upsampled_widths.append(torch.einsum("ndeopq,ejq->ndopj", v, rw))     # N x di x O x p x W
+        # sum over di, p and the levels at once: the height upsampling of all levels in one product
+        a = torch.cat(upsampled_widths, dim=3)                                      # N x di x O x sum(b) x W
+        return torch.einsum("dip,ndopj->noij", heights, a)                          # N x O x H x W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.levels(x).to(dtype=x.dtype, memory_format=torch.channels_last)
