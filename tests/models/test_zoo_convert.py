@@ -245,3 +245,15 @@ def test_new_config_fields_are_validated_in_weight_files():
         PSPNetConfig(stem_channels=(32, 64))
     # defaults are the original release's: old files (no such keys) build the same model
     assert json.loads(json.dumps(PSPNetConfig().to_dict()))["stem_channels"] is None
+
+
+def test_unset_options_keep_the_files_config_and_set_ones_override_it(tmp_path, tiny_pspnet):
+    """`pspnet convert`'s help says the model options default to the file's values: an OS16 file stays
+    OS16 unless --output-stride says otherwise."""
+    from pspnet.models.weights import save_weights
+    src = tmp_path / "os16.safetensors"
+    save_weights(tiny_pspnet(3, output_stride=16).eval(), src)
+    convert(src, tmp_path / "kept.safetensors")
+    convert(src, tmp_path / "os8.safetensors", output_stride=8)
+    assert load_weights(tmp_path / "kept.safetensors")[0].config.output_stride == 16
+    assert load_weights(tmp_path / "os8.safetensors")[0].config.output_stride == 8

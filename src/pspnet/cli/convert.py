@@ -80,11 +80,12 @@ def add_parser(sub) -> None:
     cv.add_argument("--deep-stem", action=argparse.BooleanOptionalAction, default=None,
                     help="3x3 deep stem (original release) or 7x7 stem (torchvision); default: from the file")
     cv.add_argument("--output-stride", type=int, choices=model["output_stride"].choices,
-                    help=f"{model['output_stride'].help} (default {model['output_stride'].default})")
+                    help=f"{model['output_stride'].help} "
+                         f"(default: from the file, else {model['output_stride'].default})")
     cv.add_argument("--bins", type=opt.int_in(1, 64), nargs="+",
-                    help=f"PPM bins (default {' '.join(map(str, model['bins'].default))})")
+                    help=f"PPM bins (default: from the file, else {' '.join(map(str, model['bins'].default))})")
     cv.add_argument("--norm", choices=model["norm"].choices,
-                    help=f"normalisation layers (default {model['norm'].default})")
+                    help=f"normalisation layers (default: from the file, else {model['norm'].default})")
     cv.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
                     help="bilinear upsampling convention (default: from the file or its zoo)")
     cv.add_argument("--class-names", help="comma-separated names, or @file with one name per line")
