@@ -20,7 +20,7 @@ import torch
 from pspnet.errors import WeightsError
 from pspnet.models import PSPNet, PSPNetConfig
 from pspnet.models.convert import convert
-from pspnet.models.weights import check_config_dict, load_weights
+from pspnet.models.weights import check_config_dict, load_weights, save_weights
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -250,7 +250,6 @@ def test_new_config_fields_are_validated_in_weight_files():
 def test_unset_options_keep_the_files_config_and_set_ones_override_it(tmp_path, tiny_pspnet):
     """`pspnet convert`'s help says the model options default to the file's values: an OS16 file stays
     OS16 unless --output-stride says otherwise."""
-    from pspnet.models.weights import save_weights
     src = tmp_path / "os16.safetensors"
     save_weights(tiny_pspnet(3, output_stride=16).eval(), src)
     convert(src, tmp_path / "kept.safetensors")
