@@ -6,7 +6,8 @@
 * the alignment check is shown to catch misalignment (flipping only the image, shifting the label);
 * label edges land where the bilinear image edges land (sub-pixel), which the plain OpenCV
   nearest resize fails by ~0.5 px;
-* scale range, rotation/crop fill values (mean image, ignore label), seeding.
+* scale range, rotation/crop fill values (mean image, ignore label), seeding;
+* crops that favour rare classes (``focus_classes``) contain them, class-uniformly, and stay aligned.
 """
 
 from __future__ import annotations
@@ -244,6 +245,58 @@ def test_seed_makes_a_sample_reproducible():
     b = t(encode(label), label)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def _rare_blocks() -> np.ndarray:
+    """A 200x300 label of class 0 with one 10x10 block of class 5 and one 3x3 block of class 7."""
+    label = np.zeros((200, 300), np.uint8)
+    label[20:30, 250:260] = 5
+    label[170:173, 30:33] = 7
+    return label
+
+
+def _crops_holding(transform: TrainTransform, label: np.ndarray, seeds: range) -> list[set[int]]:
+    """For each seed, which of the rare classes 5 and 7 the augmented crop contains (image checked aligned)."""
+    found = []
+    for seed in seeds:
+        transform.seed(seed)
+        image, out = transform(encode(label), label)
+        assert image.shape == (32, 32, 3) and out.shape == (32, 32)
+        bad, _ = misaligned_pixels(image, out, radius=1, tol=0)
+        assert bad == 0
+        found.append({c for c in (5, 7) if (out == c).any()})
+    return found
+
+
+def test_focus_crops_hold_a_focus_class_chosen_uniformly():
+    label = _rare_blocks()
+    still = dict(scale=(1.0, 1.0), rotate=0, blur=False, flip=False)
+    focused = _crops_holding(TrainTransform((32, 32), **still, focus_classes=[5, 7], focus_prob=1.0), label,
+                             range(60))
+    assert all(found for found in focused)  # every crop holds a rare class
+    per_class = [sum(c in found for found in focused) for c in (5, 7)]
+    assert min(per_class) >= 15  # by class, not by pixel: the 9-pixel block is drawn as often as the 100
+    uniform = _crops_holding(TrainTransform((32, 32), **still), label, range(60))
+    assert sum(bool(found) for found in uniform) <= 10  # the blocks cover under 4% of crop positions
+    half = _crops_holding(TrainTransform((32, 32), **still, focus_classes=[5, 7], focus_prob=0.5), label,
+                          range(60))
+    assert 15 <= sum(bool(found) for found in half) <= 50
+
+
+def test_focus_crops_are_seeded_and_fall_back_to_uniform():
+    label = _rare_blocks()
+    t = TrainTransform((32, 32), focus_classes=[5, 7], focus_prob=1.0)
+    t.seed(7)
+    a = t(encode(label), label)
+    t.seed(7)
+    b = t(encode(label), label)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    absent = TrainTransform((32, 32), focus_classes=[9], focus_prob=1.0)  # no pixel of 9: a uniform crop
+    absent.seed(7)
+    assert absent(encode(label), label)[1].shape == (32, 32)
+    with pytest.raises(ValueError, match="focus_prob"):
+        TrainTransform((32, 32), focus_classes=[5], focus_prob=1.5)
 
 
 def test_to_tensors_and_normalize():

@@ -310,6 +310,19 @@ def test_config_problems_found_before_training(data: Path, tmp_path: Path, tiny_
         Trainer(tiny_run_config(data, tmp_path / "c"), progress=False, resume=tmp_path / "nope.pt")
 
 
+def test_focus_classes_by_name_or_id_reach_the_crop(data: Path, tmp_path: Path, tiny_run_config) -> None:
+    names = Trainer(tiny_run_config(data, tmp_path / "a"), progress=False).info.class_names
+    trainer = Trainer(tiny_run_config(data, tmp_path / "b", f"data.focus_classes=[{names[2]},1]",
+                                      "data.focus_prob=0.25"), progress=False)
+    transform = trainer.train_set.transform
+    assert transform.focus_classes == (2, 1) and transform.focus_prob == 0.25
+    assert trainer.fit().iterations == 2  # through the data loader
+    with pytest.raises(ConfigError, match=rf"data.focus_classes: 'nope' is not a class .*{names[0]}"):
+        Trainer(tiny_run_config(data, tmp_path / "c", "data.focus_classes=[nope]"), progress=False)
+    with pytest.raises(ConfigError, match="data.focus_classes: 3 is not a class"):
+        Trainer(tiny_run_config(data, tmp_path / "d", "data.focus_classes=[3]"), progress=False)
+
+
 def test_tensorboard_missing_is_a_clear_error(data: Path, tmp_path: Path, monkeypatch, tiny_run_config) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match=r"train.tensorboard=true needs the 'tensorboard' package.*pip install"):

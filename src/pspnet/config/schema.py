@@ -107,6 +107,11 @@ class DataSection(_Section):
     flip: bool = True
     color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation jitter strength "
                                 "(hue a sixth of it), 80% of samples; 0 = off (the paper has none)")
+    focus_classes: list[int | str] | None = Field(
+        None, description="classes (ids or names) that a share of training crops is placed around, e.g. "
+                          "[pole, sign, fence]: class-uniform crop sampling (Zhu et al. 2019), not in the paper")
+    focus_prob: float = Field(0.5, ge=0, le=1, description="share of crops placed around a focus class "
+                              "(when data.focus_classes is set)")
     ignore_index: int = IGNORE_INDEX
     workers: int = Field(2, ge=0)
     skip_bad: bool = False

@@ -78,9 +78,9 @@ class RunBuilder:
                              check_files=not d.skip_bad)  # skip_bad: a missing file is skipped like a bad one
         if self.cfg.train.class_weights == "auto":
             self._auto_class_weights(base)
-        self.train_set = SeededAugment(base, TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur,
-                                                           d.flip, d.ignore_index, d.color_jitter),
-                                     skip_bad=d.skip_bad)
+        transform = TrainTransform(d.crop_size, (d.scale_min, d.scale_max), d.rotate, d.blur, d.flip, d.ignore_index,
+                                   d.color_jitter, focus_classes=self._focus_class_ids(), focus_prob=d.focus_prob)
+        self.train_set = SeededAugment(base, transform, skip_bad=d.skip_bad)
         self.val_set = None
         if d.val_split or d.val_list:
             try:
@@ -91,6 +91,21 @@ class RunBuilder:
                     raise
                 if self.dist.is_main:
                     log.warning("no validation set: %s", e)
+
+    def _focus_class_ids(self) -> list[int]:
+        """``data.focus_classes`` as class ids: names are the dataset's class names."""
+        names = list(self.info.class_names)
+        ids = []
+        for c in self.cfg.data.focus_classes or []:
+            c = int(c) if isinstance(c, str) and c.isdigit() else c  # "2" from a command-line list
+            if isinstance(c, str) and c in names:
+                ids.append(names.index(c))
+            elif isinstance(c, int) and 0 <= c < len(names):
+                ids.append(c)
+            else:
+                raise ConfigError(f"data.focus_classes: {c!r} is not a class of {self.cfg.data.dataset}; "
+                                  f"give ids 0-{len(names) - 1} or names: {', '.join(names)}")
+        return ids
 
     def _auto_class_weights(self, base: SegmentationDataset) -> None:
         """``train.class_weights: auto``: :func:`~pspnet.data.check.median_frequency_weights` of the training
