@@ -158,6 +158,9 @@ class TrainSection(_Section):
         None, description="per-class loss weights, or auto: sqrt(median frequency / frequency) of the training "
                           "labels' class pixels, computed at the start and stored in the run's config.yaml")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of a moving average of the weights (e.g. "
+                              "0.999), written as final_ema.safetensors beside final.safetensors; null: none (the "
+                              "paper has none)")
     freeze_backbone: bool = False
     freeze_bn: bool = False
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"

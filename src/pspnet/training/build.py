@@ -26,6 +26,7 @@ from ..models import PSPNet, PSPNetConfig, PSPNetLoss
 from ..models.norm import convert_sync_batchnorm
 from ..models.pretrained import PACKAGED, default_weights_path
 from ..models.weights import load_into, read_state_dict
+from .ema import EMA_WEIGHTS, WeightAverage
 from .runlog import RunLogger
 from .sampler import SeededAugment
 from .schedule import build_optimizer, freeze
@@ -64,7 +65,8 @@ class RunBuilder:
         self.out = Path(t.output_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for stale in remove_stale_temp_files(self.out, (CHECKPOINT_NAME, "final.safetensors", "best.safetensors")):
+            written = (CHECKPOINT_NAME, "final.safetensors", "best.safetensors", EMA_WEIGHTS)
+            for stale in remove_stale_temp_files(self.out, written):
                 log.warning("removed %s, left by a writer that was killed mid-write", stale)
         self.bad_files: dict[str, str] = {}  # data.skip_bad: first message per skipped file
         self.logger = RunLogger(self.out, enabled=self.dist.is_main, tensorboard=t.tensorboard)
@@ -171,10 +173,11 @@ class RunBuilder:
         self.model = model
 
     def _build_optimisation(self) -> None:
-        """Precision, SGD groups, the DDP wrapper, the fp16 gradient scaler and the loss."""
+        """Precision, SGD groups, the DDP wrapper, the fp16 gradient scaler, the loss and the weight average."""
         t = self.cfg.train
         self.amp_dtype = agreed_precision(t.precision, self.device, self.dist)
         self.optimizer = build_optimizer(self.model, self.cfg)
+        self.ema = WeightAverage(self.model, t.ema) if t.ema else None
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=False) if self.dist.enabled else self.model)

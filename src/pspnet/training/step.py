@@ -18,6 +18,7 @@ from .. import distributed as dist_utils
 from ..config import Config
 from ..data.transforms import normalize
 from ..errors import TrainingError
+from .ema import WeightAverage
 from .schedule import poly_lr
 from .state import CHECKPOINT_NAME
 
@@ -32,6 +33,7 @@ class Stepper:
 
     cfg: Config
     iteration: int
+    ema: WeightAverage | None
 
     def _label_weight(self, labels: torch.Tensor) -> torch.Tensor:
         """What the cross-entropy mean divides by: the valid pixels, or the sum of their class weights."""
@@ -99,6 +101,8 @@ class Stepper:
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * share
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         if self.iteration % t.log_every == 0 or self.iteration + 1 == self.stop_at:
             keys = sorted(parts_sum)
             vals = dist_utils.all_reduce_sum(torch.tensor([total] + [parts_sum[k] for k in keys],

@@ -11,6 +11,7 @@ Building the run is :class:`~pspnet.training.build.RunBuilder`'s part, one optim
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist_utils
@@ -29,6 +31,7 @@ from ..inference.testtime import predict_logits
 from ..metrics import ConfusionMatrix
 from ..models.weights import save_weights, unwrap
 from .build import RunBuilder, agreed_precision
+from .ema import EMA_WEIGHTS, WeightAverage
 from .sampler import BAD_SEP, EpochSampler, epoch_loader, worker_error
 from .schedule import set_train_mode
 from .state import CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -96,6 +99,8 @@ class Trainer(RunBuilder, Stepper):
                  "world_size": self.dist.world_size, "bad_files": dict(self.bad_files)}
         if len(rng_ranks) > 1:
             state["rng_ranks"] = rng_ranks
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def save_checkpoint(self, name: str = CHECKPOINT_NAME) -> Path | None:
@@ -117,6 +122,14 @@ class Trainer(RunBuilder, Stepper):
                                 ) from None
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
+        if self.ema is not None:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:  # train.ema set on resuming a run that had none: the average starts from here
+                self.ema = WeightAverage(self.model, self.ema.decay)
+                if self.dist.is_main:
+                    log.warning("%s holds no weight average (train.ema was not set): the average starts from "
+                                "its weights at iteration %d", path, int(ckpt["iteration"]))
         self.best_miou = ckpt.get("best_miou")
         self.history = list(ckpt.get("history", []))
         self.bad_files.update(ckpt.get("bad_files") or {})
@@ -131,7 +144,9 @@ class Trainer(RunBuilder, Stepper):
         if self.dist.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
 
-    def export_weights(self, name: str) -> Path:
+    def export_weights(self, name: str, model: nn.Module | None = None) -> Path:
+        """Write ``model`` (default: the trained model) as ``name`` in the run's folder, with the run's test
+        settings and data reading."""
         path = self.out / name
         if self.dist.is_main:
             try:
@@ -144,7 +159,7 @@ class Trainer(RunBuilder, Stepper):
                               "ignore_index": d.ignore_index,
                               "label_map": None if d.label_map is None else [[k, v] for k, v in d.label_map.items()],
                               "label_colors": None if d.label_colors is None else [list(c) for c in d.label_colors]}
-                save_weights(self.model, path, self.info.class_names, self.info.palette,
+                save_weights(self.model if model is None else model, path, self.info.class_names, self.info.palette,
                              extra={"test_settings": json.loads(json.dumps(tested)), "trained_on": trained_on})
             except OSError as e:
                 raise TrainingError(f"{path}: could not write the weights ({e}); the previous file, if any, is "
@@ -296,6 +311,8 @@ class Trainer(RunBuilder, Stepper):
         if self.iteration >= self.max_iters and (not self.history or self.history[-1].get("kind") != "val"):
             last_val = self._validate_and_log()
         weights = self.export_weights("final.safetensors")
+        if self.ema is not None and self.dist.is_main:
+            self.export_weights(EMA_WEIGHTS, self.ema.copy_into(copy.deepcopy(unwrap(self.model))))
         if self.dist.is_main:
             elapsed = time.perf_counter() - t0
             log.info("trained %d iterations in %.1f s", self.iteration - it0, elapsed)
