@@ -6,6 +6,7 @@ Tiny models only (PSPNet-18 with a narrow head, 48-80 px images); no timing asse
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 
@@ -238,6 +239,38 @@ def test_onnxruntime_calibrates_a_batched_graph_once_per_batch_to_the_same_int8_
         graph = onnx.load(str(tmp_path / f"{len(models)}.onnx")).graph
         models[name] = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     assert (len(passes["per image"]), len(passes["packed"])) == (3, 1)
+    a, b = models.values()
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnxruntime_calibration_runs_in_priority_order_to_the_same_int8_model(tmp_path, tiny_pspnet, monkeypatch):
+    """The calibration pass frees each activation once its range is taken (priority order: the memory
+    that lets auto weigh ONNX Runtime and OpenVINO int8 on large images); the order changes no range,
+    so the int8 model is bitwise the one of the default order, and the calibrator is left as it was."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate
+    x = torch.randn(1, 3, 48, 64)
+    src = tmp_path / "m.onnx"
+    ort_backend._export_onnx(make_exportable(fold_batchnorm(tiny_pspnet(4).eval())), x, src)
+    orders, made = [], ort.InferenceSession
+
+    def spy(path, sess_options=None, **kwargs):
+        orders.append(None if sess_options is None else sess_options.execution_order)
+        return made(path, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    original = calibrate.CalibraterBase.create_inference_session
+    models = {}
+    for name, in_order in (("priority", ort_backend.calibration_in_priority_order),
+                           ("default", contextlib.nullcontext)):
+        monkeypatch.setattr(ort_backend, "calibration_in_priority_order", in_order)
+        ort_backend._quantize_static(src, tmp_path / f"{name}.onnx", [x], tuple(x.shape))
+        graph = onnx.load(str(tmp_path / f"{name}.onnx")).graph
+        models[name] = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert orders == [ort.ExecutionOrder.PRIORITY_BASED, ort.ExecutionOrder.DEFAULT]
+    assert calibrate.CalibraterBase.create_inference_session is original
     a, b = models.values()
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 

@@ -242,10 +242,15 @@ def _few_calls(calls: int) -> str:
 
 
 def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    """About how much memory ONNX Runtime's int8 calibration takes at ``shape``: it keeps every
-    intermediate tensor of a calibration run at once. Counted from the network's layer outputs on
-    a small input, scaled to ``shape``'s pixels, times 1.5 (measured: 2.3 GB for PSPNet-50 at 473x473
-    against 1.6 GB of layer outputs)."""
+    """About how much memory the ONNX Runtime and OpenVINO backends' int8 graph takes to make at ``shape``,
+    beyond the process: the fixed-shape export and ONNX Runtime's calibration pass, which frees each
+    activation once its range is taken (:func:`pspnet.inference.onnxruntime.calibration_in_priority_order`).
+    Four copies of the weights plus a tenth of the layer outputs, counted on a small input and scaled to
+    ``shape``'s pixels. Measured for PSPNet-50 (Zen 4, onnxruntime 1.32, peak RSS above the process):
+    0.80, 0.98, 1.76 and 2.03 GB at 473x473, 713x713, 1024x2048 and 4x713x713, against 0.95, 1.16, 2.32
+    and 2.27 GB estimated here. Where the calibration cannot run in that order, it keeps every activation
+    to the end of the pass: 1.5x the layer outputs (2.9 GB at 473x473, about 23 GB at 1024x2048)."""
+    from .onnxruntime import calibration_frees_activations
     total = [0]
 
     def count(module, inputs, output):
@@ -261,7 +266,11 @@ def calibration_bytes(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
     pixels = shape[0] * shape[-2] * shape[-1] if len(shape) == 4 else side * side
-    return int(1.5 * total[0] * pixels / (side * side))
+    activations = total[0] * pixels / (side * side)
+    if not calibration_frees_activations():
+        return int(1.5 * activations)
+    weights = sum(p.numel() * 4 for p in net.parameters())
+    return int(4 * weights + 0.1 * activations)
 
 
 def available_memory() -> int | None:
@@ -378,8 +387,8 @@ def choose_auto(net: torch.nn.Module, shape: tuple[int, ...], build: Callable[[s
     if heavy and free is not None and need > free / 2:
         backends = [b for b in backends if b not in heavy]
         memory = (f"int8 on {' and '.join(heavy)} not considered at {'x'.join(map(str, shape))}: calibrating "
-                  f"it takes about {need / 1e9:.1f} GB (ONNX Runtime's quantiser keeps every activation), more "
-                  f"than half the free memory ({free / 1e9:.1f} GB)")
+                  f"it takes about {need / 1e9:.1f} GB (the fixed-shape export and ONNX Runtime's calibration "
+                  f"pass), more than half the free memory ({free / 1e9:.1f} GB)")
         if not backends and not engines:
             return AutoChoice(*first, reason=memory)
     modes = [first] + [("fp32", b) for b in engines] + [("int8", b) for b in backends]
