@@ -218,12 +218,13 @@ def calibration_in_priority_order() -> Iterator[bool]:
     at 1024x2048). In priority order each activation is reduced and freed as the pass goes (1.7 GB and
     2.7 GB peak; the ranges, and so the int8 graph, are the same). The calibrator has no option for its
     session, so its session-making method is replaced for the duration, with the same settings
-    (no graph optimisation, the same providers) plus the order."""
-    import onnxruntime as ort
+    (no graph optimisation, the same providers) plus the order. Two threads quantising at once may each
+    restore the other's replacement; both behave alike, so the worst case is the order staying set."""
     hook = _calibrator_hook()
     if hook is None:
         yield False
         return
+    import onnxruntime as ort
     base, original, order = hook
 
     def create_inference_session(self) -> None:
